@@ -86,8 +86,11 @@ def resolve_model(name: str | None) -> Path:
         snap = _cached_snapshot(name)
         if snap is not None:
             return snap
-    looked = [str(path), str(REPO_MODELS / name)] + \
-        [str(c / ("models--" + name.replace("/", "--"))) for c in hf_cache_dirs()]
+    looked = [str(path)]
+    if not path.is_absolute():
+        looked.append(str(REPO_MODELS / name))
+    if "/" in name and not name.startswith((".", "/")):
+        looked += [str(c / ("models--" + name.replace("/", "--"))) for c in hf_cache_dirs()]
     raise ModelLoadError(f"model {name!r} not found (looked in: {', '.join(looked)}); pass a "
                          "folder with --model, or copy a Hugging Face snapshot there "
                          "(e.g. `huggingface-cli download apple/DiffuCoder-7B-Instruct` on a "

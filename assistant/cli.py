@@ -1,0 +1,249 @@
+"""The ``unmask`` command line: generate, infill, batch JSONL, models, train, eval.
+
+Every expected failure is an ``UnmaskError``: one line on stderr, a non-zero exit, no traceback
+(set UNMASK_DEBUG=1 to see one). Heavy imports happen inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from engine.errors import ConfigError, UnmaskError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"unmask: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and sampler")
+    g.add_argument("--model", default=None, help="folder, models/ name, HF repo id in the local "
+                   "cache, or .gguf file (default: the embedded model)")
+    g.add_argument("--backend", default="auto", choices=["auto", "torch", "llamacpp"])
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--max-new-tokens", type=int, default=None, help="canvas size")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps for a full canvas")
+    g.add_argument("--alg", default=None,
+                   choices=["origin", "maskgit_plus", "topk_margin", "entropy"])
+    g.add_argument("--alg-temp", type=float, default=None)
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--length", default=None, choices=["adaptive", "fixed"],
+                   help="infill canvas: probe the hole's length first, or use --max-new-tokens")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("--jsonl", type=Path, help="batch mode: read requests from this JSONL file")
+    g.add_argument("--out", type=Path, help="batch mode: write results here")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="unmask", description="Local code assistant on a masked-diffusion code model.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    g = sub.add_parser("generate", help="complete a prompt (whole functions)")
+    g.add_argument("--prompt", help="prompt text")
+    g.add_argument("--prompt-file", type=Path)
+    g.add_argument("--raw", action="store_true", help="no chat template, even for instruct models")
+    add_model_flags(g)
+    i = sub.add_parser("infill", help="fill the code between a prefix and a suffix")
+    i.add_argument("--prefix", default=None)
+    i.add_argument("--suffix", default=None)
+    i.add_argument("--prefix-file", type=Path)
+    i.add_argument("--suffix-file", type=Path)
+    add_model_flags(i)
+    sub.add_parser("models", help="list the models Unmask can find offline")
+    from assistant.cli_train import add_train_parsers
+
+    add_train_parsers(sub)
+    return p
+
+
+def read_arg_or_file(text: str | None, path: Path | None, what: str) -> str | None:
+    if path is not None:
+        try:
+            return path.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read --{what}-file {path}: {err.strerror}") from err
+    return text
+
+
+def settings_from(args, engine):
+    from dataclasses import replace
+
+    from engine.api import GenerationSettings
+
+    base = GenerationSettings(**engine_defaults(engine))
+    overrides = {k: v for k, v in {
+        "max_new_tokens": args.max_new_tokens, "steps": args.steps, "alg": args.alg,
+        "alg_temp": args.alg_temp, "temperature": args.temperature, "top_p": args.top_p,
+        "top_k": args.top_k, "length": args.length}.items() if v is not None}
+    return replace(base, seed=args.seed, **overrides)
+
+
+def engine_defaults(engine) -> dict:
+    """Sampler defaults from the model's generation_config.json (only keys we know)."""
+    path = engine.folder / "generation_config.json" if engine.folder.is_dir() else None
+    raw = json.loads(path.read_text()) if path and path.exists() else {}
+    keys = {"steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens"}
+    return {k: v for k, v in raw.items() if k in keys}
+
+
+def load_engine(args):
+    from engine.api import Engine
+
+    backend = "torch" if args.backend == "auto" else args.backend
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, backend=backend)
+
+
+def completion_record(res) -> dict:
+    return {"completion": res.completion, "token_ids": res.token_ids, "order": res.order,
+            "steps": res.steps, "canvas_len": res.canvas_len, "prompt_tokens": res.prompt_tokens,
+            "elapsed_s": round(res.elapsed_s, 4), "tokens_per_s": round(res.tokens_per_s, 2),
+            **res.extra}
+
+
+def run_stream(engine, stream, live: bool, prefix_tail: str = "", suffix_head: str = ""):
+    """Consume a stream; on a terminal, show the canvas denoising live. Returns the Completion."""
+    from engine.api import Completion
+
+    if not live:
+        return engine.finish(stream)
+    from rich.console import Console
+    from rich.live import Live
+
+    from assistant.render import frame_pieces, rich_text
+
+    console = Console(stderr=True)
+    result = None
+    with Live(console=console, refresh_per_second=30, transient=True) as view:
+        for item in stream:
+            if isinstance(item, Completion):
+                result = item
+            else:
+                view.update(rich_text(frame_pieces(engine, item), item.steps,
+                                      prefix_tail, suffix_head))
+    return result
+
+
+def cmd_single(args, engine) -> int:
+    settings = settings_from(args, engine)
+    live = not args.json and sys.stderr.isatty()
+    if args.command == "generate":
+        prompt = read_arg_or_file(args.prompt, args.prompt_file, "prompt")
+        if prompt is None:
+            raise ConfigError("generate needs --prompt TEXT or --prompt-file FILE")
+        res = run_stream(engine, engine.generate_stream(prompt, settings, raw=args.raw), live,
+                         prompt[-400:])
+        head = prompt if args.raw or not engine.is_instruct else ""
+    else:
+        prefix = read_arg_or_file(args.prefix, args.prefix_file, "prefix")
+        suffix = read_arg_or_file(args.suffix, args.suffix_file, "suffix")
+        if prefix is None and suffix is None:
+            raise ConfigError("infill needs --prefix/--prefix-file and/or --suffix/--suffix-file")
+        prefix, suffix = prefix or "", suffix or ""
+        res = run_stream(engine, engine.infill_stream(prefix, suffix, settings), live,
+                         prefix[-400:], suffix[:200])
+        head = prefix
+    if args.json:
+        print(json.dumps(completion_record(res)))
+    else:
+        tail = suffix if args.command == "infill" else ""
+        print(head + res.completion + tail, end="" if (head + res.completion + tail).endswith("\n") else "\n")
+        sys.stderr.write(f"[{engine.name} · {engine.backend}/{engine.device.type} · "
+                         f"{res.canvas_len} slots in {res.steps} steps · {res.elapsed_s:.2f}s · "
+                         f"{res.tokens_per_s:.0f} tok/s]\n")
+    return 0
+
+
+def cmd_batch(args, engine) -> int:
+    """JSONL in, JSONL out; a malformed line becomes an error record, the rest still run."""
+    from dataclasses import replace
+
+    if args.out is None:
+        raise ConfigError("--jsonl needs --out FILE for the results")
+    try:
+        lines = args.jsonl.read_text().splitlines()
+    except OSError as err:
+        raise ConfigError(f"cannot read --jsonl {args.jsonl}: {err.strerror}") from err
+    settings = settings_from(args, engine)
+    failures = 0
+    with open(args.out, "w") as out:
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            rid = None
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("not a JSON object")
+                rid = req.get("id", n)
+                s = replace(settings, **{k: req[k] for k in ("max_new_tokens", "steps", "seed")
+                                         if k in req})
+                if "prompt" in req and isinstance(req["prompt"], str):
+                    res = engine.generate(req["prompt"], s, raw=args.command == "generate" and
+                                          getattr(args, "raw", False))
+                elif isinstance(req.get("prefix", ""), str) and isinstance(req.get("suffix", ""), str) \
+                        and ("prefix" in req or "suffix" in req):
+                    res = engine.infill(req.get("prefix", ""), req.get("suffix", ""), s)
+                else:
+                    raise ValueError('needs "prompt", or "prefix"/"suffix" strings')
+                out.write(json.dumps({"id": rid, **completion_record(res)}) + "\n")
+            except (ValueError, UnmaskError, TypeError) as err:
+                failures += 1
+                out.write(json.dumps({"id": rid, "line": n,
+                                      "error": f"line {n}: {str(err).splitlines()[0]}"}) + "\n")
+    sys.stderr.write(f"{len([l for l in lines if l.strip()]) - failures} done, {failures} failed "
+                     f"-> {args.out}\n")
+    return 1 if failures else 0
+
+
+def cmd_models() -> int:
+    from engine.loading import DEFAULT_MODEL, list_models
+
+    found = list_models()
+    if not found:
+        print("no models found; the embedded model should be in models/ (reinstall Unmask)")
+        return 1
+    for name, path in found:
+        print(f"{name}{'  (default)' if name == DEFAULT_MODEL else ''}\t{path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            return cmd_models()
+        if args.command in ("train", "eval", "export"):
+            from assistant.cli_train import run_train_command
+
+            return run_train_command(args)
+        engine = load_engine(args)
+        if args.jsonl is not None:
+            return cmd_batch(args, engine)
+        return cmd_single(args, engine)
+    except UnmaskError as err:
+        sys.stderr.write(f"unmask: error: {err}\n")
+        return err.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("unmask: interrupted\n")
+        return 130
+    except Exception as err:  # noqa: BLE001 - the boundary: never a traceback for users
+        if os.environ.get("UNMASK_DEBUG"):
+            raise
+        sys.stderr.write(f"unmask: internal error: {type(err).__name__}: {err} "
+                         "(rerun with UNMASK_DEBUG=1 for the traceback and report it)\n")
+        return 70
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""``unmask train ...`` and ``unmask eval ...``: the embedded model's pipeline from the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+DATA = Path("data")
+
+
+def add_train_parsers(sub) -> None:
+    t = sub.add_parser("train", help="build the corpus and tokenizer, pretrain, export")
+    tsub = t.add_subparsers(dest="train_command", required=True, parser_class=type(t))
+    c = tsub.add_parser("corpus", help="download the manifest's wheels, filter, decontaminate")
+    c.add_argument("--out", type=Path, default=DATA / "corpus")
+    k = tsub.add_parser("tokenizer", help="train the BPE tokenizer and encode the corpus")
+    k.add_argument("--corpus", type=Path, default=DATA / "corpus")
+    k.add_argument("--vocab-size", type=int, default=8192)
+    k.add_argument("--out", type=Path, default=DATA / "tokenizer")
+    k.add_argument("--tokens", type=Path, default=DATA / "tokens")
+    p = tsub.add_parser("pretrain", help="causal pretraining then diffusion adaptation")
+    p.add_argument("--config", type=Path, required=True, help="TOML file (training/configs/)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
+    e = tsub.add_parser("export", help="write a run's checkpoint as a Dream model folder")
+    e.add_argument("--run", type=Path, default=Path("runs/embedded"))
+    e.add_argument("--tokenizer", type=Path, default=DATA / "tokenizer")
+    e.add_argument("--out", type=Path, required=True)
+
+    ev = sub.add_parser("eval", help="HumanEval infilling / whole-function pass@1, held-out loss")
+    ev.add_argument("task", choices=["infill-single", "infill-multi", "function", "loss"])
+    ev.add_argument("--model", default=None)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N tasks")
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--alg", default="entropy")
+    ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed"])
+    ev.add_argument("--empty", action="store_true", help="score an empty completion (the floor)")
+    ev.add_argument("--out", type=Path, help="write per-task results as JSONL")
+    ev.add_argument("--val", type=Path, default=DATA / "tokens" / "val.bin")
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    if args.command == "eval":
+        from training.evaluate import run_eval
+
+        return run_eval(args)
+    cmd = args.train_command
+    if cmd == "corpus":
+        from training.corpus import build_corpus
+
+        stats = build_corpus(args.out)
+        print(json.dumps(stats, indent=2))
+        return 0
+    if cmd == "tokenizer":
+        return _tokenizer(args)
+    if cmd == "pretrain":
+        return _pretrain(args)
+    if cmd == "export":
+        return _export(args)
+    raise ConfigError(f"unknown train command {cmd!r}")
+
+
+def _tokenizer(args) -> int:
+    from tokenizers import Tokenizer  # noqa: F401 - fail early when missing
+
+    from training.corpus import iter_texts
+    from training.tokenizer import (bytes_per_token, encode_to_shard, save_tokenizer_folder,
+                                    train_tokenizer)
+
+    train = args.corpus / "train.jsonl"
+    if not train.exists():
+        raise ConfigError(f"{train} not found; run `unmask train corpus` first")
+    tok = train_tokenizer(train, args.vocab_size)
+    save_tokenizer_folder(tok, args.out, 2048)
+    val = list(iter_texts(args.corpus / "val.jsonl"))
+    print(f"vocab {args.vocab_size}: {bytes_per_token(tok, val):.3f} bytes/token on validation")
+    args.tokens.mkdir(parents=True, exist_ok=True)
+    for split in ("val", "train"):
+        n = encode_to_shard(tok, args.corpus / f"{split}.jsonl", args.tokens / f"{split}.bin")
+        print(f"{split}: {n} tokens")
+    return 0
+
+
+def _pretrain(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from training.pretrain import TrainConfig, train
+
+    try:
+        cfg = TrainConfig.from_toml(args.config)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"bad training config {args.config}: {err}") from err
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    for name in ("train.bin", "val.bin"):
+        if not (Path(cfg.data_dir) / name).exists():
+            raise ConfigError(f"{Path(cfg.data_dir) / name} not found; run `unmask train corpus` "
+                              "and `unmask train tokenizer` first")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), transient=False) as bar:
+        task = bar.add_task("pretrain", total=cfg.budget_minutes, info="")
+
+        def progress(rec: dict) -> None:
+            info = f"step {rec['step']} {rec['phase']} loss {rec['loss']:.3f} " \
+                   f"{rec['tok_per_s']:.0f} tok/s"
+            bar.update(task, completed=rec["elapsed_min"], info=info)
+
+        ckpt = train(cfg, progress)
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def _export(args) -> int:
+    from safetensors.torch import load_file
+
+    from engine.loading import read_config
+    from engine.model import DreamModel
+    from training.export import save_model_folder
+
+    ckpt = args.run / "last"
+    if not (ckpt / "model.safetensors").exists():
+        raise ConfigError(f"no checkpoint in {ckpt}; run `unmask train pretrain` first")
+    cfg = read_config(ckpt)
+    model = DreamModel(cfg)
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    out = save_model_folder(model, args.tokenizer, args.out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

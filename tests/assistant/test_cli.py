@@ -1,0 +1,81 @@
+"""The `unmask` command as a user runs it: outputs, JSON contract, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def unmask(*args, input_text=None):
+    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], capture_output=True,
+                          text=True, input=input_text, timeout=120)
+
+
+def test_generate_json_contract(tiny_model):
+    r = unmask("generate", "--model", str(tiny_model), "--prompt", "def f():", "--json",
+               "--max-new-tokens", "8", "--steps", "4", "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["token_ids"]) == 8 and isinstance(out["completion"], str)
+    assert out["steps"] == 4
+
+
+def test_infill_from_files_prints_whole_code(tiny_model, tmp_path):
+    (tmp_path / "p.py").write_text("def f(x):\n")
+    (tmp_path / "s.py").write_text("    return x\n")
+    r = unmask("infill", "--model", str(tiny_model), "--prefix-file", str(tmp_path / "p.py"),
+               "--suffix-file", str(tmp_path / "s.py"), "--max-new-tokens", "6", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("def f(x):\n") and r.stdout.rstrip().endswith("return x")
+
+
+def test_batch_jsonl_reports_bad_line_and_runs_the_rest(tiny_model, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "prompt": "def f():"}\n{broken\n'
+                   '{"id": "c", "prefix": "x = ", "suffix": "\\n"}\n[1, 2]\n')
+    out = tmp_path / "out.jsonl"
+    r = unmask("infill", "--model", str(tiny_model), "--jsonl", str(src), "--out", str(out),
+               "--max-new-tokens", "4", "--steps", "2")
+    recs = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r.get("id") for r in recs] == ["a", None, "c", None]
+    assert "line 2" in recs[1]["error"] and "line 4" in recs[3]["error"]
+    assert "completion" in recs[0] and "token_ids" in recs[2]
+    assert r.returncode == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["generate", "--model", "/no/such/model", "--prompt", "x"], "not found"),
+    (["generate", "--prompt", "x", "--steps", "0"], "--steps"),
+    (["generate", "--prompt", "x", "--steps", "many"], "invalid int"),
+    (["generate", "--prompt", "x", "--temperature", "-2"], "--temperature"),
+    (["generate", "--prompt", "x", "--device", "tpu"], "unknown device"),
+    (["generate", "--prompt", "x", "--alg", "greedy"], "invalid choice"),
+    (["infill", "--prefix-file", "/no/such/file"], "cannot read"),
+    (["generate"], "--prompt"),
+    (["generate", "--prompt", "x " * 2000], "context"),
+])
+def test_bad_input_is_one_line_nonzero_no_traceback(tiny_model, args, needle):
+    if "--model" not in args:
+        args = args + ["--model", str(tiny_model)]
+    r = unmask(*args)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_pickle_only_model_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "Dream"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    r = unmask("generate", "--model", str(tmp_path), "--prompt", "x")
+    assert r.returncode == 3 and "pickle" in r.stderr
+
+
+def test_help_lists_commands():
+    r = unmask("--help")
+    assert r.returncode == 0
+    for cmd in ("generate", "infill", "models", "train", "eval"):
+        assert cmd in r.stdout

@@ -1,0 +1,45 @@
+"""Corpus filters and HumanEval decontamination on hand-made files."""
+
+from __future__ import annotations
+
+from training.corpus import is_validation, reject_reason
+from training.decontam import Decontaminator, human_eval_problems
+
+
+def test_decontaminator_drops_humaneval_code_and_keeps_ordinary_code():
+    problems = human_eval_problems()
+    assert len(problems) == 164
+    dc = Decontaminator.from_problems(problems)
+    p = problems[0]
+    assert dc.reason(p["prompt"] + p["canonical_solution"]) is not None
+    # the signature alone is enough
+    sig = next(l for l in p["prompt"].splitlines() if l.startswith("def "))
+    assert dc.reason(f"import os\n\n{sig}\n    pass\n").startswith("signature")
+    # a renamed copy of a solution body still shares a 13-gram of words
+    renamed = problems[10]["canonical_solution"]
+    assert dc.reason("def other(string):\n" + renamed) is not None
+    ordinary = "def parse_header(line):\n    key, _, value = line.partition(':')\n" \
+               "    return key.strip().lower(), value.strip()\n"
+    assert dc.reason(ordinary) is None
+
+
+def test_number_tables_do_not_count_as_contamination():
+    dc = Decontaminator.from_problems(human_eval_problems())
+    table = "DATA = [" + ", ".join(str(i) for i in range(200)) + "]\n"
+    assert dc.reason(table) is None
+
+
+def test_quality_filters():
+    good = "def f(x):\n    return x + 1\n\n\nclass A:\n    value = 3\n" * 3
+    assert reject_reason(good) is None
+    assert reject_reason("x = 1\n") == "tiny"
+    assert reject_reason("# Auto-generated file, do not edit\n" + good) == "generated"
+    assert reject_reason(good + "def broken(:\n") == "unparsable"
+    assert reject_reason("x = '" + "a" * 2000 + "'\n" + good) == "long-line"
+
+
+def test_split_is_stable_and_about_two_percent():
+    paths = [f"pkg/module_{i}.py" for i in range(5000)]
+    val = [p for p in paths if is_validation(p)]
+    assert val == [p for p in paths if is_validation(p)]
+    assert 50 < len(val) < 160
