@@ -61,6 +61,8 @@ def build_parser() -> Parser:
     i.add_argument("--suffix-file", type=Path)
     add_model_flags(i)
     sub.add_parser("models", help="list the models Unmask can find offline")
+    sub.add_parser("lsp", help="language server over stdio (inline completion, code actions)",
+                   add_help=False)
     from assistant.cli_train import add_train_parsers
 
     add_train_parsers(sub)
@@ -219,6 +221,11 @@ def cmd_models() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lsp"]:  # its own flags; must never print to stdout
+        from lsp.server import main as lsp_main
+
+        return lsp_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":

@@ -1,0 +1,268 @@
+"""Editor-facing completion service: background model load, one worker, supersede, cache.
+
+The pieces every editor integration needs, whatever the protocol:
+- ``EngineHolder`` loads the model once in a background thread; until it is ready, requests get
+  no suggestion (not an error), as Tabby #3367 and Copilot's server recommend.
+- One worker thread runs denoising; a new request for a document supersedes the old one (its
+  cancel flag stops the loop between two steps), as Copilot's language server does.
+- ``SuggestionCache`` reuses a suggestion when the user typed its beginning (llama.vim style).
+- ``build_infill`` cuts prefix/suffix windows sized in tokens at line boundaries, and backs the
+  prefix up to the line start when the cursor sits in indentation, so the model writes the
+  indentation itself (the tokenizer merges a leading space into the next word).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from assistant.settings import AssistantSettings
+from engine.errors import UnmaskError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InfillWindow:
+    prefix: str
+    suffix: str
+    replace_from: int
+    """Document offset where the suggestion's text starts (<= cursor when healed)."""
+
+
+def build_infill(text: str, offset: int, tokenizer, prefix_tokens: int,
+                 suffix_tokens: int) -> InfillWindow:
+    before, after = text[:offset], text[offset:]
+    line_start = before.rfind("\n") + 1
+    replace_from = offset
+    if before[line_start:].strip() == "":
+        before, replace_from = before[:line_start], line_start
+    prefix = _tail_by_tokens(before, tokenizer, prefix_tokens)
+    suffix = _head_by_tokens(after, tokenizer, suffix_tokens)
+    return InfillWindow(prefix, suffix, replace_from)
+
+
+def _tail_by_tokens(text: str, tokenizer, budget: int) -> str:
+    text = text[-budget * 8:]  # a cheap bound: code averages ~3.4 bytes per token
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        n = len(tokenizer.encode(line))
+        if used + n > budget:
+            break
+        out.append(line)
+        used += n
+    return "".join(reversed(out))
+
+
+def _head_by_tokens(text: str, tokenizer, budget: int) -> str:
+    if budget <= 0:
+        return ""
+    text = text[:budget * 8]
+    out, used = [], 0
+    for line in text.splitlines(keepends=True):
+        n = len(tokenizer.encode(line))
+        if used + n > budget:
+            break
+        out.append(line)
+        used += n
+    return "".join(out)
+
+
+class SuggestionCache:
+    """Recent (prefix, suffix) -> completion; a hit when the user typed the completion's start."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.entries: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.size = size
+
+    def put(self, prefix: str, suffix: str, completion: str) -> None:
+        self.entries[(prefix, suffix)] = completion
+        self.entries.move_to_end((prefix, suffix))
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def get(self, prefix: str, suffix: str) -> str | None:
+        for (p, s), completion in reversed(self.entries.items()):
+            if s != suffix or not prefix.startswith(p):
+                continue
+            typed = prefix[len(p):]
+            if completion.startswith(typed) and len(typed) < len(completion):
+                return completion[len(typed):]
+        return None
+
+
+class EngineHolder:
+    """Loads the engine once, in the background; ``engine`` is None until it is ready."""
+
+    def __init__(self, settings: AssistantSettings, on_status=None) -> None:
+        self.settings = settings
+        self.engine = None
+        self.status = "idle"
+        self.error: str | None = None
+        self.on_status = on_status or (lambda status, detail: None)
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        self._ready.clear()
+        self.engine, self.status = None, "loading"
+        self._thread = threading.Thread(target=self._load, name="unmask-load", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        from engine.api import Engine
+
+        s = self.settings
+        self.on_status("loading", s.model or "embedded model")
+        try:
+            backend = "torch" if s.backend == "auto" else s.backend
+            self.engine = Engine.load(s.model, device=s.device, dtype=s.dtype, backend=backend)
+            self.status, self.error = "ready", None
+            self.on_status("ready", self.engine.name)
+        except UnmaskError as err:
+            self.status, self.error = "error", str(err)
+            self.on_status("error", str(err))
+        except Exception as err:  # noqa: BLE001 - the server must keep running
+            log.exception("model load failed")
+            self.status, self.error = "error", f"{type(err).__name__}: {err}"
+            self.on_status("error", self.error)
+        finally:
+            self._ready.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+
+@dataclass
+class Job:
+    key: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    cache_hits: int = 0
+    not_ready: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    wasted_steps: int = 0
+    denoise_s: float = 0.0
+
+
+class CompletionService:
+    """Runs infills for editors on one worker thread, superseding stale work per document."""
+
+    def __init__(self, settings: AssistantSettings, on_status=None) -> None:
+        self.settings = settings
+        self.holder = EngineHolder(settings, on_status)
+        self.cache = SuggestionCache()
+        self.stats = Stats()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unmask-denoise")
+        self._latest: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.holder.start()
+
+    def reconfigure(self, settings: AssistantSettings) -> None:
+        reload = (settings.model, settings.backend, settings.device, settings.dtype) != (
+            self.settings.model, self.settings.backend, self.settings.device, self.settings.dtype)
+        self.settings = settings
+        self.holder.settings = settings
+        self.cache = SuggestionCache()
+        if reload:
+            self.holder.start()
+
+    def new_job(self, key: str) -> Job:
+        """Register a request for ``key`` (a document); the previous one is cancelled."""
+        job = Job(key)
+        with self._lock:
+            old = self._latest.get(key)
+            if old is not None:
+                old.cancel.set()
+            self._latest[key] = job
+        return job
+
+    def submit(self, job: Job, fn, *args) -> Future:
+        return self.worker.submit(self._guarded, job, fn, *args)
+
+    def _guarded(self, job: Job, fn, *args):
+        if job.cancel.is_set():
+            self.stats.cancelled += 1
+            return None
+        return fn(job, *args)
+
+    def settings_for(self, mode: str):
+        from engine.api import GenerationSettings
+
+        s = self.settings
+        new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
+        return GenerationSettings(max_new_tokens=new, steps=s.steps or new, alg=s.alg,
+                                  temperature=s.temperature, length="adaptive")
+
+    def infill(self, job: Job, window: InfillWindow, mode: str) -> str | None:
+        """Blocking; returns the suggestion text or None (not ready, cancelled, failed)."""
+        self.stats.requests += 1
+        cached = self.cache.get(window.prefix, window.suffix)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return self._shape(cached, mode)
+        engine = self.holder.engine
+        if engine is None:
+            self.stats.not_ready += 1
+            return None
+        result = self.run_stream(job, engine.infill_stream(window.prefix, window.suffix,
+                                                           self.settings_for(mode)))
+        if result is None:
+            return None
+        self.cache.put(window.prefix, window.suffix, result.completion)
+        return self._shape(result.completion, mode)
+
+    def generate(self, job: Job, prompt: str, mode: str = "multi"):
+        engine = self.holder.engine
+        if engine is None:
+            return None
+        settings = replace(self.settings_for(mode), length="fixed")
+        return self.run_stream(job, engine.generate_stream(prompt, settings, raw=True))
+
+    def fill(self, job: Job, prefix: str, suffix: str):
+        engine = self.holder.engine
+        if engine is None:
+            return None
+        return self.run_stream(job, engine.infill_stream(prefix, suffix, self.settings_for("multi")))
+
+    def run_stream(self, job: Job, stream):
+        """Consume a denoising stream, stopping between steps when the job is cancelled."""
+        from engine.api import Completion
+
+        start = time.perf_counter()
+        steps = 0
+        try:
+            for item in stream:
+                if isinstance(item, Completion):
+                    self.stats.completed += 1
+                    self.stats.denoise_s += time.perf_counter() - start
+                    return item
+                steps += 1
+                if job.cancel.is_set():
+                    stream.close()
+                    self.stats.cancelled += 1
+                    self.stats.wasted_steps += steps
+                    return None
+        except UnmaskError as err:
+            log.warning("completion failed: %s", err)
+            return None
+        return None
+
+    @staticmethod
+    def _shape(text: str, mode: str) -> str:
+        if mode == "single":
+            return text.split("\n", 1)[0]
+        return text.rstrip() + ("\n" if text.endswith("\n") else "")

@@ -1,0 +1,100 @@
+"""User settings shared by the language server and the TUI, persisted as JSON.
+
+Stored in ``$UNMASK_CONFIG_DIR`` or ``$XDG_CONFIG_HOME/unmask`` or ``~/.config/unmask``
+(``settings.json``). Unknown keys are rejected with the key's name so typos surface.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+
+@dataclass
+class AssistantSettings:
+    """What the editors can change; None means "the model's own default"."""
+
+    model: str | None = None
+    """Model name or path (None: the embedded model)."""
+    backend: str = "auto"
+    """auto | torch | llamacpp."""
+    device: str = "auto"
+    """auto | cpu | cuda | mps."""
+    dtype: str = "auto"
+    """auto | float32 | bfloat16 | float16."""
+    steps: int | None = None
+    """Denoising steps for a full canvas (None: one token per step)."""
+    alg: str = "entropy"
+    """origin | maskgit_plus | topk_margin | entropy."""
+    temperature: float = 0.0
+    """Token temperature (0 = greedy)."""
+    max_tokens_line: int = 24
+    """Canvas for single-line completions."""
+    max_tokens_block: int = 96
+    """Canvas for multi-line completions and generated bodies."""
+    prefix_tokens: int = 384
+    """Context before the cursor, in tokens."""
+    suffix_tokens: int = 128
+    """Context after the cursor, in tokens."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens_line", "max_tokens_block", "prefix_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.suffix_tokens < 0:
+            raise ConfigError(f"setting suffix_tokens must be >= 0, got {self.suffix_tokens}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"setting steps must be at least 1, got {self.steps}")
+        if self.temperature < 0:
+            raise ConfigError(f"setting temperature must be >= 0, got {self.temperature}")
+        if self.backend not in ("auto", "torch", "llamacpp"):
+            raise ConfigError(f"setting backend must be auto, torch or llamacpp, got {self.backend!r}")
+
+    def updated(self, raw: dict | None) -> "AssistantSettings":
+        """A copy with the known keys of ``raw`` applied (camelCase accepted from editors)."""
+        if not raw:
+            return self
+        known = {f.name for f in fields(self)}
+        values = {}
+        for key, value in raw.items():
+            snake = "".join("_" + c.lower() if c.isupper() else c for c in key)
+            if snake not in known:
+                raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+            values[snake] = value
+        try:
+            return replace(self, **values)
+        except TypeError as err:
+            raise ConfigError(f"bad settings: {err}") from err
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_dir() -> Path:
+    if os.environ.get("UNMASK_CONFIG_DIR"):
+        return Path(os.environ["UNMASK_CONFIG_DIR"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "unmask"
+
+
+def load_settings() -> AssistantSettings:
+    path = config_dir() / "settings.json"
+    if not path.exists():
+        return AssistantSettings()
+    try:
+        return AssistantSettings().updated(json.loads(path.read_text()))
+    except (json.JSONDecodeError, OSError) as err:
+        raise ConfigError(f"cannot read {path} ({err}); fix or delete it") from err
+
+
+def save_settings(settings: AssistantSettings) -> Path:
+    path = config_dir() / "settings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings.to_dict(), indent=2))
+    os.replace(tmp, path)
+    return path

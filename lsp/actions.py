@@ -1,0 +1,130 @@
+"""Code actions: "Unmask: generate body" and "Unmask: fill selection".
+
+Each action is a command; the server runs the model, then sends one ``workspace/applyEdit`` with a
+*versioned* document edit, so the editor applies the whole result at once or (when the user
+edited the document in the meantime) rejects it; a buffer is never left half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from lsprotocol import types
+
+from pygls.workspace.position_codec import ServerTextPosition as ServerPos
+
+from assistant.syntax import function_at
+
+log = logging.getLogger("unmask.lsp")
+
+
+def code_actions(doc, rng: types.Range) -> list[types.CodeAction]:
+    actions = []
+    try:
+        fn = function_at(doc.source, rng.start.line)
+    except Exception as err:  # noqa: BLE001 - tree-sitter missing or odd input: no action
+        log.info("no syntax actions: %s", err)
+        fn = None
+    if fn is not None and fn.body_empty:
+        actions.append(types.CodeAction(
+            title=f"Unmask: generate body of {fn.name}", kind=types.CodeActionKind.RefactorRewrite,
+            command=types.Command(title="Unmask: generate body", command="unmask.generateBody",
+                                  arguments=[doc.uri, doc.version, fn.start_line])))
+    if rng.start != rng.end:
+        actions.append(types.CodeAction(
+            title="Unmask: fill selection", kind=types.CodeActionKind.RefactorRewrite,
+            command=types.Command(title="Unmask: fill selection", command="unmask.fillSelection",
+                                  arguments=[doc.uri, doc.version, rng.start.line,
+                                             rng.start.character, rng.end.line,
+                                             rng.end.character])))
+    return actions
+
+
+def cut_body(text: str, indent: str) -> str:
+    """The generated body: lines until one is not indented deeper than the ``def`` (the body
+    ended). A model that wrote an unindented body gets it indented one level under the ``def``."""
+    lines = text.splitlines(keepends=True)
+    first = next((l for l in lines if l.strip()), "")
+    if first and len(first) - len(first.lstrip()) <= len(indent):
+        lines = [indent + "    " + l if l.strip() else l for l in lines]
+    out = []
+    for line in lines:
+        if line.strip() and len(line) - len(line.lstrip()) <= len(indent):
+            break
+        out.append(line)
+    body = "".join(out).rstrip()
+    return body + "\n" if body else ""
+
+
+async def _run(ls, fn, *args):
+    job = ls.service.new_job(f"action:{args[0] if args else ''}")
+    return await asyncio.wrap_future(ls.service.submit(job, fn, *args))
+
+
+def _apply(ls, uri: str, version: int, rng: types.Range, text: str, label: str) -> None:
+    edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+        text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version),
+        edits=[types.TextEdit(range=rng, new_text=text)])])
+    ls.workspace_apply_edit(types.ApplyWorkspaceEditParams(edit=edit, label=label))
+
+
+def _message(ls, text: str) -> None:
+    ls.window_show_message(types.ShowMessageParams(types.MessageType.Info, f"Unmask: {text}"))
+
+
+def _current(ls, uri: str, version: int):
+    doc = ls.document(uri)
+    if doc is None or doc.version != version:
+        _message(ls, "the document changed; run the action again")
+        return None
+    if ls.service.holder.engine is None:
+        _message(ls, f"the model is {ls.service.holder.status}; try again in a moment")
+        return None
+    return doc
+
+
+async def run_generate_body(ls, args) -> None:
+    uri, version, line = args[0], int(args[1]), int(args[2])
+    doc = _current(ls, uri, version)
+    if doc is None:
+        return None
+    fn = function_at(doc.source, line)
+    if fn is None or not fn.body_empty:
+        _message(ls, "no function with an empty body here")
+        return None
+    (r0, c0), (r1, c1) = fn.body_start, fn.body_end
+    lines = doc.source.splitlines()
+    only_docstring = (r0, c0) == (r1, c1)
+    if not only_docstring and not lines[r0][:c0].strip():
+        c0 = 0  # let the model write the indentation itself
+    start = doc.offset_at_server_position(ServerPos(r0, c0))
+    end = doc.offset_at_server_position(ServerPos(r1, c1))
+    prefix = doc.source[:start] + ("\n" if only_docstring else "")
+    result = await _run(ls, ls.service.fill, prefix, doc.source[end:])
+    if result is None:
+        return None
+    body = cut_body(result.completion, fn.indent).rstrip("\n")
+    if not body.strip():
+        _message(ls, "the model wrote no body; try again or raise max_tokens_block")
+        return None
+    rng = types.Range(start=doc.client_position_at_offset(start),
+                      end=doc.client_position_at_offset(end))
+    body = ("\n" + body) if only_docstring else body
+    _apply(ls, uri, version, rng, body, f"Unmask: generate body of {fn.name}")
+    return None
+
+
+async def run_fill_selection(ls, args) -> None:
+    uri, version = args[0], int(args[1])
+    rng = types.Range(start=types.Position(int(args[2]), int(args[3])),
+                      end=types.Position(int(args[4]), int(args[5])))
+    doc = _current(ls, uri, version)
+    if doc is None:
+        return None
+    start, end = doc.offset_at_position(rng.start), doc.offset_at_position(rng.end)
+    result = await _run(ls, ls.service.fill, doc.source[:start], doc.source[end:])
+    if result is None:
+        return None
+    _apply(ls, uri, version, rng, result.completion, "Unmask: fill selection")
+    return None

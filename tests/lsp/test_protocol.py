@@ -1,0 +1,141 @@
+"""Protocol-level tests of `unmask lsp`: capabilities, loading, robustness, cancellation, actions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.lsp.rpc import RawClient
+
+URI = "file:///tmp/unmask_example.py"
+SOURCE = 'def add(a, b):\n    """Add two numbers."""\n    pass\n\n\ndef main():\n    x = add(1, 2)\n    \n'
+
+
+def inline(client, uri=URI, line=7, character=4):
+    return client.request("textDocument/inlineCompletion", {
+        "textDocument": {"uri": uri}, "position": {"line": line, "character": character},
+        "context": {"triggerKind": 1}})
+
+
+@pytest.fixture
+def client(tiny_model):
+    c = RawClient("--model", str(tiny_model))
+    yield c
+    if c.proc.poll() is None:
+        c.proc.kill()
+
+
+def ready(client, options=None):
+    caps = client.initialize(options)
+    client.wait_for(lambda m: m.get("method") == "$/progress"
+                    and m["params"]["value"].get("kind") == "end")
+    return caps
+
+
+def test_capabilities_progress_and_ghost_text(client):
+    caps = ready(client)["capabilities"]
+    assert "inlineCompletionProvider" in caps and "codeActionProvider" in caps
+    assert "completionProvider" in caps
+    assert {"unmask.generateBody", "unmask.fillSelection"} <= set(
+        caps["executeCommandProvider"]["commands"])
+    client.open(URI, SOURCE)
+    items = client.response(inline(client))["result"]["items"]
+    assert len(items) == 1 and items[0]["insertText"].strip()
+    # cursor in indentation: the suggestion replaces from the line start
+    assert items[0]["range"]["start"] == {"line": 7, "character": 0}
+    assert client.close() == 0
+    assert client.garbage == []
+
+
+def test_requests_while_model_missing_get_empty_answers(tmp_path):
+    c = RawClient("--model", str(tmp_path / "missing"))
+    try:
+        c.initialize()
+        c.open(URI, SOURCE)
+        assert c.response(inline(c))["result"]["items"] == []
+        end = c.wait_for(lambda m: m.get("method") == "$/progress"
+                         and m["params"]["value"].get("kind") == "end")
+        assert "failed" in end["params"]["value"]["message"]
+        assert c.response(inline(c))["result"]["items"] == []
+        assert c.close() == 0
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+
+
+def test_invalid_params_garbage_and_unknown_methods_never_kill_it(client):
+    ready(client)
+    rid = client.request("textDocument/inlineCompletion", {"textDocument": 42})
+    assert client.response(rid)["error"]["code"] == -32602
+    client.send_raw(b"{this is not json")
+    rid = client.request("no/suchMethod", {})
+    assert client.response(rid)["error"]["code"] == -32601
+    client.open(URI, SOURCE)
+    assert "items" in client.response(inline(client))["result"]
+    assert not any(m.get("method") == "window/showMessage" for m in client.seen)
+    assert client.close() == 0
+
+
+def test_unopened_and_huge_documents_answer_fast(client):
+    ready(client)
+    t = time.time()
+    assert client.response(inline(client, uri="file:///never/opened.py"))["result"]["items"] == []
+    client.open("file:///tmp/huge.py", "x = 1\n" * 400_000)
+    assert client.response(inline(client, uri="file:///tmp/huge.py", line=5, character=0),
+                           timeout=20)["result"]["items"] == []
+    assert time.time() - t < 20
+    assert client.close() == 0
+
+
+def test_cancel_and_supersede_stop_denoising_between_steps(client):
+    # a long canvas at one token per step: hundreds of forward passes if nothing stops it
+    ready(client, {"maxTokensLine": 200, "maxTokensBlock": 200, "steps": 200})
+    client.open(URI, "def f(x):\n    return x" + "\n")
+    first = inline(client, line=1, character=12)
+    client.notify("$/cancelRequest", {"id": first})
+    answer = client.response(first)
+    assert answer.get("error", {}).get("code") == -32800 or answer["result"]["items"] == []
+    a = inline(client, line=1, character=12)
+    b = inline(client, line=1, character=12)  # supersedes a
+    ra, rb = client.response(a, timeout=60), client.response(b, timeout=60)
+    assert ra["result"]["items"] == []
+    assert "items" in rb["result"]
+    stats = client.response(client.request("unmask/stats", {}))["result"]
+    assert stats["cancelled"] >= 2
+    assert stats["wasted_steps"] < 2 * 200
+    assert client.close() == 0
+
+
+def test_generate_body_action_applies_one_versioned_edit(client):
+    ready(client)
+    client.open(URI, SOURCE, version=3)
+    rid = client.request("textDocument/codeAction", {
+        "textDocument": {"uri": URI},
+        "range": {"start": {"line": 0, "character": 4}, "end": {"line": 0, "character": 4}},
+        "context": {"diagnostics": []}})
+    actions = client.response(rid)["result"]
+    titles = [a["title"] for a in actions]
+    assert titles == ["Unmask: generate body of add"]
+    cmd = actions[0]["command"]
+    rid = client.request("workspace/executeCommand", {"command": cmd["command"],
+                                                      "arguments": cmd["arguments"]})
+    edit = client.wait_for(lambda m: m.get("method") == "workspace/applyEdit")
+    change = edit["params"]["edit"]["documentChanges"][0]
+    assert change["textDocument"] == {"uri": URI, "version": 3}
+    (text_edit,) = change["edits"]
+    assert text_edit["range"]["start"] == {"line": 2, "character": 0}
+    assert text_edit["range"]["end"] == {"line": 2, "character": 8}
+    client.response(rid)
+    assert client.close() == 0
+
+
+def test_fill_selection_action(client):
+    ready(client)
+    client.open(URI, SOURCE)
+    rid = client.request("textDocument/codeAction", {
+        "textDocument": {"uri": URI},
+        "range": {"start": {"line": 6, "character": 8}, "end": {"line": 6, "character": 18}},
+        "context": {"diagnostics": []}})
+    actions = client.response(rid)["result"]
+    assert [a["title"] for a in actions] == ["Unmask: fill selection"]
