@@ -63,6 +63,7 @@ def build_parser() -> Parser:
     sub.add_parser("models", help="list the models Unmask can find offline")
     sub.add_parser("lsp", help="language server over stdio (inline completion, code actions)",
                    add_help=False)
+    sub.add_parser("tui", help="terminal coding session with live denoising", add_help=False)
     from assistant.cli_train import add_train_parsers
 
     add_train_parsers(sub)
@@ -226,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
         from lsp.server import main as lsp_main
 
         return lsp_main(argv[1:])
+    if argv[:1] == ["tui"]:
+        try:
+            from ui.tui.app import main as tui_main
+        except ImportError as err:
+            sys.stderr.write(f"unmask: error: the TUI needs textual ({err.name} missing); "
+                             "pip install 'unmask[tui]'\n")
+            return 4
+        return tui_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":

@@ -199,6 +199,15 @@ class CompletionService:
             return None
         return fn(job, *args)
 
+    def window(self, text: str, offset: int, mode: str) -> InfillWindow:
+        """Prefix/suffix windows that fit the loaded model's context with the canvas."""
+        engine = self.holder.engine
+        s = self.settings
+        room = engine.config.max_position_embeddings - self.settings_for(mode).max_new_tokens - 2
+        suffix_tokens = min(s.suffix_tokens, room // 4)
+        prefix_tokens = max(1, min(s.prefix_tokens, room - suffix_tokens))
+        return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens)
+
     def settings_for(self, mode: str):
         from engine.api import GenerationSettings
 

@@ -12,8 +12,7 @@ import logging
 
 from lsprotocol import types
 
-from pygls.workspace.position_codec import ServerTextPosition as ServerPos
-
+from assistant.edits import plan_body
 from assistant.syntax import function_at
 
 log = logging.getLogger("unmask.lsp")
@@ -39,22 +38,6 @@ def code_actions(doc, rng: types.Range) -> list[types.CodeAction]:
                                              rng.start.character, rng.end.line,
                                              rng.end.character])))
     return actions
-
-
-def cut_body(text: str, indent: str) -> str:
-    """The generated body: lines until one is not indented deeper than the ``def`` (the body
-    ended). A model that wrote an unindented body gets it indented one level under the ``def``."""
-    lines = text.splitlines(keepends=True)
-    first = next((l for l in lines if l.strip()), "")
-    if first and len(first) - len(first.lstrip()) <= len(indent):
-        lines = [indent + "    " + l if l.strip() else l for l in lines]
-    out = []
-    for line in lines:
-        if line.strip() and len(line) - len(line.lstrip()) <= len(indent):
-            break
-        out.append(line)
-    body = "".join(out).rstrip()
-    return body + "\n" if body else ""
 
 
 async def _run(ls, fn, *args):
@@ -89,29 +72,20 @@ async def run_generate_body(ls, args) -> None:
     doc = _current(ls, uri, version)
     if doc is None:
         return None
-    fn = function_at(doc.source, line)
-    if fn is None or not fn.body_empty:
+    plan = plan_body(doc.source, line)
+    if plan is None:
         _message(ls, "no function with an empty body here")
         return None
-    (r0, c0), (r1, c1) = fn.body_start, fn.body_end
-    lines = doc.source.splitlines()
-    only_docstring = (r0, c0) == (r1, c1)
-    if not only_docstring and not lines[r0][:c0].strip():
-        c0 = 0  # let the model write the indentation itself
-    start = doc.offset_at_server_position(ServerPos(r0, c0))
-    end = doc.offset_at_server_position(ServerPos(r1, c1))
-    prefix = doc.source[:start] + ("\n" if only_docstring else "")
-    result = await _run(ls, ls.service.fill, prefix, doc.source[end:])
+    result = await _run(ls, ls.service.fill, plan.prefix, plan.suffix)
     if result is None:
         return None
-    body = cut_body(result.completion, fn.indent).rstrip("\n")
+    body = plan.finish(result.completion)
     if not body.strip():
         _message(ls, "the model wrote no body; try again or raise max_tokens_block")
         return None
-    rng = types.Range(start=doc.client_position_at_offset(start),
-                      end=doc.client_position_at_offset(end))
-    body = ("\n" + body) if only_docstring else body
-    _apply(ls, uri, version, rng, body, f"Unmask: generate body of {fn.name}")
+    rng = types.Range(start=doc.client_position_at_offset(plan.start),
+                      end=doc.client_position_at_offset(plan.end))
+    _apply(ls, uri, version, rng, body, f"Unmask: {plan.title}")
     return None
 
 

@@ -22,7 +22,7 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from assistant.completion import CompletionService, build_infill
+from assistant.completion import CompletionService
 from assistant.settings import AssistantSettings, load_settings
 from engine.errors import UnmaskError
 
@@ -177,9 +177,7 @@ async def suggest(ls: UnmaskServer, uri: str, position: types.Position):
         offset = doc.offset_at_position(position)
         mode = completion_mode(doc.source, position.line,
                                doc.position_from_client_units(position).character)
-        s = ls.service.settings
-        window = build_infill(doc.source, offset, ls.service.holder.engine.tokenizer,
-                              s.prefix_tokens, s.suffix_tokens)
+        window = ls.service.window(doc.source, offset, mode)
     except (UnmaskError, IndexError, ValueError) as err:
         log.warning("no suggestion: %s", err)
         return None

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.lsp.rpc import RawClient
+from lsp.stdio_client import RawClient
 
 URI = "file:///tmp/unmask_example.py"
 SOURCE = 'def add(a, b):\n    """Add two numbers."""\n    pass\n\n\ndef main():\n    x = add(1, 2)\n    \n'

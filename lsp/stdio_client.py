@@ -1,4 +1,7 @@
-"""A minimal JSON-RPC/LSP client over a subprocess's stdio, able to send garbage too."""
+"""A minimal LSP client over a subprocess's stdio, able to send garbage too.
+
+Used by the protocol tests and by ``benchmarks/lsp_typing.py``; editors are the real clients.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class RawClient:
     def __init__(self, *server_args: str, env: dict | None = None) -> None:
+        self.seen: list = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "assistant.cli", "lsp", *server_args], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -75,8 +79,6 @@ class RawClient:
         finally:
             for m in stash:
                 self.seen.append(m)
-
-    seen: list = []
 
     def response(self, rid: int, timeout: float = 30.0) -> dict:
         return self.wait_for(lambda m: m.get("id") == rid and "method" not in m, timeout)
