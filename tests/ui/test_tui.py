@@ -141,6 +141,7 @@ async def test_settings_panel_applies_values(project, tiny_model):
 def _ready(app):
     async def run_before(pilot):
         await wait_until(pilot, lambda: app.engine is not None)
+        app.editor.cursor_blink = False  # a blinking cursor makes pictures differ
         await pilot.pause(0.2)
     return run_before
 
@@ -170,6 +171,9 @@ def test_snapshot_settings(project, tiny_model, snap_compare):
     async def run_before(pilot):
         await _ready(app)(pilot)
         await pilot.press("ctrl+o")
+        await pilot.pause(0.2)
+        app.screen.query_one("#model").value = "tiny-test-model"  # the real path is a tmp dir
+        app.screen.query_one("#save").focus()  # no blinking input cursor in the picture
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(100, 40), run_before=run_before)

@@ -142,8 +142,18 @@ class UnmaskApp(App):
         self.saved_text = text
         self.editor.load_text(text)
         self.editor.language = "python" if path.suffix in (".py", ".pyi") else None
-        self.sub_title = str(path)
+        self.sub_title = self.display_name
         self.editor.focus()
+
+    @property
+    def display_name(self) -> str:
+        if self.file is None:
+            return "untitled"
+        root = self.path if self.path.is_dir() else self.path.parent
+        try:
+            return str(self.file.relative_to(root))
+        except ValueError:
+            return str(self.file)
 
     @property
     def dirty(self) -> bool:
@@ -151,7 +161,7 @@ class UnmaskApp(App):
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         self._quit_armed = False
-        self.sub_title = f"{self.file or 'untitled'}{' •' if self.dirty else ''}"
+        self.sub_title = f"{self.display_name}{' •' if self.dirty else ''}"
 
     def action_save(self) -> None:
         if self.file is None:
@@ -170,7 +180,7 @@ class UnmaskApp(App):
             self.notify(f"Not saved: {err}", severity="error")
             return
         self.saved_text = self.editor.text
-        self.sub_title = str(self.file)
+        self.sub_title = self.display_name
         self.notify(f"Saved {self.file.name}")
 
     def action_quit_app(self) -> None:
