@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # A local CPU wheel of torch on this workplace's machines; real users get their own build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test install install-test clean
+.PHONY: run test install install-test system-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,16 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+# Real clients the tests drive: tmux (TUI) and Chromium (web demo). Installed with apt when
+# missing and we are root (CI); otherwise those tests skip with a reason.
+system-deps:
+	@missing=""; command -v tmux >/dev/null || missing="$$missing tmux"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+		|| echo "could not install$$missing; their tests will skip"; \
+	elif [ -n "$$missing" ]; then echo "missing$$missing; their tests will skip"; fi
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -27,7 +37,7 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(BIN)/unmask infill --prefix-file examples/mean_prefix.py --suffix-file examples/mean_suffix.py
 
-test: install-test
+test: install-test system-deps
 	$(BIN)/python -m pytest
 
 clean:
