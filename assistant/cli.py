@@ -64,6 +64,7 @@ def build_parser() -> Parser:
     sub.add_parser("lsp", help="language server over stdio (inline completion, code actions)",
                    add_help=False)
     sub.add_parser("tui", help="terminal coding session with live denoising", add_help=False)
+    sub.add_parser("demo", help="web demo of the denoising order (127.0.0.1)", add_help=False)
     from assistant.cli_train import add_train_parsers
 
     add_train_parsers(sub)
@@ -235,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
                              "pip install 'unmask[tui]'\n")
             return 4
         return tui_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        try:
+            from ui.web.demo import main as demo_main
+        except ImportError as err:
+            sys.stderr.write(f"unmask: error: the web demo needs gradio ({err.name} missing); "
+                             "pip install 'unmask[demo]'\n")
+            return 4
+        return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":
