@@ -16,8 +16,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# llama-cpp-python has no wheel on PyPI: it compiles llama.cpp (5-10 min, once per machine).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[test]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q -e ".[llamacpp]"
 	touch $@
 
 # Real clients the tests drive: tmux (TUI) and Chromium (web demo). Installed with apt when

@@ -222,28 +222,28 @@ def cmd_models() -> int:
     return 0
 
 
+FRONT_ENDS = {"lsp": ("lsp.server", "the language server", "lsp"),
+              "tui": ("ui.tui.app", "the TUI", "tui"),
+              "demo": ("ui.web.demo", "the web demo", "demo")}
+
+
+def run_front_end(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module, what, extra = FRONT_ENDS[name]
+    try:
+        entry = importlib.import_module(module).main
+    except ImportError as err:
+        sys.stderr.write(f"unmask: error: {what} needs {err.name}, which is not installed; "
+                         f"pip install 'unmask[{extra}]'\n")
+        return 4
+    return entry(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["lsp"]:  # its own flags; must never print to stdout
-        from lsp.server import main as lsp_main
-
-        return lsp_main(argv[1:])
-    if argv[:1] == ["tui"]:
-        try:
-            from ui.tui.app import main as tui_main
-        except ImportError as err:
-            sys.stderr.write(f"unmask: error: the TUI needs textual ({err.name} missing); "
-                             "pip install 'unmask[tui]'\n")
-            return 4
-        return tui_main(argv[1:])
-    if argv[:1] == ["demo"]:
-        try:
-            from ui.web.demo import main as demo_main
-        except ImportError as err:
-            sys.stderr.write(f"unmask: error: the web demo needs gradio ({err.name} missing); "
-                             "pip install 'unmask[demo]'\n")
-            return 4
-        return demo_main(argv[1:])
+    if argv[:1] and argv[0] in FRONT_ENDS:  # their own flags (lsp must never print to stdout)
+        return run_front_end(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":

@@ -30,6 +30,13 @@ def add_train_parsers(sub) -> None:
     e.add_argument("--tokenizer", type=Path, default=DATA / "tokenizer")
     e.add_argument("--out", type=Path, required=True)
 
+    x = sub.add_parser("export", help="export a model as GGUF for the llama.cpp back end")
+    xsub = x.add_subparsers(dest="export_command", required=True, parser_class=type(x))
+    g = xsub.add_parser("gguf", help="write a Dream GGUF (f32, f16, q8_0, q4_k_m)")
+    g.add_argument("--model", default=None, help="model folder or name (default: embedded)")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--quant", default="f16", choices=["f32", "f16", "q8_0", "q4_k_m"])
+
     ev = sub.add_parser("eval", help="HumanEval infilling / whole-function pass@1, held-out loss")
     ev.add_argument("task", choices=["infill-single", "infill-multi", "function", "loss"])
     ev.add_argument("--model", default=None)
@@ -50,6 +57,16 @@ def run_train_command(args: argparse.Namespace) -> int:
         from training.evaluate import run_eval
 
         return run_eval(args)
+    if args.command == "export":
+        from engine.gguf_export import write_gguf
+        from engine.loading import resolve_model
+
+        folder = resolve_model(args.model)
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a model folder; export needs safetensors + config")
+        out = write_gguf(folder, args.out, args.quant)
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+        return 0
     cmd = args.train_command
     if cmd == "corpus":
         from training.corpus import build_corpus

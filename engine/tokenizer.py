@@ -107,6 +107,10 @@ class DreamTokenizer:
         return [self.backend.decode([i], skip_special_tokens=False) for i in ids]
 
     def apply_chat(self, user: str, system: str = "You are a helpful assistant.") -> str:
-        """ChatML as DiffuCoder's README builds it (note the newline before the user's im_end)."""
-        return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}\n<|im_end|>\n"
-                "<|im_start|>assistant\n")
+        return chatml(user, system)
+
+
+def chatml(user: str, system: str = "You are a helpful assistant.") -> str:
+    """ChatML as DiffuCoder's README builds it (note the newline before the user's im_end)."""
+    return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}\n<|im_end|>\n"
+            "<|im_start|>assistant\n")

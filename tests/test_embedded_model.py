@@ -1,0 +1,35 @@
+"""The shipped default model: found, loadable offline, in budget, and it writes code tokens."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from engine.api import Engine, GenerationSettings
+from engine.loading import DEFAULT_MODEL, REPO_MODELS, list_models
+
+
+def test_default_model_is_shipped_in_budget():
+    folder = REPO_MODELS / DEFAULT_MODEL
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["model_type"] == "Dream" and cfg["torch_dtype"] == "bfloat16"
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 64 * 2**20
+    assert (folder / "README.md").exists()  # the model card
+    assert DEFAULT_MODEL in [name for name, _ in list_models()]
+
+
+def test_default_model_loads_without_naming_it_and_infills():
+    eng = Engine.load(device="cpu")
+    assert eng.name == DEFAULT_MODEL
+    res = eng.infill("def add(a, b):\n", "\n\nprint(add(1, 2))\n",
+                     GenerationSettings(max_new_tokens=16, steps=16))
+    assert res.canvas_len <= 16 and all(o >= 0 for o in res.order)
+    assert eng.pad_id == eng.tokenizer.token_id("<|dlm_pad|>")
+
+
+def test_models_command_lists_default():
+    r = subprocess.run([sys.executable, "-m", "assistant.cli", "models"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and f"{DEFAULT_MODEL}  (default)" in r.stdout
