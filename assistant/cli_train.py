@@ -46,7 +46,8 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--steps", type=int, default=None)
     ev.add_argument("--alg", default="entropy")
-    ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed"])
+    ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
+                    help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--empty", action="store_true", help="score an empty completion (the floor)")
     ev.add_argument("--out", type=Path, help="write per-task results as JSONL")
     ev.add_argument("--val", type=Path, default=DATA / "tokens" / "val.bin")

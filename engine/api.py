@@ -80,8 +80,6 @@ class Completion:
     canvas_len: int
     elapsed_s: float
     prompt_tokens: int
-    stopped: bool = False
-    """True when the caller cancelled before the last step."""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -199,7 +197,7 @@ class Engine:
         gen.manual_seed(settings.seed)
         lo, hi = len(pre), len(pre) + n_canvas
         order = [-1] * n_canvas
-        steps_done, stopped = 0, False
+        steps_done = 0
         for st in denoise(self.denoiser, x, self.mask_id, settings.sampler(steps), gen):
             newly = st.decoded[0, lo:hi].nonzero(as_tuple=True)[0].tolist()
             for j in newly:
@@ -208,10 +206,8 @@ class Engine:
             yield Frame(st.step, st.steps, st.x[0, lo:hi].tolist(), list(order), newly)
         canvas_ids = x[0, lo:hi].tolist()
         text = self.tokenizer.decode(self.trim(canvas_ids, instruct))
-        stopped = steps_done < steps
         yield Completion(text, canvas_ids, order, steps_done, n_canvas,
-                         time.perf_counter() - start, len(pre) + len(suf), stopped,
-                         dict(probe or {}))
+                         time.perf_counter() - start, len(pre) + len(suf), dict(probe or {}))
 
     def trim(self, ids: list[int], instruct: bool = False) -> list[int]:
         """Drop what the model wrote into unused slots: cut at eos (and <|im_end|> for chat),

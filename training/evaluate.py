@@ -89,9 +89,20 @@ def _engine_and_settings(args, max_new: int, steps: int):
     from engine.api import Engine, GenerationSettings
 
     eng = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    length = "fixed" if args.length == "oracle" else args.length
     return eng, GenerationSettings(max_new_tokens=args.max_new_tokens or max_new,
-                                   steps=args.steps or steps, alg=args.alg, length=args.length,
+                                   steps=args.steps or steps, alg=args.alg, length=length,
                                    temperature=0.0)
+
+
+def _oracle(eng, settings, task):
+    """A canvas exactly as long as the reference middle (an upper bound for length strategies;
+    it peeks at the answer's length, so it is reported, never used by the product)."""
+    from dataclasses import replace
+
+    n = len(eng.tokenizer.encode(task.middle))
+    tokens_per_step = settings.max_new_tokens / settings.steps
+    return replace(settings, max_new_tokens=n, steps=max(1, round(n / tokens_per_step)))
 
 
 def _progress():
@@ -120,7 +131,8 @@ def eval_infill(args, single: bool) -> dict:
             if eng is None:
                 middle = ""
             else:
-                res = eng.infill(task.prefix, task.suffix, settings)
+                s = _oracle(eng, settings, task) if args.length == "oracle" else settings
+                res = eng.infill(task.prefix, task.suffix, s)
                 middle = first_line(res.completion) if single else res.completion
                 if not single and middle and not middle.endswith("\n"):
                     middle += "\n"

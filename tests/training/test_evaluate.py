@@ -1,0 +1,47 @@
+"""The HumanEval infilling harness: task construction, sandboxed scoring, the CLI table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from engine.sandbox import run_python
+from training.decontam import human_eval_problems
+from training.evaluate import (first_line, multi_line_tasks, program, single_line_tasks,
+                               truncate_function)
+
+
+def test_single_line_construction_matches_the_fim_paper():
+    tasks = single_line_tasks(human_eval_problems())
+    assert len(tasks) == 1033
+    assert all(t.middle.strip() and t.middle.endswith("\n") for t in tasks)
+
+
+def test_reference_middles_pass_and_wrong_ones_fail():
+    problems = human_eval_problems()
+    for task in single_line_tasks(problems)[:12] + multi_line_tasks(problems)[:6]:
+        ok = run_python(program(task.prefix, task.middle, task.suffix, task.test,
+                                task.entry_point))
+        assert ok.passed, (task.task_id, ok.detail)
+    task = single_line_tasks(problems)[3]
+    bad = run_python(program(task.prefix, "    return None\n", task.suffix, task.test,
+                             task.entry_point))
+    assert not bad.passed
+
+
+def test_post_processing():
+    assert first_line("    return x\n    y = 2\n") == "    return x\n"
+    assert truncate_function("    return 1\n\ndef other():\n    pass\n") == "    return 1\n"
+
+
+def test_eval_cli_prints_table_and_summary(tmp_path):
+    out = tmp_path / "r.jsonl"
+    r = subprocess.run([sys.executable, "-m", "assistant.cli", "eval", "infill-single", "--empty",
+                        "--limit", "8", "--out", str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "pass@1" in r.stdout
+    summary = json.loads(r.stderr.strip().splitlines()[-1])
+    assert summary["n"] == 8 and summary["model"] == "empty"
+    assert len(out.read_text().splitlines()) == 8
