@@ -140,8 +140,9 @@ async def test_settings_panel_applies_values(project, tiny_model):
 
 def _ready(app):
     async def run_before(pilot):
-        await wait_until(pilot, lambda: app.engine is not None)
+        assert await wait_until(pilot, lambda: app.engine is not None, tries=1200)
         app.editor.cursor_blink = False  # a blinking cursor makes pictures differ
+        app.set_focus(None)
         await pilot.pause(0.2)
     return run_before
 
@@ -158,8 +159,9 @@ def test_snapshot_candidate(project, tiny_model, snap_compare):
         await _ready(app)(pilot)
         app.editor.cursor_location = (2, 6)
         await pilot.press("ctrl+g")
-        await wait_until(pilot, lambda: app.request and app.request.candidates)
+        assert await wait_until(pilot, lambda: app.request and app.request.candidates, tries=1200)
         app.status.last_run = "12 tok in 12 steps"  # timings vary; keep the snapshot stable
+        app.set_focus(None)
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(100, 28), run_before=run_before)
