@@ -82,6 +82,9 @@ class TrainConfig:
     """Steps between log lines."""
     seed: int = 1234
     """Seed of data order, masking and initialisation."""
+    init_from: str = ""
+    """Start from the weights of this model folder (e.g. the shipped model) instead of random
+    ones, with a fresh optimizer; ignored when the run already has a checkpoint to resume."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.causal_fraction <= 1.0:
@@ -231,6 +234,12 @@ def train(cfg: TrainConfig, progress=None) -> Path:
     if (ckpt / "state.json").exists():
         state = load_checkpoint(ckpt, model, opt)
         log.info("resumed from %s at step %d", ckpt, state["step"])
+    elif cfg.init_from:
+        from engine.loading import load_model
+
+        source = load_model(Path(cfg.init_from), "cpu", "float32").model
+        model.load_state_dict(source.state_dict())
+        log.info("initialised from %s", cfg.init_from)
     model.to(device)
     wrapped = model
     if world > 1:

@@ -93,3 +93,25 @@ def test_ddp_two_cpu_processes_on_gloo(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = json.loads((tmp_path / "ddp" / "last" / "state.json").read_text())
     assert state["step"] == 3 and state["tokens"] == 3 * 2 * 64 * 2  # two processes' batches
+
+
+def test_init_from_a_model_folder_starts_from_its_weights(data, tmp_path):
+    import torch
+
+    from engine.loading import load_model
+    from engine.model import DreamConfig, DreamModel
+    from training.export import save_model_folder
+
+    d, vocab = data
+    cfg = config(d, vocab, tmp_path / "run", max_steps=1, causal_fraction=0.0, lr=0.0,
+                 diffusion_lr=0.0)
+    torch.manual_seed(99)
+    source = DreamModel(DreamConfig(**cfg.model))
+    folder = save_model_folder(source, d / "tok", tmp_path / "src", dtype=torch.float32)
+    cfg.init_from = str(folder)
+    ckpt = train(cfg)
+    trained = load_file(str(ckpt / "model.safetensors"))
+    reference = load_model(folder, "cpu", "float32").model.state_dict()
+    assert torch.equal(trained["model.norm.weight"], reference["model.norm.weight"])
+    assert torch.allclose(trained["model.layers.0.mlp.up_proj.weight"],
+                          reference["model.layers.0.mlp.up_proj.weight"])
