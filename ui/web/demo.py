@@ -230,7 +230,7 @@ def build_demo(default_model: str | None = None, device: str = "auto"):
         def run(*args):
             for frame_html, run_obj, text, info in denoise_frames(engines, *args):
                 yield (frame_html, run_obj, text, info,
-                       gr.update(maximum=max(1, run_obj.steps - 1), value=max(run_obj.order)))
+                       gr.update(maximum=max(1, run_obj.steps - 1), value=max(0, max(run_obj.order))))
 
         run_btn.click(run, [model, mode, code, steps, max_tokens, alg, temperature, alg_temp,
                             seed], [canvas, run_state, completion, metrics, replay],
