@@ -46,32 +46,30 @@ def build_infill(text: str, offset: int, tokenizer, prefix_tokens: int,
     return InfillWindow(prefix, suffix, replace_from)
 
 
-def _tail_by_tokens(text: str, tokenizer, budget: int) -> str:
-    text = text[-budget * 8:]  # a cheap bound: code averages ~3.4 bytes per token
-    lines = text.splitlines(keepends=True)
+def _whole_lines_within(lines, tokenizer, budget: int) -> list[str]:
+    """Take lines in the given order until the next one would exceed ``budget`` tokens."""
     out: list[str] = []
     used = 0
-    for line in reversed(lines):
+    for line in lines:
         n = len(tokenizer.encode(line))
         if used + n > budget:
             break
         out.append(line)
         used += n
-    return "".join(reversed(out))
+    return out
+
+
+def _tail_by_tokens(text: str, tokenizer, budget: int) -> str:
+    text = text[-budget * 8:]  # a cheap bound: code averages ~3.4 bytes per token
+    lines = text.splitlines(keepends=True)
+    return "".join(reversed(_whole_lines_within(reversed(lines), tokenizer, budget)))
 
 
 def _head_by_tokens(text: str, tokenizer, budget: int) -> str:
     if budget <= 0:
         return ""
-    text = text[:budget * 8]
-    out, used = [], 0
-    for line in text.splitlines(keepends=True):
-        n = len(tokenizer.encode(line))
-        if used + n > budget:
-            break
-        out.append(line)
-        used += n
-    return "".join(out)
+    lines = text[:budget * 8].splitlines(keepends=True)
+    return "".join(_whole_lines_within(lines, tokenizer, budget))
 
 
 class SuggestionCache:
