@@ -42,10 +42,13 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--model", default=None)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="auto")
-    ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N tasks")
+    ev.add_argument("--limit", type=int, default=0,
+                    help="evaluate N tasks spread evenly over the set (loss: N windows)")
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--steps", type=int, default=None)
-    ev.add_argument("--alg", default="entropy")
+    ev.add_argument("--alg", default=None, help="default: the model's generation_config")
+    ev.add_argument("--block-length", type=int, default=None,
+                    help="semi-autoregressive block size (default: the model's)")
     ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--empty", action="store_true", help="score an empty completion (the floor)")

@@ -212,7 +212,8 @@ class CompletionService:
         s = self.settings
         new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
         return GenerationSettings(max_new_tokens=new, steps=s.steps or new, alg=s.alg,
-                                  temperature=s.temperature, length="adaptive")
+                                  temperature=s.temperature, length="adaptive",
+                                  stop=("\n",) if mode == "single" else ())
 
     def infill(self, job: Job, window: InfillWindow, mode: str) -> str | None:
         """Blocking; returns the suggestion text or None (not ready, cancelled, failed)."""

@@ -24,7 +24,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.loading import LoadedModel, load_model, resolve_model
-from engine.sampler import SamplerSettings, denoise, shifted_logits
+from engine.sampler import SamplerSettings, denoise, masked_logits
 from engine.tokenizer import DreamTokenizer
 
 LENGTH_STRATEGIES = ("adaptive", "fixed")
@@ -42,6 +42,10 @@ class GenerationSettings(SamplerSettings):
     """Seed of the explicit torch.Generator."""
     chat: bool | None = None
     """Wrap prompts in the chat template: None = when the model is an instruct model."""
+    stop: tuple[str, ...] = ()
+    """End denoising early once the committed left part of the canvas (every slot before the
+    first one still masked) contains one of these strings, eos or a pad; what is still masked
+    is dropped. ("\n",) makes single-line completion stop after its line."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,7 +57,7 @@ class GenerationSettings(SamplerSettings):
     def sampler(self, steps: int | None = None) -> SamplerSettings:
         return SamplerSettings(steps=steps or self.steps, alg=self.alg, alg_temp=self.alg_temp,
                                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                               eps=self.eps)
+                               eps=self.eps, block_length=self.block_length)
 
 
 @dataclass
@@ -96,6 +100,12 @@ class TorchDenoiser:
     @torch.inference_mode()
     def logits(self, x, attention_mask=None, position_ids=None) -> torch.Tensor:
         return self.loaded.model(x.to(self.loaded.device), attention_mask, position_ids)
+
+    @torch.inference_mode()
+    def logits_at(self, x, select, attention_mask=None, position_ids=None) -> torch.Tensor:
+        dev = self.loaded.device
+        return self.loaded.model(x.to(dev), attention_mask, position_ids,
+                                 select=(select[0].to(dev), select[1].to(dev)))
 
 
 class Engine:
@@ -159,8 +169,9 @@ class Engine:
                         raw: bool = False) -> Iterator[Frame | Completion]:
         """Whole-function / free generation: prompt followed by ``max_new_tokens`` masks."""
         chat = settings.chat if settings.chat is not None else self.is_instruct
-        text = prompt if raw or not chat else self.tokenizer.apply_chat(prompt)
-        ids = self._start(self.tokenizer.encode(text))
+        ids = self.tokenizer.encode(prompt) if raw or not chat else \
+            self.tokenizer.encode_chat(prompt)
+        ids = self._start(ids)
         self._check_fits(len(ids), settings.max_new_tokens)
         yield from self._run(ids, settings.max_new_tokens, [], settings, settings.steps,
                              instruct=chat and not raw)
@@ -180,9 +191,10 @@ class Engine:
     def probe_length(self, pre: list[int], suf: list[int], max_new: int) -> tuple[int, dict]:
         """Expected hole length from one forward pass over a full canvas: the sum over slots of
         P(not pad/eos), plus a safety margin (too short is fatal, too long only costs steps)."""
-        x = torch.tensor([pre + [self.mask_id] * max_new + suf], dtype=torch.long)
-        logits = shifted_logits(self.denoiser, x.to(self.device), None, None)[0]  # (L, V)
-        probs = torch.softmax(logits[len(pre):len(pre) + max_new].float(), dim=-1)  # (N, V)
+        x = torch.tensor([pre + [self.mask_id] * max_new + suf], dtype=torch.long,
+                         device=self.device)
+        logits = masked_logits(self.denoiser, x, x == self.mask_id)  # (N, V)
+        probs = torch.softmax(logits.float(), dim=-1)  # (N, V)
         p_end = probs[:, self.pad_id] + probs[:, self.eos_id]  # (N,)
         expected = float((1 - p_end).sum())
         canvas = min(max_new, max(4, math.ceil(expected * 1.5) + 4))
@@ -197,17 +209,28 @@ class Engine:
         gen.manual_seed(settings.seed)
         lo, hi = len(pre), len(pre) + n_canvas
         order = [-1] * n_canvas
-        steps_done = 0
+        steps_done, settled = 0, 0
         for st in denoise(self.denoiser, x, self.mask_id, settings.sampler(steps), gen):
             newly = st.decoded[0, lo:hi].nonzero(as_tuple=True)[0].tolist()
             for j in newly:
                 order[j] = st.step
             steps_done = st.step + 1
-            yield Frame(st.step, st.steps, st.x[0, lo:hi].tolist(), list(order), newly)
+            canvas = st.x[0, lo:hi].tolist()
+            yield Frame(st.step, st.steps, canvas, list(order), newly)
+            if settings.stop:
+                done = canvas.index(self.mask_id) if self.mask_id in canvas else n_canvas
+                if done > settled and self._stops(canvas[:done], settings.stop, instruct):
+                    break
+                settled = done
         canvas_ids = x[0, lo:hi].tolist()
         text = self.tokenizer.decode(self.trim(canvas_ids, instruct))
         yield Completion(text, canvas_ids, order, steps_done, n_canvas,
                          time.perf_counter() - start, len(pre) + len(suf), dict(probe or {}))
+
+    def _stops(self, settled: list[int], stop: tuple[str, ...], instruct: bool) -> bool:
+        ends = {self.eos_id, self.pad_id} | ({self.im_end_id} if instruct else set())
+        return bool(ends & set(settled)) or any(
+            s in self.tokenizer.decode(self.trim(settled, instruct)) for s in stop)
 
     def trim(self, ids: list[int], instruct: bool = False) -> list[int]:
         """Drop what the model wrote into unused slots: cut at eos (and <|im_end|> for chat),

@@ -126,10 +126,11 @@ class GGUFTokenizer:
     def token_id(self, token: str) -> int | None:
         return self._ids.get(token)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, specials: bool = False) -> list[int]:
+        """Token ids; control tokens are parsed only with ``specials`` (engine templates)."""
         data = text.encode("utf-8")
         buf = (self.L.llama_token * (len(data) + 16))()
-        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, specials)
         if n < 0:
             raise BackendError("llama.cpp could not tokenize the prompt")
         return list(buf[:n])
@@ -145,10 +146,10 @@ class GGUFTokenizer:
     def token_texts(self, ids: list[int]) -> list[str]:
         return [self.decode([i]) for i in ids]
 
-    def apply_chat(self, user: str, system: str = "You are a helpful assistant.") -> str:
-        from engine.tokenizer import chatml
+    def encode_chat(self, user: str, system: str = "You are a helpful assistant.") -> list[int]:
+        from engine.tokenizer import encode_chat
 
-        return chatml(user, system)
+        return encode_chat(self, user, system)
 
 
 class LlamaCppDenoiser:

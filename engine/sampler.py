@@ -9,6 +9,12 @@ by Gumbel-free sampling over confidences when ``alg_temp`` > 0, or at random wit
 ``1 - s / t`` (``origin``). Logits are shifted right by one (hidden i-1 predicts token i).
 The loop *yields* after every step, so callers render, cancel or record the decoding order.
 Randomness comes only from the explicit ``torch.Generator``.
+
+``block_length`` adds LLaDA's semi-autoregressive decoding (Nie et al. 2025, also the block
+structure of Fast-dLLM): the canvas is cut into blocks of that many slots, decoded left to right,
+each with its share of the steps and Dream's schedule inside it; positions are only committed in
+the current block, but every forward pass still sees the whole canvas and the suffix.
+``block_length=1`` with one step per slot is left-to-right decoding. ``None`` is upstream Dream.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
 class Denoiser(Protocol):
-    """Anything that returns raw (unshifted) logits (B, L, V) for a whole canvas."""
+    """Anything that returns raw (unshifted) logits (B, L, V) for a whole canvas.
+
+    A denoiser may also offer ``logits_at(x, (rows, cols), attention_mask, position_ids)``
+    returning only those positions' logits (M, V): the LM head is then skipped for the prompt.
+    """
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
                position_ids: torch.Tensor | None) -> torch.Tensor: ...
@@ -47,6 +57,8 @@ class SamplerSettings:
     """Top-k filter."""
     eps: float = 1e-3
     """Final timestep of the schedule."""
+    block_length: int | None = None
+    """Semi-autoregressive blocks of this many canvas slots, left to right; None = one block."""
 
     def __post_init__(self) -> None:
         from engine.errors import ConfigError
@@ -61,6 +73,8 @@ class SamplerSettings:
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.block_length is not None and self.block_length < 1:
+            raise ConfigError(f"--block-length must be at least 1, got {self.block_length}")
         if self.alg_temp is not None and self.alg_temp < 0:
             raise ConfigError(f"--alg-temp must be >= 0, got {self.alg_temp}")
 
@@ -137,6 +151,16 @@ def shifted_logits(denoiser: Denoiser, x: torch.Tensor, attention_mask, position
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # (B, L, V): row i predicts x[i]
 
 
+def masked_logits(denoiser: Denoiser, x: torch.Tensor, mask_index: torch.Tensor,
+                  attention_mask=None, position_ids=None) -> torch.Tensor:
+    """Shifted logits at the ``mask_index`` positions only, (M, V), in boolean-index order."""
+    at = getattr(denoiser, "logits_at", None)
+    if at is None:
+        return shifted_logits(denoiser, x, attention_mask, position_ids)[mask_index]
+    rows, cols = mask_index.nonzero(as_tuple=True)
+    return at(x, (rows, (cols - 1).clamp(min=0)), attention_mask, position_ids)
+
+
 def origin_step(x, mask_index, mlogits, p_transfer, s, mask_id, gen):
     x0 = torch.full((int(mask_index.sum()),), mask_id, dtype=torch.long, device=x.device)
     transfer = torch.rand(x0.shape, generator=gen, device=_rng_device(gen, x)).to(x.device) \
@@ -165,27 +189,48 @@ def confidence_step(x, mask_index, mlogits, k, s, mask_id, gen):
     x[rows, idx] = cand[rows, idx]
 
 
+def block_plan(x: torch.Tensor, mask_id: int, steps: int,
+               block_length: int | None) -> list[tuple[int, int, int]]:
+    """(start, end, steps) per block over the masked span of ``x``; steps are shared out evenly
+    (earlier blocks get the remainder), at least one per block."""
+    if not block_length:
+        return [(0, x.size(1), steps)]
+    cols = (x == mask_id).any(0).nonzero(as_tuple=True)[0]
+    if cols.numel() == 0:
+        return [(0, x.size(1), steps)]
+    lo, hi = int(cols.min()), int(cols.max()) + 1
+    starts = list(range(lo, hi, block_length))
+    base, extra = divmod(max(steps, len(starts)), len(starts))
+    return [(a, min(a + block_length, hi), base + (j < extra)) for j, a in enumerate(starts)]
+
+
 def denoise(denoiser: Denoiser, x: torch.Tensor, mask_id: int, settings: SamplerSettings,
             generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
             position_ids: torch.Tensor | None = None) -> Iterator[DenoiseStep]:
     """Denoise every ``mask_id`` slot of ``x`` (B, L) in ``settings.steps`` steps, yielding each.
 
     ``x`` is modified in place and also returned in each yielded step (cloned), so a caller that
-    stops iterating (cancellation) simply stops the loop between two forward passes.
+    stops iterating (cancellation) simply stops the loop between two forward passes. With
+    ``block_length`` the step count is at least the number of blocks.
     """
     s = settings
-    timesteps = torch.linspace(1, s.eps, s.steps + 1)
-    for i in range(s.steps):
-        mask_index = x == mask_id  # (B, L)
-        before = mask_index.clone()
-        logits = shifted_logits(denoiser, x, attention_mask, position_ids)
-        mlogits = logits[mask_index]  # (M, V)
-        t, s_next = timesteps[i], timesteps[i + 1]
-        last = i == s.steps - 1
-        if s.alg == "origin":
-            p_transfer = 1 if last else 1 - s_next / t
-            origin_step(x, mask_index, mlogits, p_transfer, s, mask_id, generator)
-        else:
-            k = num_transfer_tokens(mask_index.cpu(), t, s_next, last)
-            confidence_step(x, mask_index, mlogits, k, s, mask_id, generator)
-        yield DenoiseStep(i, s.steps, x.clone(), before & (x != mask_id))
+    plan = block_plan(x, mask_id, s.steps, s.block_length)
+    total, i = sum(n for _, _, n in plan), 0
+    for a, b, n_steps in plan:
+        timesteps = torch.linspace(1, s.eps, n_steps + 1)
+        for j in range(n_steps):
+            mask_index = x == mask_id  # (B, L)
+            mask_index[:, :a] = False
+            mask_index[:, b:] = False
+            before = mask_index.clone()
+            mlogits = masked_logits(denoiser, x, mask_index, attention_mask, position_ids)
+            t, s_next = timesteps[j], timesteps[j + 1]
+            last = j == n_steps - 1
+            if s.alg == "origin":
+                p_transfer = 1 if last else 1 - s_next / t
+                origin_step(x, mask_index, mlogits, p_transfer, s, mask_id, generator)
+            else:
+                k = num_transfer_tokens(mask_index.cpu(), t, s_next, last)
+                confidence_step(x, mask_index, mlogits, k, s, mask_id, generator)
+            yield DenoiseStep(i, total, x.clone(), before & (x != mask_id))
+            i += 1

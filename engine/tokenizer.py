@@ -95,7 +95,11 @@ class DreamTokenizer:
     def token_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, specials: bool = False) -> list[int]:
+        """Token ids of ``text``. User text never turns into control tokens: a file that
+        contains the string "<|mask|>" must not become a hole. ``specials=True`` parses them
+        (only for templates the engine builds)."""
+        self.backend.encode_special_tokens = not specials
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
@@ -106,8 +110,14 @@ class DreamTokenizer:
         """Per-token text for rendering a canvas (each token decoded alone)."""
         return [self.backend.decode([i], skip_special_tokens=False) for i in ids]
 
-    def apply_chat(self, user: str, system: str = "You are a helpful assistant.") -> str:
-        return chatml(user, system)
+    def encode_chat(self, user: str, system: str = "You are a helpful assistant.") -> list[int]:
+        return encode_chat(self, user, system)
+
+
+def encode_chat(tok, user: str, system: str) -> list[int]:
+    """The chat template's ids with its control tokens parsed and the user's text not."""
+    head, tail = chatml("\x00", system).split("\x00")
+    return tok.encode(head, specials=True) + tok.encode(user) + tok.encode(tail, specials=True)
 
 
 def chatml(user: str, system: str = "You are a helpful assistant.") -> str:

@@ -16,7 +16,7 @@ import json
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.sandbox import run_python
@@ -86,20 +86,31 @@ def truncate_function(text: str) -> str:
 
 
 def _engine_and_settings(args, max_new: int, steps: int):
+    """Greedy settings: the model's generation_config for alg / block length unless overridden,
+    the task's canvas and steps unless given."""
     from engine.api import Engine, GenerationSettings
+    from assistant.cli import engine_defaults
 
     eng = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    defaults = engine_defaults(eng)
     length = "fixed" if args.length == "oracle" else args.length
+    block = args.block_length if args.block_length is not None else defaults.get("block_length")
     return eng, GenerationSettings(max_new_tokens=args.max_new_tokens or max_new,
-                                   steps=args.steps or steps, alg=args.alg, length=length,
-                                   temperature=0.0)
+                                   steps=args.steps or steps, length=length, temperature=0.0,
+                                   alg=args.alg or defaults.get("alg", "entropy"),
+                                   block_length=block or None)
+
+
+def spread(items: list, limit: int) -> list:
+    """``limit`` items evenly spaced over ``items`` (all of them when limit is 0)."""
+    if not limit or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
 
 
 def _oracle(eng, settings, task):
     """A canvas exactly as long as the reference middle (an upper bound for length strategies;
     it peeks at the answer's length, so it is reported, never used by the product)."""
-    from dataclasses import replace
-
     n = len(eng.tokenizer.encode(task.middle))
     tokens_per_step = settings.max_new_tokens / settings.steps
     return replace(settings, max_new_tokens=n, steps=max(1, round(n / tokens_per_step)))
@@ -117,11 +128,12 @@ def _progress():
 def eval_infill(args, single: bool) -> dict:
     problems = human_eval_problems()
     tasks = single_line_tasks(problems) if single else multi_line_tasks(problems)
-    if args.limit:
-        tasks = tasks[:args.limit]
+    tasks = spread(tasks, args.limit)
     eng = settings = None
     if not args.empty:
         eng, settings = _engine_and_settings(args, 32 if single else 96, 32 if single else 96)
+        if single:  # only the first line is kept: stop denoising once it is settled
+            settings = replace(settings, stop=("\n",))
     records, futures = [], []
     with ThreadPoolExecutor(2) as pool, _progress() as bar:
         job = bar.add_task("infill-single" if single else "infill-multi", total=len(tasks),
@@ -152,8 +164,7 @@ def eval_infill(args, single: bool) -> dict:
 
 def eval_function(args) -> dict:
     problems = human_eval_problems()
-    if args.limit:
-        problems = problems[:args.limit]
+    problems = spread(problems, args.limit)
     eng = settings = None
     if not args.empty:
         eng, settings = _engine_and_settings(args, 128, 64)

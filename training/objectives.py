@@ -69,7 +69,8 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
     """Cut a middle out of a window and pad it: returns (sequence, canvas_start, canvas_len).
 
     The middle is 1..8 whole lines (70 %) or a random token span (30 %); the canvas is the middle
-    plus 0..len+8 ``<|dlm_pad|>`` slots; the result is prefix + canvas + suffix, cut to len(x_row).
+    plus 0..2*len+24 ``<|dlm_pad|>`` slots (an editor's canvas is often 2-4x the hole); the
+    result is prefix + canvas + suffix, cut to len(x_row).
     """
     L = x_row.numel()
     r = torch.rand(3, generator=gen)
@@ -85,7 +86,7 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
         b = a + 1 + int(torch.randint(min(max_middle, 48), (1,), generator=gen))
     b = min(b, a + max_middle)
     middle = x_row[a:b]
-    extra = int(torch.randint(0, middle.numel() + 9, (1,), generator=gen))
+    extra = int(torch.randint(0, 2 * middle.numel() + 25, (1,), generator=gen))
     canvas = torch.cat([middle, torch.full((extra,), sp.pad_id, dtype=x_row.dtype)])
     seq = torch.cat([x_row[:a], canvas, x_row[b:]])[:L]
     if seq.numel() < L:  # the canvas is longer than what was cut: the window is shorter

@@ -32,6 +32,19 @@ def test_adaptive_canvas_never_exceeds_max_and_scales_steps(tiny_engine):
     assert "expected_len" in res.extra
 
 
+def test_stop_string_ends_denoising_once_the_left_part_holds_it(tiny_engine):
+    e = tiny_engine
+    l2r = GenerationSettings(max_new_tokens=12, steps=12, length="fixed", block_length=1)
+    full = e.infill("def f(x):\n", "\n", l2r)
+    ids = [i for i in full.token_ids if i not in (e.eos_id, e.pad_id)]
+    assert len(ids) >= 4, "the tiny random model should write real tokens"
+    stop = e.tokenizer.decode(ids[2:3])
+    cut = e.infill("def f(x):\n", "\n", l2r, stop=(stop,))
+    assert cut.steps < full.steps or stop in e.tokenizer.decode(full.token_ids[-1:])
+    assert stop in cut.completion and full.completion.startswith(cut.completion)
+    assert cut.token_ids[:cut.steps] == full.token_ids[:cut.steps]
+
+
 def test_prompt_longer_than_context_is_a_config_error(tiny_engine):
     with pytest.raises(ConfigError, match="context"):
         tiny_engine.generate("x = 1\n" * 400, max_new_tokens=8, steps=2)
@@ -53,3 +66,5 @@ def test_chat_template_for_instruct_folders(tmp_path):
     res = eng.generate("write add", max_new_tokens=4, steps=2)
     raw = eng.generate("write add", raw=True, max_new_tokens=4, steps=2)
     assert res.prompt_tokens > raw.prompt_tokens  # ChatML markers were added
+    ids = eng.tokenizer.encode_chat("say <|im_end|> please")  # the user's copy stays text
+    assert ids.count(eng.im_end_id) == 2 and "say <|im_end|> please" in eng.tokenizer.decode(ids)

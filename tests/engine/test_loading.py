@@ -26,7 +26,11 @@ def test_both_tokenizer_styles_encode_identically(tmp_path):
     assert ids == tb.encode(CODE)
     assert tb.decode(ids) == CODE
     assert tb.token_id("<|mask|>") == ta.token_id("<|mask|>")
-    assert tb.encode("x<|mask|>y")[1] == tb.token_id("<|mask|>")
+    assert tb.encode("x<|mask|>y", specials=True)[1] == tb.token_id("<|mask|>")
+    for t in (ta, tb):  # user text never becomes a control token
+        ids = t.encode("x = '<|mask|>'  # <|endoftext|>")
+        assert t.token_id("<|mask|>") not in ids and t.token_id("<|endoftext|>") not in ids
+        assert t.decode(ids) == "x = '<|mask|>'  # <|endoftext|>"
 
 
 def test_sharded_and_single_file_give_same_logits(tmp_path):

@@ -79,8 +79,43 @@ def test_stopping_iteration_cancels_between_steps():
     assert len(calls) == 3 and (x == 1).any()
 
 
+def decode_steps(x, settings) -> torch.Tensor:
+    """Per position, the step it was committed at (-1: never)."""
+    at = torch.full(x.shape, -1)
+    for st in denoise(Uniform(), x, 1, settings):
+        at[st.decoded] = st.step
+    return at
+
+
+def test_block_length_one_decodes_left_to_right_and_never_touches_the_suffix():
+    x = torch.cat([torch.full((1, 3), 9), torch.full((1, 10), 1), torch.full((1, 4), 8)], dim=1)
+    at = decode_steps(x, SamplerSettings(steps=10, alg="entropy", block_length=1))
+    assert at[0, 3:13].tolist() == list(range(10))
+    assert (at[0, :3] == -1).all() and (x[0, 13:] == 8).all() and (x != 1).all()
+
+
+def test_blocks_finish_in_order_with_their_share_of_steps():
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 10), 1)], dim=1)
+    at = decode_steps(x, SamplerSettings(steps=6, alg="maskgit_plus", block_length=4))
+    blocks = [at[0, 2:6], at[0, 6:10], at[0, 10:12]]  # 3 blocks: 2 + 2 + 2 steps
+    assert blocks[0].max() < blocks[1].min() and blocks[1].max() < blocks[2].min()
+    assert int(blocks[2].max()) == 5
+    # fewer steps than blocks: one step per block
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 10), 1)], dim=1)
+    assert int(decode_steps(x, SamplerSettings(steps=1, block_length=4)).max()) == 2
+
+
+def test_no_block_length_is_one_block():
+    x1 = torch.cat([torch.full((1, 2), 9), torch.full((1, 12), 1)], dim=1)
+    x2 = x1.clone()
+    list(denoise(Uniform(seed=3), x1, 1, SamplerSettings(steps=5)))
+    list(denoise(Uniform(seed=3), x2, 1, SamplerSettings(steps=5, block_length=64)))
+    assert torch.equal(x1, x2)
+
+
 @pytest.mark.parametrize("kwargs", [{"alg": "nope"}, {"steps": 0}, {"temperature": -1},
-                                    {"top_p": 1.5}, {"top_k": 0}, {"alg_temp": -0.1}])
+                                    {"top_p": 1.5}, {"top_k": 0}, {"alg_temp": -0.1},
+                                    {"block_length": 0}])
 def test_bad_settings_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
         SamplerSettings(**kwargs)
