@@ -51,6 +51,8 @@ def add_train_parsers(sub) -> None:
                     help="semi-autoregressive block size (default: the model's)")
     ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
+    ev.add_argument("--jobs", type=int, default=1,
+                    help="tasks run in parallel (threads; torch threads are split among them)")
     ev.add_argument("--empty", action="store_true", help="score an empty completion (the floor)")
     ev.add_argument("--out", type=Path, help="write per-task results as JSONL")
     ev.add_argument("--val", type=Path, default=DATA / "tokens" / "val.bin")

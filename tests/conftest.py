@@ -59,10 +59,10 @@ def make_tiny_folder(out: Path, style: str = "tokenizer.json", seed: int = 0, sh
             "tokenizer_class": "DreamTokenizer",
             "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}}))
     torch.manual_seed(seed)
-    cfg = DreamConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=tie,
-                      **overrides)
+    cfg = DreamConfig(**{**dict(
+        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=tie), **overrides})
     model = DreamModel(cfg)
     with torch.no_grad():
         for p in model.parameters():

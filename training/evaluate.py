@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from engine.errors import ConfigError
 from engine.sandbox import run_python
 from training.decontam import human_eval_problems
 
@@ -125,6 +127,25 @@ def _progress():
                     console=__import__("rich.console").console.Console(stderr=True))
 
 
+def _pool(items: list, work, jobs: int, label: str) -> list[dict]:
+    """``work(item) -> record`` for every item on ``jobs`` threads (torch and the sandbox release
+    the GIL), records in input order, with a progress bar (a log line every 50 off a terminal)."""
+    if jobs > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    with ThreadPoolExecutor(max(1, jobs)) as pool, _progress() as bar:
+        job = bar.add_task(label, total=len(items), info="")
+        futures = [pool.submit(work, it) for it in items]
+        passed = 0
+        for n, fut in enumerate(as_completed(futures), 1):
+            passed += fut.result()["passed"]
+            bar.update(job, advance=1, info=f"passed {passed}")
+            if not bar.console.is_terminal and (n % 50 == 0 or n == len(items)):
+                bar.console.print(f"{label}: {n}/{len(items)} done, {passed} passed")
+        return [f.result() for f in futures]
+
+
 def eval_infill(args, single: bool) -> dict:
     problems = human_eval_problems()
     tasks = single_line_tasks(problems) if single else multi_line_tasks(problems)
@@ -134,52 +155,49 @@ def eval_infill(args, single: bool) -> dict:
         eng, settings = _engine_and_settings(args, 32 if single else 96, 32 if single else 96)
         if single:  # only the first line is kept: stop denoising once it is settled
             settings = replace(settings, stop=("\n",))
-    records, futures = [], []
-    with ThreadPoolExecutor(2) as pool, _progress() as bar:
-        job = bar.add_task("infill-single" if single else "infill-multi", total=len(tasks),
-                           info="")
-        for task in tasks:
-            extra: dict = {}
-            if eng is None:
-                middle = ""
-            else:
-                s = _oracle(eng, settings, task) if args.length == "oracle" else settings
+
+    def work(task: InfillTask) -> dict:
+        extra: dict = {}
+        middle = ""
+        if eng is not None:
+            s = _oracle(eng, settings, task) if args.length == "oracle" else settings
+            try:
                 res = eng.infill(task.prefix, task.suffix, s)
-                middle = first_line(res.completion) if single else res.completion
-                if not single and middle and not middle.endswith("\n"):
-                    middle += "\n"
-                extra = {"canvas_len": res.canvas_len, "steps": res.steps,
-                         "elapsed_s": round(res.elapsed_s, 4)}
-            fut = pool.submit(run_python, program(task.prefix, middle, task.suffix, task.test,
-                                                  task.entry_point))
-            futures.append((task, middle, extra, fut))
-            done = sum(f.done() and f.result().passed for _, _, _, f in futures)
-            bar.update(job, advance=1, info=f"passed so far {done}")
-        for task, middle, extra, fut in futures:
-            r = fut.result()
-            records.append({"task_id": task.task_id, "passed": r.passed, "status": r.status,
-                            "completion": middle, "reference": task.middle, **extra})
-    return _summary(records, args, "infill-single" if single else "infill-multi")
+            except ConfigError as err:  # e.g. longer than the model's context: a failed task
+                return {"task_id": task.task_id, "passed": False, "status": f"error: {err}",
+                        "completion": "", "reference": task.middle}
+            middle = first_line(res.completion) if single else res.completion
+            if not single and middle and not middle.endswith("\n"):
+                middle += "\n"
+            extra = {"canvas_len": res.canvas_len, "steps": res.steps,
+                     "elapsed_s": round(res.elapsed_s, 4)}
+        r = run_python(program(task.prefix, middle, task.suffix, task.test, task.entry_point))
+        return {"task_id": task.task_id, "passed": r.passed, "status": r.status,
+                "completion": middle, "reference": task.middle, **extra}
+
+    label = "infill-single" if single else "infill-multi"
+    return _summary(_pool(tasks, work, args.jobs, label), args, label)
 
 
 def eval_function(args) -> dict:
-    problems = human_eval_problems()
-    problems = spread(problems, args.limit)
+    problems = spread(human_eval_problems(), args.limit)
     eng = settings = None
     if not args.empty:
         eng, settings = _engine_and_settings(args, 128, 64)
-    records = []
-    with _progress() as bar:
-        job = bar.add_task("function", total=len(problems), info="")
-        for p in problems:
-            body = ""
-            if eng is not None:
+
+    def work(p: dict) -> dict:
+        body = ""
+        if eng is not None:
+            try:
                 body = truncate_function(eng.generate(p["prompt"], settings, raw=True).completion)
-            r = run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
-            records.append({"task_id": p["task_id"], "passed": r.passed, "status": r.status,
-                            "completion": body})
-            bar.update(job, advance=1, info=f"passed {sum(x['passed'] for x in records)}")
-    return _summary(records, args, "function")
+            except ConfigError as err:
+                return {"task_id": p["task_id"], "passed": False, "status": f"error: {err}",
+                        "completion": ""}
+        r = run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
+        return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
+                "completion": body}
+
+    return _summary(_pool(problems, work, args.jobs, "function"), args, "function")
 
 
 def eval_loss(args) -> dict:

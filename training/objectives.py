@@ -64,18 +64,11 @@ def line_starts(x_row: torch.Tensor, ends_line: torch.Tensor) -> torch.Tensor:
     return (ends[:-1].nonzero(as_tuple=True)[0] + 1)
 
 
-def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, max_middle: int,
-                   gen: torch.Generator) -> tuple[torch.Tensor, int, int] | None:
-    """Cut a middle out of a window and pad it: returns (sequence, canvas_start, canvas_len).
-
-    The middle is 1..8 whole lines (70 %) or a random token span (30 %); the canvas is the middle
-    plus 0..2*len+24 ``<|dlm_pad|>`` slots (an editor's canvas is often 2-4x the hole); the
-    result is prefix + canvas + suffix, cut to len(x_row).
-    """
+def pick_hole(x_row: torch.Tensor, starts: torch.Tensor, max_middle: int,
+              gen: torch.Generator) -> tuple[int, int]:
+    """One middle [a, b): 1..8 whole lines (70 %) or a random token span (30 %)."""
     L = x_row.numel()
-    r = torch.rand(3, generator=gen)
-    starts = line_starts(x_row, ends_line)
-    starts = starts[(starts > 8) & (starts < L - 16)]
+    r = torch.rand(2, generator=gen)
     if r[0] < 0.7 and starts.numel() >= 2:
         i = int(torch.randint(starts.numel() - 1, (1,), generator=gen))
         n_lines = 1 if r[1] < 0.5 else int(torch.randint(2, 9, (1,), generator=gen))
@@ -84,33 +77,63 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
     else:
         a = int(torch.randint(8, L - 16, (1,), generator=gen))
         b = a + 1 + int(torch.randint(min(max_middle, 48), (1,), generator=gen))
-    b = min(b, a + max_middle)
-    middle = x_row[a:b]
-    extra = int(torch.randint(0, 2 * middle.numel() + 25, (1,), generator=gen))
-    canvas = torch.cat([middle, torch.full((extra,), sp.pad_id, dtype=x_row.dtype)])
-    seq = torch.cat([x_row[:a], canvas, x_row[b:]])[:L]
-    if seq.numel() < L:  # the canvas is longer than what was cut: the window is shorter
-        return None
-    return seq, a, min(canvas.numel(), L - a)
+    return a, min(b, a + max_middle)
+
+
+def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, max_middle: int,
+                   gen: torch.Generator, holes: int = 1
+                   ) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+    """Cut up to ``holes`` disjoint middles out of a window and pad each one: returns
+    (sequence, [(canvas_start, canvas_len), ...]).
+
+    Each canvas is its middle plus 0..2*len+24 ``<|dlm_pad|>`` slots (an editor's canvas is often
+    2-4x the hole); the result is the window with every middle replaced by its canvas, cut to
+    len(x_row) (canvases pushed past the end are dropped). Several holes per window give the
+    infilling batches several times the supervised slots for the same forward pass; at least 8
+    clean tokens separate two holes.
+    """
+    L = x_row.numel()
+    starts = line_starts(x_row, ends_line)
+    starts = starts[(starts > 8) & (starts < L - 16)]
+    chosen: list[tuple[int, int]] = []
+    for _ in range(holes):
+        a, b = pick_hole(x_row, starts, max_middle, gen)
+        if all(b + 8 <= c or d + 8 <= a for c, d in chosen):
+            chosen.append((a, b))
+    pieces, spans, cursor, pos = [], [], 0, 0
+    for a, b in sorted(chosen):
+        middle = x_row[a:b]
+        extra = int(torch.randint(0, 2 * middle.numel() + 25, (1,), generator=gen))
+        canvas = torch.cat([middle, torch.full((extra,), sp.pad_id, dtype=x_row.dtype)])
+        pieces += [x_row[cursor:a], canvas]
+        pos += a - cursor
+        if pos < L:
+            spans.append((pos, min(canvas.numel(), L - pos)))
+        pos, cursor = pos + canvas.numel(), b
+    seq = torch.cat(pieces + [x_row[cursor:]])[:L]
+    return (seq, spans) if spans else None
 
 
 def infill_batch(x: torch.Tensor, sp: Specials, ends_line: torch.Tensor, eps: float,
-                 max_middle: int, gen: torch.Generator):
-    """Infilling-shaped diffusion batch: only canvas slots are masked. Returns loss inputs."""
+                 max_middle: int, gen: torch.Generator, max_holes: int = 1):
+    """Infilling-shaped diffusion batch (1..max_holes holes per row): only canvas slots are
+    masked. Returns loss inputs."""
     B, L = x.shape
     seqs, masked = x.clone(), torch.zeros(B, L, dtype=torch.bool)
     t = eps + (1 - eps) * torch.rand(B, generator=gen)  # (B,)
     eligible = torch.full((B,), L - 1, dtype=torch.float32)
     for b in range(B):
-        ex = infill_example(x[b], sp, ends_line, max_middle, gen)
+        ex = infill_example(x[b], sp, ends_line, max_middle, gen,
+                            holes=int(torch.randint(1, max_holes + 1, (1,), generator=gen)))
         if ex is None:
             masked[b] = torch.rand(L, generator=gen) < t[b]
             masked[b, 0] = False
             continue
-        seqs[b], start, n = ex
-        m = torch.rand(n, generator=gen) < t[b]
-        m[int(torch.randint(n, (1,), generator=gen))] = True  # at least one target
-        masked[b, start:start + n] = m
-        eligible[b] = n
+        seqs[b], spans = ex
+        for start, n in spans:
+            masked[b, start:start + n] = torch.rand(n, generator=gen) < t[b]
+        start, n = spans[int(torch.randint(len(spans), (1,), generator=gen))]
+        masked[b, start + int(torch.randint(n, (1,), generator=gen))] = True  # one target at least
+        eligible[b] = sum(n for _, n in spans)
     noisy = torch.where(masked, torch.full_like(seqs, sp.mask_id), seqs)
     return seqs, noisy, masked, t, eligible

@@ -70,6 +70,8 @@ class TrainConfig:
     """Share of diffusion batches shaped as infilling examples."""
     max_middle: int = 96
     """Longest infilling middle in tokens."""
+    infill_holes: int = 4
+    """Most holes per infilling window (1..N, uniform): more supervised slots per forward."""
     bf16: bool = True
     """bf16 autocast (about 2x faster on CPUs with avx512_bf16)."""
     threads: int = 0
@@ -274,7 +276,8 @@ def train(cfg: TrainConfig, progress=None) -> Path:
                 loss, stats = causal_lm_loss(wrapped, x.to(device))
             elif torch.rand(1, generator=gen).item() < cfg.infill_share:
                 seqs, noisy, masked, t, eligible = infill_batch(x, sp, ends_line, cfg.eps,
-                                                                cfg.max_middle, gen)
+                                                                cfg.max_middle, gen,
+                                                                cfg.infill_holes)
                 loss, stats = masked_diffusion_loss(wrapped, seqs.to(device), masked.to(device),
                                                     noisy.to(device), t.to(device),
                                                     eligible.to(device))

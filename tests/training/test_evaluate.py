@@ -45,3 +45,29 @@ def test_eval_cli_prints_table_and_summary(tmp_path):
     summary = json.loads(r.stderr.strip().splitlines()[-1])
     assert summary["n"] == 8 and summary["model"] == "empty"
     assert len(out.read_text().splitlines()) == 8
+
+
+def test_spread_picks_evenly_and_keeps_everything_without_a_limit():
+    from training.evaluate import spread
+
+    items = list(range(10))
+    assert spread(items, 0) == items and spread(items, 20) == items
+    assert spread(items, 5) == [0, 2, 4, 6, 8]
+
+
+def test_parallel_jobs_give_the_same_records_as_one(tmp_path):
+    from tests.conftest import make_tiny_folder
+
+    tiny_model = make_tiny_folder(tmp_path / "m", max_position_embeddings=1024)
+    outs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"j{jobs}.jsonl"
+        r = subprocess.run([sys.executable, "-m", "assistant.cli", "eval", "infill-single",
+                            "--model", str(tiny_model), "--limit", "4", "--jobs", jobs,
+                            "--max-new-tokens", "6", "--steps", "3", "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append([{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                     for line in out.read_text().splitlines()])
+    assert len(outs[0]) == 4 and outs[0] == outs[1]
+    assert "4/4 done" in r.stdout + r.stderr  # progress lines off a terminal

@@ -59,19 +59,25 @@ def test_diffusion_loss_uses_shifted_logits():
 def test_infill_example_pads_middle_and_keeps_length():
     ends = torch.zeros(40, dtype=torch.bool)
     ends[39] = True  # token 39 ends a line
-    row = torch.tensor(([5, 6, 7, 39] * 16)[:64])
+    row = torch.tensor(([5, 6, 7, 39] * 32)[:128])
     gen = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        ex = infill_example(row, SP, ends, 12, gen)
+    seen_multi = False
+    for holes in (1, 1, 4, 4, 4, 4) * 4:
+        ex = infill_example(row, SP, ends, 12, gen, holes=holes)
         if ex is None:
             continue
-        seq, start, n = ex
-        assert seq.numel() == 64 and start >= 8
-        canvas = seq[start:start + n].tolist()
-        if 2 in canvas:  # pads only at the right end of the canvas
-            first = canvas.index(2)
-            assert all(t == 2 for t in canvas[first:])
-        assert torch.equal(seq[:start], row[:start])
+        seq, spans = ex
+        assert seq.numel() == 128 and 1 <= len(spans) <= holes and spans[0][0] >= 8
+        seen_multi |= len(spans) > 1
+        assert torch.equal(seq[:spans[0][0]], row[:spans[0][0]])
+        for (start, n), nxt in zip(spans, spans[1:] + [(128, 0)]):
+            assert start + n + 8 <= nxt[0] or nxt[0] == 128  # clean context between holes
+            canvas = seq[start:start + n].tolist()
+            if 2 in canvas:  # pads only at the right end of each canvas
+                first = canvas.index(2)
+                assert all(t == 2 for t in canvas[first:])
+        assert (seq != 2).sum() >= 128 - sum(n for _, n in spans)
+    assert seen_multi
 
 
 def test_infill_batch_masks_only_canvas():
@@ -79,7 +85,7 @@ def test_infill_batch_masks_only_canvas():
     ends[39] = True
     x = torch.tensor([([5, 6, 7, 39] * 32)[:96]] * 4)
     seqs, noisy, masked, t, eligible = infill_batch(x, SP, ends, 1e-3, 16,
-                                                    torch.Generator().manual_seed(2))
+                                                    torch.Generator().manual_seed(2), 3)
     assert masked.any(dim=1).all()
     assert (noisy[masked] == 1).all() and (noisy[~masked] == seqs[~masked]).all()
     assert (eligible <= 95).all()
