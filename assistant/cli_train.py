@@ -20,6 +20,9 @@ def add_train_parsers(sub) -> None:
     k = tsub.add_parser("tokenizer", help="train the BPE tokenizer and encode the corpus")
     k.add_argument("--corpus", type=Path, default=DATA / "corpus")
     k.add_argument("--vocab-size", type=int, default=8192)
+    k.add_argument("--reuse", type=Path, default=None,
+                   help="encode with this model folder's tokenizer instead of training one "
+                        "(to continue training a shipped model)")
     k.add_argument("--out", type=Path, default=DATA / "tokenizer")
     k.add_argument("--tokens", type=Path, default=DATA / "tokens")
     p = tsub.add_parser("pretrain", help="causal pretraining then diffusion adaptation")
@@ -90,7 +93,7 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 
 def _tokenizer(args) -> int:
-    from tokenizers import Tokenizer  # noqa: F401 - fail early when missing
+    from tokenizers import Tokenizer
 
     from training.corpus import iter_texts
     from training.tokenizer import (bytes_per_token, encode_to_shard, save_tokenizer_folder,
@@ -99,7 +102,13 @@ def _tokenizer(args) -> int:
     train = args.corpus / "train.jsonl"
     if not train.exists():
         raise ConfigError(f"{train} not found; run `unmask train corpus` first")
-    tok = train_tokenizer(train, args.vocab_size)
+    if args.reuse is not None:
+        src = args.reuse / "tokenizer.json"
+        if not src.exists():
+            raise ConfigError(f"{src} not found; --reuse takes a model folder with tokenizer.json")
+        tok = Tokenizer.from_file(str(src))
+    else:
+        tok = train_tokenizer(train, args.vocab_size)
     save_tokenizer_folder(tok, args.out, 2048)
     val = list(iter_texts(args.corpus / "val.jsonl"))
     print(f"vocab {args.vocab_size}: {bytes_per_token(tok, val):.3f} bytes/token on validation")

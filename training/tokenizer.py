@@ -73,6 +73,7 @@ def save_tokenizer_folder(tok, out_dir: Path, max_length: int) -> None:
 def encode_to_shard(tok, jsonl: Path, out: Path, eos_id: int = 0, batch: int = 256) -> int:
     """Token ids of every file, each followed by <|endoftext|>, as one uint16 array."""
     assert tok.get_vocab_size() < 2**16
+    tok.encode_special_tokens = True  # a source file's literal "<|mask|>" stays text
     chunks, batch_texts = [], []
 
     def flush() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from training.corpus import is_validation, reject_reason
 from training.decontam import Decontaminator, human_eval_problems
 
@@ -43,3 +45,29 @@ def test_split_is_stable_and_about_two_percent():
     val = [p for p in paths if is_validation(p)]
     assert val == [p for p in paths if is_validation(p)]
     assert 50 < len(val) < 160
+
+
+def test_tokenizer_reuse_encodes_with_a_model_folder_tokenizer(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from engine.tokenizer import DreamTokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "val"):
+        with open(corpus / f"{split}.jsonl", "w") as fh:
+            fh.write(json.dumps({"text": "x = '<|mask|>'\ndef f(a):\n    return a\n"}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "assistant.cli", "train", "tokenizer", "--corpus",
+                        str(corpus), "--reuse", str(tiny_model), "--out", str(tmp_path / "tok"),
+                        "--tokens", str(tmp_path / "tokens")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "tok" / "tokenizer.json").read_text() == \
+        (tiny_model / "tokenizer.json").read_text()
+    ids = np.fromfile(tmp_path / "tokens" / "train.bin", dtype=np.uint16).tolist()
+    tok = DreamTokenizer.from_folder(tiny_model)
+    assert tok.token_id("<|mask|>") not in ids  # corpus text never becomes a control token
+    assert ids[-1] == tok.token_id("<|endoftext|>")
