@@ -10,6 +10,7 @@ from ``added_tokens.json`` / ``tokenizer_config.json``).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from engine.errors import ModelLoadError
@@ -63,6 +64,7 @@ class DreamTokenizer:
     def __init__(self, backend, config: dict) -> None:
         self.backend = backend
         self.config = config
+        self._lock = threading.Lock()
         self.chat_template: str | None = config.get("chat_template")
 
     @classmethod
@@ -99,8 +101,9 @@ class DreamTokenizer:
         """Token ids of ``text``. User text never turns into control tokens: a file that
         contains the string "<|mask|>" must not become a hole. ``specials=True`` parses them
         (only for templates the engine builds)."""
-        self.backend.encode_special_tokens = not specials
-        return self.backend.encode(text, add_special_tokens=False).ids
+        with self._lock:  # the flag lives on the shared backend
+            self.backend.encode_special_tokens = not specials
+            return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         vocab = self.vocab_size
