@@ -247,15 +247,17 @@ class UnmaskApp(App):
 
     @work(thread=True, exclusive=True, group="generate")
     def run_generation(self, request: Request, seed: int) -> None:
+        from assistant.cli import engine_defaults
         from engine.api import Completion, Frame, GenerationSettings
 
         worker = get_current_worker()
         s = self.settings
         new = s.max_tokens_block
+        engine = self.engine
         settings = GenerationSettings(max_new_tokens=new, steps=s.steps or new, alg=s.alg,
                                       temperature=s.temperature if seed == 0 else
-                                      max(s.temperature, 0.6), seed=seed)
-        engine = self.engine
+                                      max(s.temperature, 0.6), seed=seed,
+                                      block_length=engine_defaults(engine).get("block_length"))
         if request.prompt is not None:
             stream = engine.generate_stream(request.prompt, replace(settings, length="fixed"))
         else:
