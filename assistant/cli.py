@@ -36,7 +36,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    choices=["origin", "maskgit_plus", "topk_margin", "entropy"])
     g.add_argument("--alg-temp", type=float, default=None)
     g.add_argument("--block-length", type=int, default=None,
-                   help="semi-autoregressive blocks of this many slots, left to right")
+                   help="semi-autoregressive blocks of this many slots, left to right; "
+                        "0 = one block (default: the model's generation_config)")
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--top-k", type=int, default=None)
@@ -87,22 +88,20 @@ def settings_from(args, engine):
 
     from engine.api import GenerationSettings
 
-    base = GenerationSettings(**engine_defaults(engine))
+    base = GenerationSettings(**engine.defaults)
     overrides = {k: v for k, v in {
         "max_new_tokens": args.max_new_tokens, "steps": args.steps, "alg": args.alg,
         "alg_temp": args.alg_temp, "temperature": args.temperature, "top_p": args.top_p,
-        "top_k": args.top_k, "length": args.length,
-        "block_length": args.block_length}.items() if v is not None}
+        "top_k": args.top_k, "length": args.length}.items() if v is not None}
+    if args.block_length is not None:
+        overrides["block_length"] = block_length_flag(args.block_length)
     return replace(base, seed=args.seed, **overrides)
 
 
-def engine_defaults(engine) -> dict:
-    """Sampler defaults from the model's generation_config.json (only keys we know)."""
-    path = engine.folder / "generation_config.json" if engine.folder.is_dir() else None
-    raw = json.loads(path.read_text()) if path and path.exists() else {}
-    keys = {"steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
-            "block_length"}
-    return {k: v for k, v in raw.items() if k in keys}
+def block_length_flag(value: int) -> int | None:
+    """``--block-length``: 0 means the whole canvas as one block (Dream's own order), which
+    overrides a model whose generation_config asks for blocks."""
+    return value or None
 
 
 def load_engine(args):

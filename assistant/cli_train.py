@@ -51,7 +51,7 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--steps", type=int, default=None)
     ev.add_argument("--alg", default=None, help="default: the model's generation_config")
     ev.add_argument("--block-length", type=int, default=None,
-                    help="semi-autoregressive block size (default: the model's)")
+                    help="semi-autoregressive block size; 0 = one block (default: the model's)")
     ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--jobs", type=int, default=1,

@@ -209,12 +209,10 @@ class CompletionService:
     def settings_for(self, mode: str):
         from engine.api import GenerationSettings
 
-        from assistant.cli import engine_defaults
-
         s = self.settings
         new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
         engine = self.holder.engine
-        block = engine_defaults(engine).get("block_length") if engine is not None else None
+        block = engine.defaults.get("block_length") if engine is not None else None
         return GenerationSettings(max_new_tokens=new, steps=s.steps or new, alg=s.alg,
                                   temperature=s.temperature, length="adaptive",
                                   block_length=block,

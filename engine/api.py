@@ -14,6 +14,7 @@ cached decoder can replace it without touching these callers.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,16 @@ from engine.sampler import SamplerSettings, denoise, masked_logits
 from engine.tokenizer import DreamTokenizer
 
 LENGTH_STRATEGIES = ("adaptive", "fixed")
+SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
+                "block_length")
+
+
+def generation_defaults(folder: Path) -> dict:
+    """Sampler defaults from a model folder's generation_config.json (only keys we know)."""
+    path = folder / "generation_config.json"
+    if not folder.is_dir() or not path.exists():
+        return {}
+    return {k: v for k, v in json.loads(path.read_text()).items() if k in SAMPLER_KEYS}
 
 
 @dataclass
@@ -121,6 +132,8 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = config.pad_token_id
         self.im_end_id = tokenizer.token_id("<|im_end|>")
+        self.defaults = generation_defaults(folder)
+        """The model's sampler defaults (generation_config.json), read once at load."""
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",

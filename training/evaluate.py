@@ -90,17 +90,17 @@ def truncate_function(text: str) -> str:
 def _engine_and_settings(args, max_new: int, steps: int):
     """Greedy settings: the model's generation_config for alg / block length unless overridden,
     the task's canvas and steps unless given."""
+    from assistant.cli import block_length_flag
     from engine.api import Engine, GenerationSettings
-    from assistant.cli import engine_defaults
 
     eng = Engine.load(args.model, device=args.device, dtype=args.dtype)
-    defaults = engine_defaults(eng)
     length = "fixed" if args.length == "oracle" else args.length
-    block = args.block_length if args.block_length is not None else defaults.get("block_length")
+    block = eng.defaults.get("block_length") if args.block_length is None else \
+        block_length_flag(args.block_length)
     return eng, GenerationSettings(max_new_tokens=args.max_new_tokens or max_new,
                                    steps=args.steps or steps, length=length, temperature=0.0,
-                                   alg=args.alg or defaults.get("alg", "entropy"),
-                                   block_length=block or None)
+                                   alg=args.alg or eng.defaults.get("alg", "entropy"),
+                                   block_length=block)
 
 
 def spread(items: list, limit: int) -> list:

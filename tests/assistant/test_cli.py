@@ -23,6 +23,21 @@ def test_generate_json_contract(tiny_model):
     assert out["steps"] == 4
 
 
+def test_block_length_comes_from_generation_config_and_0_overrides_it(tiny_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**cfg, "block_length": 1}))
+    base = ("generate", "--model", str(folder), "--prompt", "def f():", "--json",
+            "--max-new-tokens", "8", "--steps", "4", "--dtype", "float32")
+    blocks, whole = unmask(*base), unmask(*base, "--block-length", "0")
+    assert blocks.returncode == 0 and whole.returncode == 0, blocks.stderr + whole.stderr
+    assert json.loads(blocks.stdout)["steps"] == 8  # one slot per step, left to right
+    assert json.loads(whole.stdout)["steps"] == 4  # one block: Dream's schedule
+
+
 def test_infill_from_files_prints_whole_code(tiny_model, tmp_path):
     (tmp_path / "p.py").write_text("def f(x):\n")
     (tmp_path / "s.py").write_text("    return x\n")

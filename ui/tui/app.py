@@ -247,7 +247,6 @@ class UnmaskApp(App):
 
     @work(thread=True, exclusive=True, group="generate")
     def run_generation(self, request: Request, seed: int) -> None:
-        from assistant.cli import engine_defaults
         from engine.api import Completion, Frame, GenerationSettings
 
         worker = get_current_worker()
@@ -257,7 +256,7 @@ class UnmaskApp(App):
         settings = GenerationSettings(max_new_tokens=new, steps=s.steps or new, alg=s.alg,
                                       temperature=s.temperature if seed == 0 else
                                       max(s.temperature, 0.6), seed=seed,
-                                      block_length=engine_defaults(engine).get("block_length"))
+                                      block_length=engine.defaults.get("block_length"))
         if request.prompt is not None:
             stream = engine.generate_stream(request.prompt, replace(settings, length="fixed"))
         else:
