@@ -6,9 +6,10 @@ The pieces every editor integration needs, whatever the protocol:
 - One worker thread runs denoising; a new request for a document supersedes the old one (its
   cancel flag stops the loop between two steps), as Copilot's language server does.
 - ``SuggestionCache`` reuses a suggestion when the user typed its beginning (llama.vim style).
-- ``build_infill`` cuts prefix/suffix windows sized in tokens at line boundaries, and backs the
-  prefix up to the line start when the cursor sits in indentation, so the model writes the
-  indentation itself (the tokenizer merges a leading space into the next word).
+- ``engine.window.build_infill`` cuts prefix/suffix windows sized in tokens at line boundaries
+  (the same windows training builds).
+- ``settings_for`` is the editors' one call into ``Engine.settings``: the model's defaults under
+  the user's settings. The language server and the TUI both run through this service.
 """
 
 from __future__ import annotations
@@ -18,58 +19,13 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from assistant.settings import AssistantSettings
 from engine.errors import UnmaskError
+from engine.window import InfillWindow, build_infill
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class InfillWindow:
-    prefix: str
-    suffix: str
-    replace_from: int
-    """Document offset where the suggestion's text starts (<= cursor when healed)."""
-
-
-def build_infill(text: str, offset: int, tokenizer, prefix_tokens: int,
-                 suffix_tokens: int) -> InfillWindow:
-    before, after = text[:offset], text[offset:]
-    line_start = before.rfind("\n") + 1
-    replace_from = offset
-    if before[line_start:].strip() == "":
-        before, replace_from = before[:line_start], line_start
-    prefix = _tail_by_tokens(before, tokenizer, prefix_tokens)
-    suffix = _head_by_tokens(after, tokenizer, suffix_tokens)
-    return InfillWindow(prefix, suffix, replace_from)
-
-
-def _whole_lines_within(lines, tokenizer, budget: int) -> list[str]:
-    """Take lines in the given order until the next one would exceed ``budget`` tokens."""
-    out: list[str] = []
-    used = 0
-    for line in lines:
-        n = len(tokenizer.encode(line))
-        if used + n > budget:
-            break
-        out.append(line)
-        used += n
-    return out
-
-
-def _tail_by_tokens(text: str, tokenizer, budget: int) -> str:
-    text = text[-budget * 8:]  # a cheap bound: code averages ~3.4 bytes per token
-    lines = text.splitlines(keepends=True)
-    return "".join(reversed(_whole_lines_within(reversed(lines), tokenizer, budget)))
-
-
-def _head_by_tokens(text: str, tokenizer, budget: int) -> str:
-    if budget <= 0:
-        return ""
-    lines = text[:budget * 8].splitlines(keepends=True)
-    return "".join(_whole_lines_within(lines, tokenizer, budget))
 
 
 class SuggestionCache:
@@ -119,8 +75,7 @@ class EngineHolder:
         s = self.settings
         self.on_status("loading", s.model or "embedded model")
         try:
-            backend = "torch" if s.backend == "auto" else s.backend
-            self.engine = Engine.load(s.model, device=s.device, dtype=s.dtype, backend=backend)
+            self.engine = Engine.load(s.model, device=s.device, dtype=s.dtype, backend=s.backend)
             self.status, self.error = "ready", None
             self.on_status("ready", self.engine.name)
         except UnmaskError as err:
@@ -141,6 +96,8 @@ class EngineHolder:
 class Job:
     key: str
     cancel: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    """Why the job ended without a result, when it failed (not when cancelled)."""
 
 
 @dataclass
@@ -201,22 +158,21 @@ class CompletionService:
         """Prefix/suffix windows that fit the loaded model's context with the canvas."""
         engine = self.holder.engine
         s = self.settings
-        room = engine.config.max_position_embeddings - self.settings_for(mode).max_new_tokens - 2
+        room = engine.context - self.settings_for(mode).max_new_tokens - 2
         suffix_tokens = min(s.suffix_tokens, room // 4)
         prefix_tokens = max(1, min(s.prefix_tokens, room - suffix_tokens))
         return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens)
 
-    def settings_for(self, mode: str):
-        from engine.api import GenerationSettings
-
+    def settings_for(self, mode: str, seed: int = 0, length: str = "adaptive"):
+        """Generation settings for an editor request: ``Engine.settings`` (the model's
+        generation_config) under the user's settings. ``seed`` > 0 asks for another candidate,
+        so it samples (temperature at least 0.6). Needs a loaded engine."""
         s = self.settings
         new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
-        engine = self.holder.engine
-        block = engine.defaults.get("block_length") if engine is not None else None
-        return GenerationSettings(max_new_tokens=new, steps=s.steps or new, alg=s.alg,
-                                  temperature=s.temperature, length="adaptive",
-                                  block_length=block,
-                                  stop=("\n",) if mode == "single" else ())
+        temperature = s.temperature if seed == 0 else max(s.temperature or 0.0, 0.6)
+        return self.holder.engine.settings(
+            max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,
+            length=length, seed=seed, stop=("\n",) if mode == "single" else None)
 
     def infill(self, job: Job, window: InfillWindow, mode: str) -> str | None:
         """Blocking; returns the suggestion text or None (not ready, cancelled, failed)."""
@@ -236,21 +192,25 @@ class CompletionService:
         self.cache.put(window.prefix, window.suffix, result.completion)
         return self._shape(result.completion, mode)
 
-    def generate(self, job: Job, prompt: str, mode: str = "multi"):
+    def generate(self, job: Job, prompt: str, seed: int = 0, on_frame=None):
+        """A free generation from ``prompt`` (multi-line canvas); None when not ready/cancelled."""
         engine = self.holder.engine
         if engine is None:
             return None
-        settings = replace(self.settings_for(mode), length="fixed")
-        return self.run_stream(job, engine.generate_stream(prompt, settings, raw=True))
+        settings = self.settings_for("multi", seed, length="fixed")
+        return self.run_stream(job, engine.generate_stream(prompt, settings, raw=True), on_frame)
 
-    def fill(self, job: Job, prefix: str, suffix: str):
+    def fill(self, job: Job, prefix: str, suffix: str, seed: int = 0, on_frame=None):
+        """Fill a hole (a function body, a selection); None when not ready or cancelled."""
         engine = self.holder.engine
         if engine is None:
             return None
-        return self.run_stream(job, engine.infill_stream(prefix, suffix, self.settings_for("multi")))
+        return self.run_stream(job, engine.infill_stream(
+            prefix, suffix, self.settings_for("multi", seed)), on_frame)
 
-    def run_stream(self, job: Job, stream):
-        """Consume a denoising stream, stopping between steps when the job is cancelled."""
+    def run_stream(self, job: Job, stream, on_frame=None):
+        """Consume a denoising stream, stopping between steps when the job is cancelled;
+        ``on_frame(frame)`` sees every step (the TUI draws the canvas from it)."""
         from engine.api import Completion
 
         start = time.perf_counter()
@@ -262,6 +222,8 @@ class CompletionService:
                     self.stats.denoise_s += time.perf_counter() - start
                     return item
                 steps += 1
+                if on_frame is not None:
+                    on_frame(item)
                 if job.cancel.is_set():
                     stream.close()
                     self.stats.cancelled += 1
@@ -269,6 +231,7 @@ class CompletionService:
                     return None
         except UnmaskError as err:
             log.warning("completion failed: %s", err)
+            job.error = str(err)
             return None
         return None
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from engine.choices import ALGORITHMS, BACKENDS
 from engine.errors import ConfigError
 
 
@@ -28,10 +29,10 @@ class AssistantSettings:
     """auto | float32 | bfloat16 | float16."""
     steps: int | None = None
     """Denoising steps for a full canvas (None: one token per step)."""
-    alg: str = "entropy"
-    """origin | maskgit_plus | topk_margin | entropy."""
-    temperature: float = 0.0
-    """Token temperature (0 = greedy)."""
+    alg: str | None = None
+    """origin | maskgit_plus | topk_margin | entropy (None: the model's generation_config)."""
+    temperature: float | None = None
+    """Token temperature, 0 = greedy (None: the model's generation_config)."""
     max_tokens_line: int = 24
     """Canvas for single-line completions."""
     max_tokens_block: int = 96
@@ -49,10 +50,14 @@ class AssistantSettings:
             raise ConfigError(f"setting suffix_tokens must be >= 0, got {self.suffix_tokens}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"setting steps must be at least 1, got {self.steps}")
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             raise ConfigError(f"setting temperature must be >= 0, got {self.temperature}")
-        if self.backend not in ("auto", "torch", "llamacpp"):
-            raise ConfigError(f"setting backend must be auto, torch or llamacpp, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"setting backend must be one of {', '.join(BACKENDS)}, got "
+                              f"{self.backend!r}")
+        if self.alg is not None and self.alg not in ALGORITHMS:
+            raise ConfigError(f"setting alg must be one of {', '.join(ALGORITHMS)}, got "
+                              f"{self.alg!r}")
 
     def updated(self, raw: dict | None) -> "AssistantSettings":
         """A copy with the known keys of ``raw`` applied (camelCase accepted from editors)."""

@@ -44,7 +44,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 def load_all(model: str | None, tmp: Path, threads: int):
     from engine.api import Engine
     from engine.gguf_export import write_gguf
-    from engine.llamacpp import load_llamacpp_engine
     from engine.loading import resolve_model
 
     folder = resolve_model(model)
@@ -55,7 +54,7 @@ def load_all(model: str | None, tmp: Path, threads: int):
             engines[name] = Engine.load(str(folder), device="cpu", dtype=variant)
         else:
             files[name] = write_gguf(folder, tmp / f"{variant}.gguf", variant)
-            engines[name] = load_llamacpp_engine(Engine, files[name], threads=threads)
+            engines[name] = Engine.load(str(files[name]), backend="llamacpp", threads=threads)
     return folder, engines, files
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lsp.stdio_client import RawClient  # noqa: E402
+from tests.lsp.stdio_client import RawClient  # noqa: E402
 
 URI = "file:///bench/typing_session.py"
 

@@ -4,12 +4,19 @@
 ``Frame`` per denoising step and finally a ``Completion``; the TUI, language server and web demo
 render those and never sample themselves. Stopping iteration cancels between two steps.
 
-Infill length: a fixed canvas that does not fit the hole costs a lot of accuracy (DreamOn, CAL;
-shared/reference/anchors.md G). The embedded model is trained to right-pad a middle with
+Infill length: a fixed canvas that does not fit the hole costs a lot of accuracy (DreamOn, Wu et
+al. 2025; CAL, "calibrated adaptive length"). The embedded model is trained to right-pad a middle with
 ``<|dlm_pad|>``, so the ``adaptive`` strategy runs one probe forward pass over a full canvas,
 reads the expected number of non-pad slots from it, and denoises a canvas sized to that
 (``fixed`` keeps the upstream behaviour). The decoder is behind ``sampler.denoise``; a block-wise
 cached decoder can replace it without touching these callers.
+
+Settings: ``Engine.settings(**overrides)`` is the one place generation settings are assembled:
+the dataclass defaults, under the model's ``generation_config.json`` (or the copy carried in a
+GGUF's metadata), under the caller's overrides. Every front end calls it.
+
+Real files: a prefix and suffix longer than the context are cut to the lines nearest the hole
+(``engine.window``) and the completion says so in ``extra["note"]``; nothing is refused.
 """
 
 from __future__ import annotations
@@ -23,14 +30,20 @@ from typing import Iterator
 
 import torch
 
-from engine.errors import ConfigError
+from engine.choices import BACKENDS, LENGTH_STRATEGIES
+from engine.errors import ConfigError, ModelLoadError
 from engine.loading import LoadedModel, load_model, resolve_model
-from engine.sampler import SamplerSettings, denoise, masked_logits
+from engine.sampler import SamplerSettings, denoise, masked_logits, planned_steps
 from engine.tokenizer import DreamTokenizer
+from engine.window import fit_infill, fit_prompt
 
-LENGTH_STRATEGIES = ("adaptive", "fixed")
 SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
-                "block_length")
+                "block_length", "eps")
+
+
+def known_defaults(raw: dict) -> dict:
+    """The keys of a generation config that Unmask understands (Dream's names)."""
+    return {k: v for k, v in raw.items() if k in SAMPLER_KEYS}
 
 
 def generation_defaults(folder: Path) -> dict:
@@ -38,7 +51,26 @@ def generation_defaults(folder: Path) -> dict:
     path = folder / "generation_config.json"
     if not folder.is_dir() or not path.exists():
         return {}
-    return {k: v for k, v in json.loads(path.read_text()).items() if k in SAMPLER_KEYS}
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path} is not valid JSON ({err}); fix it or restore it from the "
+                             "original model") from err
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object; restore it from the original model")
+    return known_defaults(raw)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """What the engine needs to know of a model besides its tokenizer and denoiser."""
+
+    mask: int
+    eos: int
+    pad: int | None
+    """The id the model writes into unused slots; None: it uses eos (Dream Base)."""
+    context: int
+    """Longest sequence (prompt + canvas) the model takes."""
 
 
 @dataclass
@@ -122,33 +154,56 @@ class TorchDenoiser:
 class Engine:
     """A loaded model + tokenizer + denoiser, ready to infill and generate."""
 
-    def __init__(self, folder: Path, tokenizer: DreamTokenizer, denoiser, config,
-                 device: torch.device, backend: str = "torch", dtype: str = "") -> None:
-        self.folder, self.tokenizer, self.denoiser, self.config = folder, tokenizer, denoiser, config
+    def __init__(self, folder: Path, tokenizer: DreamTokenizer, denoiser, ids: SpecialIds,
+                 device: torch.device, backend: str = "torch", dtype: str = "",
+                 defaults: dict | None = None) -> None:
+        self.folder, self.tokenizer, self.denoiser = folder, tokenizer, denoiser
         self.device, self.backend, self.dtype = device, backend, dtype
-        self.mask_id = config.mask_token_id
-        self.eos_id = config.eos_token_id
+        self.mask_id, self.eos_id, self.context = ids.mask, ids.eos, ids.context
         self.pad_id = tokenizer.token_id("<|dlm_pad|>")
         if self.pad_id is None:
-            self.pad_id = config.pad_token_id
+            self.pad_id = ids.pad if ids.pad is not None else ids.eos
         self.im_end_id = tokenizer.token_id("<|im_end|>")
-        self.defaults = generation_defaults(folder)
+        self.defaults = known_defaults(defaults if defaults is not None
+                                       else generation_defaults(folder))
         """The model's sampler defaults (generation_config.json), read once at load."""
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
-             backend: str = "torch", **backend_options) -> "Engine":
+             backend: str = "auto", **backend_options) -> "Engine":
+        """``backend``: auto (= torch: its bf16 forward is the fastest measured on CPU, see the
+        README's back-end table), torch, or llamacpp (also chosen by a ``.gguf`` path)."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown --backend {backend!r}; use {', '.join(BACKENDS)}")
         folder = resolve_model(model)
         if backend == "llamacpp" or folder.suffix == ".gguf":
-            from engine.llamacpp import load_llamacpp_engine
+            from engine.llamacpp import load_llamacpp
 
-            return load_llamacpp_engine(cls, folder, **backend_options)
-        if backend not in ("torch", "auto"):
-            raise ConfigError(f"unknown --backend {backend!r}; use auto, torch or llamacpp")
+            tok, den, head, label = load_llamacpp(folder, **backend_options)
+            ids = SpecialIds(head["mask"], head["eos"], head["pad"], head["context"])
+            # the GGUF carries the model's generation_config: both back ends decode alike
+            return cls(folder, tok, den, ids, torch.device("cpu"), "llamacpp", label,
+                       defaults=head["defaults"] if folder.suffix == ".gguf" else None)
         loaded = load_model(folder, device, dtype)
         tok = DreamTokenizer.from_folder(folder)
-        return cls(folder, tok, TorchDenoiser(loaded), loaded.config, loaded.device, "torch",
+        cfg = loaded.config
+        ids = SpecialIds(cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id,
+                         cfg.max_position_embeddings)
+        return cls(folder, tok, TorchDenoiser(loaded), ids, loaded.device, "torch",
                    str(loaded.dtype).replace("torch.", ""))
+
+    def settings(self, **overrides) -> "GenerationSettings":
+        """The one place generation settings are built: dataclass defaults, then the model's
+        generation_config, then ``overrides`` (None means "not given"; ``block_length=0`` means
+        one block, Dream's own order, overriding a model that asks for blocks)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f for f in GenerationSettings.__dataclass_fields__}
+        if unknown:
+            raise ConfigError(f"unknown generation setting(s) {sorted(unknown)}")
+        merged = {**self.defaults, **given}
+        if merged.get("block_length") == 0:
+            merged["block_length"] = None
+        return GenerationSettings(**merged)
 
     @property
     def name(self) -> str:
@@ -164,13 +219,18 @@ class Engine:
             named or (tok.token_id("<|dlm_pad|>") is not None and "base" not in lowered))
 
     # -- prompt building -------------------------------------------------------------------
-    def _context(self) -> int:
-        return self.config.max_position_embeddings
+    def _room(self, n_canvas: int) -> int:
+        """Tokens left for the prompt next to a canvas of ``n_canvas`` (one for the start)."""
+        room = self.context - n_canvas - 1
+        if room < 1:
+            raise ConfigError(f"{n_canvas} new tokens do not fit the model's context of "
+                              f"{self.context}; lower --max-new-tokens")
+        return room
 
     def _check_fits(self, n_prompt: int, n_canvas: int) -> None:
-        if n_prompt + n_canvas > self._context():
+        if n_prompt + n_canvas > self.context:
             raise ConfigError(f"the prompt is {n_prompt} tokens; with {n_canvas} new tokens it "
-                              f"exceeds the model's context of {self._context()}; shorten it or "
+                              f"exceeds the model's context of {self.context}; shorten it or "
                               "lower --max-new-tokens")
 
     def _start(self, ids: list[int]) -> list[int]:
@@ -182,24 +242,31 @@ class Engine:
                         raw: bool = False) -> Iterator[Frame | Completion]:
         """Whole-function / free generation: prompt followed by ``max_new_tokens`` masks."""
         chat = settings.chat if settings.chat is not None else self.is_instruct
+        template = 0 if raw or not chat else len(self.tokenizer.encode_chat(""))
+        prompt, note = fit_prompt(prompt, self.tokenizer,
+                                  self._room(settings.max_new_tokens) - template)
         ids = self.tokenizer.encode(prompt) if raw or not chat else \
             self.tokenizer.encode_chat(prompt)
         ids = self._start(ids)
         self._check_fits(len(ids), settings.max_new_tokens)
         yield from self._run(ids, settings.max_new_tokens, [], settings, settings.steps,
-                             instruct=chat and not raw)
+                             instruct=chat and not raw, extra={"note": note} if note else {})
 
     def infill_stream(self, prefix: str, suffix: str,
                       settings: GenerationSettings) -> Iterator[Frame | Completion]:
         """Fill the hole between ``prefix`` and ``suffix``."""
+        prefix, suffix, note = fit_infill(prefix, suffix, self.tokenizer,
+                                          self._room(settings.max_new_tokens))
         pre = self._start(self.tokenizer.encode(prefix))
         suf = self.tokenizer.encode(suffix)
         self._check_fits(len(pre) + len(suf), settings.max_new_tokens)
-        canvas, steps, probe = settings.max_new_tokens, settings.steps, {}
+        canvas, steps, extra = settings.max_new_tokens, settings.steps, {}
         if settings.length == "adaptive":
-            canvas, probe = self.probe_length(pre, suf, settings.max_new_tokens)
+            canvas, extra = self.probe_length(pre, suf, settings.max_new_tokens)
             steps = max(1, math.ceil(settings.steps * canvas / settings.max_new_tokens))
-        yield from self._run(pre, canvas, suf, settings, steps, probe=probe)
+        if note:
+            extra["note"] = note
+        yield from self._run(pre, canvas, suf, settings, steps, extra=extra)
 
     def probe_length(self, pre: list[int], suf: list[int], max_new: int) -> tuple[int, dict]:
         """Expected hole length from one forward pass over a full canvas: the sum over slots of
@@ -208,14 +275,23 @@ class Engine:
                          device=self.device)
         logits = masked_logits(self.denoiser, x, x == self.mask_id)  # (N, V)
         probs = torch.softmax(logits.float(), dim=-1)  # (N, V)
-        p_end = probs[:, self.pad_id] + probs[:, self.eos_id]  # (N,)
+        # a set: Dream Base models pad with eos, and P(eos) must not count twice
+        ends = sorted({self.pad_id, self.eos_id})
+        p_end = probs[:, ends].sum(-1)  # (N,)
         expected = float((1 - p_end).sum())
         canvas = min(max_new, max(4, math.ceil(expected * 1.5) + 4))
         return canvas, {"expected_len": round(expected, 2), "probe_canvas": canvas}
 
     def _run(self, pre: list[int], n_canvas: int, suf: list[int], settings: GenerationSettings,
-             steps: int, instruct: bool = False, probe: dict | None = None):
+             steps: int, instruct: bool = False, extra: dict | None = None):
         start = time.perf_counter()
+        extra = dict(extra or {})
+        passes = planned_steps(n_canvas, steps, settings.block_length)
+        if passes != steps:
+            why = "one per block at least" if passes > steps else "one per slot at most"
+            extra["note"] = "; ".join(filter(None, [extra.get("note"), (
+                f"{passes} denoising steps instead of {steps} ({why}, with blocks of "
+                f"{settings.block_length} over {n_canvas} slots)")]))
         x = torch.tensor([pre + [self.mask_id] * n_canvas + suf], dtype=torch.long,
                          device=self.device)
         gen = torch.Generator(device=self.device if self.device.type != "mps" else "cpu")
@@ -238,7 +314,7 @@ class Engine:
         canvas_ids = x[0, lo:hi].tolist()
         text = self.tokenizer.decode(self.trim(canvas_ids, instruct))
         yield Completion(text, canvas_ids, order, steps_done, n_canvas,
-                         time.perf_counter() - start, len(pre) + len(suf), dict(probe or {}))
+                         time.perf_counter() - start, len(pre) + len(suf), extra)
 
     def _stops(self, settled: list[int], stop: tuple[str, ...], instruct: bool) -> bool:
         ends = {self.eos_id, self.pad_id} | ({self.im_end_id} if instruct else set())
@@ -246,16 +322,16 @@ class Engine:
             s in self.tokenizer.decode(self.trim(settled, instruct)) for s in stop)
 
     def trim(self, ids: list[int], instruct: bool = False) -> list[int]:
-        """Drop what the model wrote into unused slots: cut at eos (and <|im_end|> for chat),
-        remove <|dlm_pad|> and any slot still masked."""
-        stops = {self.eos_id} | ({self.im_end_id} if instruct and self.im_end_id is not None else set())
-        out = []
-        for i in ids:
-            if i in stops:
-                break
-            if i not in (self.pad_id, self.mask_id):
-                out.append(i)
-        return out
+        """The completion's tokens: everything before the first eos, pad (and <|im_end|> for
+        chat), as upstream Dream / DiffuCoder cut, or before the first slot still masked after an
+        early stop; a token committed right of such a gap belongs to no contiguous text."""
+        ends = {self.eos_id, self.pad_id, self.mask_id}
+        if instruct and self.im_end_id is not None:
+            ends.add(self.im_end_id)
+        for n, i in enumerate(ids):
+            if i in ends:
+                return ids[:n]
+        return list(ids)
 
     # -- blocking helpers ------------------------------------------------------------------
     @staticmethod
@@ -269,10 +345,10 @@ class Engine:
 
     def infill(self, prefix: str, suffix: str, settings: GenerationSettings | None = None,
                **overrides) -> Completion:
-        settings = replace(settings or GenerationSettings(), **overrides)
+        settings = replace(settings, **overrides) if settings else self.settings(**overrides)
         return self.finish(self.infill_stream(prefix, suffix, settings))
 
     def generate(self, prompt: str, settings: GenerationSettings | None = None, raw: bool = False,
                  **overrides) -> Completion:
-        settings = replace(settings or GenerationSettings(), **overrides)
+        settings = replace(settings, **overrides) if settings else self.settings(**overrides)
         return self.finish(self.generate_stream(prompt, settings, raw))

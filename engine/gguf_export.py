@@ -20,6 +20,9 @@ from engine.errors import BackendError, ConfigError
 from engine.loading import load_model
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+GENERATION_KEY = "unmask.generation_config"
+"""GGUF metadata key holding the folder's generation_config.json (JSON text), so that a model
+decodes with its own defaults on the llama.cpp back end too."""
 LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
@@ -114,6 +117,9 @@ def write_gguf(folder: Path, out: Path, quant: str = "f16") -> Path:
         w.add_bos_token_id(cfg.bos_token_id)
     w.add_add_bos_token(False)
     w.add_mask_token_id(cfg.mask_token_id)
+    defaults = generation_defaults_json(folder)
+    if defaults:
+        w.add_string(GENERATION_KEY, defaults)
     state = loaded.model.state_dict()
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -129,20 +135,21 @@ def write_gguf(folder: Path, out: Path, quant: str = "f16") -> Path:
     return out
 
 
+def generation_defaults_json(folder: Path) -> str:
+    path = folder / "generation_config.json"
+    return path.read_text() if path.exists() else ""
+
+
 def quantize(src: Path, dst: Path, quant: str) -> None:
     import ctypes
 
-    try:
-        import llama_cpp as L
-    except ImportError as err:
-        raise BackendError("quantizing needs llama-cpp-python; pip install 'unmask[llamacpp]' "
-                           "(it compiles llama.cpp, about 5 minutes)") from err
+    from engine.llama_lib import llama, quiet_llama_log
+
+    L = llama()
     ftype = {"q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": L.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
     params = L.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = 2
-    from engine.llamacpp import quiet_llama_log
-
     quiet_llama_log()
     rc = L.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:

@@ -3,7 +3,7 @@
 Same sampler as the torch back end (``engine.sampler``), another ``Denoiser``: one llama.cpp
 decode per step returns raw logits for every position (Dream contexts have no KV cache and no
 causal mask; ``Llama.eval`` does not work for them, so the low-level calls are used). Traps
-handled (shared/reference/llamacpp.md section 8): a canvas longer than ``n_ubatch`` would abort
+handled (llama.cpp's diffusion example and its ``llama_decode`` batch checks): a canvas longer than ``n_ubatch`` would abort
 the process, so it is checked first; files are validated with gguf-py's reader before llama.cpp
 sees them, so a corrupt or non-diffusion GGUF is a clear error, never an abort; logit shifting
 defaults to on when ``diffusion.shift_logits`` is absent.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,32 +22,11 @@ import numpy as np
 import torch
 
 from engine.errors import BackendError, ModelLoadError
-from engine.model import DreamConfig
+from engine.gguf_export import GENERATION_KEY, write_gguf
+from engine.llama_lib import llama as _llama, quiet_llama_log
 
 log = logging.getLogger(__name__)
 DIFFUSION_ARCHS = {"dream"}
-_LOG_CALLBACK = None
-
-
-def _llama():
-    try:
-        import llama_cpp
-    except ImportError as err:
-        raise BackendError("--backend llamacpp needs llama-cpp-python; install it with "
-                           "CMAKE_ARGS='-DLLAVA_BUILD=OFF' pip install 'unmask[llamacpp]' "
-                           "(compiles llama.cpp, about 5 minutes)") from err
-    return llama_cpp
-
-
-def quiet_llama_log() -> None:
-    """Route llama.cpp's own log to our logger instead of stderr."""
-    global _LOG_CALLBACK
-    L = _llama()
-    if _LOG_CALLBACK is None:
-        def forward(level, text, user_data):
-            log.debug(text.decode(errors="replace").rstrip())
-        _LOG_CALLBACK = L.llama_log_callback(forward)
-        L.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
 def physical_cores() -> int:
@@ -94,7 +74,12 @@ def read_gguf_header(path: Path) -> dict:
     if mask is None:
         raise ModelLoadError(f"{path} has no tokenizer.ggml.mask_token_id; re-export it with "
                              "`unmask export gguf`")
-    return {"arch": arch, "mask": int(mask), "eos": int(field("tokenizer.ggml.eos_token_id", 0)),
+    raw_defaults = field(GENERATION_KEY)
+    try:
+        defaults = json.loads(raw_defaults) if raw_defaults else {}
+    except json.JSONDecodeError:
+        defaults = {}
+    return {"arch": arch, "mask": int(mask), "defaults": defaults, "eos": int(field("tokenizer.ggml.eos_token_id", 0)),
             "pad": int(field("tokenizer.ggml.padding_token_id", 0)),
             "context": int(field(f"{arch}.context_length", 2048)),
             "shift": field("diffusion.shift_logits", True) is not False,
@@ -229,8 +214,6 @@ def cache_dir() -> Path:
 
 def cached_gguf(folder: Path, quant: str) -> Path:
     """The folder's GGUF in the user cache, built once, keyed by source hashes and quant."""
-    from engine.gguf_export import write_gguf
-
     h = hashlib.sha256(quant.encode())
     for f in sorted(folder.iterdir()):
         if f.suffix in (".safetensors", ".json", ".txt"):
@@ -246,9 +229,11 @@ def cached_gguf(folder: Path, quant: str) -> Path:
     return out
 
 
-def load_llamacpp_engine(engine_cls, path: Path, quant: str = "f16", threads: int | None = None,
-                         n_ctx: int = 1024):
-    """An Engine over llama.cpp for a .gguf file or a model folder (GGUF built and cached)."""
+def load_llamacpp(path: Path, quant: str = "f16", threads: int | None = None,
+                  n_ctx: int = 1024):
+    """(tokenizer, denoiser, header, dtype label) for a .gguf file or a model folder (its GGUF
+    built and cached); ``engine.api.Engine.load`` assembles the engine from them. The header
+    carries the special ids, the context and the model's generation_config."""
     from engine.tokenizer import DreamTokenizer
 
     if path.is_dir():
@@ -256,14 +241,8 @@ def load_llamacpp_engine(engine_cls, path: Path, quant: str = "f16", threads: in
     else:
         gguf_path, tokenizer = path, None
     header = read_gguf_header(gguf_path)
-    n_ctx = min(n_ctx, header["context"])
+    header["context"] = n_ctx = min(n_ctx, header["context"])
     den = LlamaCppDenoiser(gguf_path, n_ctx, threads)
     if tokenizer is None:
         tokenizer = GGUFTokenizer(den.model)
-    cfg = DreamConfig(vocab_size=den.n_vocab, hidden_size=64, intermediate_size=64,
-                      num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
-                      max_position_embeddings=n_ctx, mask_token_id=header["mask"],
-                      pad_token_id=header["pad"], eos_token_id=header["eos"])
-    eng = engine_cls(path, tokenizer, den, cfg, torch.device("cpu"), "llamacpp",
-                     gguf_path.stem.rsplit("-", 1)[-1] if path.is_dir() else "gguf")
-    return eng
+    return tokenizer, den, header, gguf_path.stem.rsplit("-", 1)[-1] if path.is_dir() else "gguf"

@@ -1,8 +1,9 @@
 """Find and load Dream-format model folders, offline, from safetensors only.
 
 A model name resolves, in order: (1) a path on disk; (2) a folder shipped in the repository's
-``models/``; (3) a Hugging Face repo id in the local HF cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub``
-or ``~/.cache/huggingface/hub``), snapshot chosen by ``refs/main``. Nothing is downloaded and
+``models/``; (3) a Hugging Face repo id in the local HF cache (``$HF_HUB_CACHE``, the legacy
+``$HUGGINGFACE_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``, in
+huggingface_hub's order), snapshot chosen by ``refs/main``. Nothing is downloaded and
 no remote code runs. Weights are read with safetensors on the meta device and assigned
 (no copy through a randomly initialised model); ``pytorch_model.bin`` folders are refused
 because unpickling runs arbitrary code.
@@ -51,8 +52,9 @@ def weight_name_map(cfg: DreamConfig) -> dict[str, str]:
 
 def hf_cache_dirs() -> list[Path]:
     dirs = []
-    if os.environ.get("HF_HUB_CACHE"):
-        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            dirs.append(Path(os.environ[var]))
     if os.environ.get("HF_HOME"):
         dirs.append(Path(os.environ["HF_HOME"]) / "hub")
     dirs.append(Path.home() / ".cache" / "huggingface" / "hub")

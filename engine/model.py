@@ -39,8 +39,8 @@ class DreamConfig:
     """RoPE base frequency."""
     rms_norm_eps: float = 1e-6
     """RMSNorm epsilon."""
-    tie_word_embeddings: bool = True
-    """Whether the LM head shares the embedding matrix."""
+    tie_word_embeddings: bool = False
+    """Whether the LM head shares the embedding matrix (Dream's and Qwen2's default: no)."""
     mask_token_id: int = 1
     """Id of ``<|mask|>``."""
     pad_token_id: int = 2
@@ -65,6 +65,12 @@ class DreamConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> "DreamConfig":
         """Read an HF config dict, ignoring keys this model does not use."""
+        act = raw.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"hidden_act {act!r} is not implemented (only silu, as in Dream)")
+        if raw.get("rope_scaling"):
+            raise ValueError(f"rope_scaling {raw['rope_scaling']!r} is not implemented (only "
+                             "plain RoPE, as in Dream-7B and DiffuCoder-7B)")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known and v is not None}
         if "torch_dtype" not in values and isinstance(raw.get("dtype"), str):

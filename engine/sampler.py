@@ -1,7 +1,7 @@
 """Dream's ``diffusion_generate`` sampler, one step at a time.
 
-A faithful re-implementation of ``DreamGenerationMixin._sample`` (Dream-7B / DiffuCoder
-``generation_utils.py``; spec in shared/reference/diffucoder.md section 2): timesteps
+A faithful re-implementation of ``DreamGenerationMixin._sample`` (``generation_utils.py`` of the
+Dream-org/Dream-v0-Base-7B and apple/DiffuCoder-7B checkpoints on Hugging Face): timesteps
 ``linspace(1, eps, steps + 1)``; at step i with t = ts[i], s = ts[i + 1] it commits
 ``int(M * (1 - s / t))`` masked positions (all of the rest at the last step), chosen by confidence
 (``maskgit_plus``: max probability, ``topk_margin``: top1 - top2, ``entropy``: negative entropy),
@@ -11,21 +11,25 @@ The loop *yields* after every step, so callers render, cancel or record the deco
 Randomness comes only from the explicit ``torch.Generator``.
 
 ``block_length`` adds LLaDA's semi-autoregressive decoding (Nie et al. 2025, also the block
-structure of Fast-dLLM): the canvas is cut into blocks of that many slots, decoded left to right,
-each with its share of the steps and Dream's schedule inside it; positions are only committed in
-the current block, but every forward pass still sees the whole canvas and the suffix.
-``block_length=1`` with one step per slot is left-to-right decoding. ``None`` is upstream Dream.
+structure of Fast-dLLM): the canvas is cut into blocks of that many slots, decoded left to right;
+positions are only committed in the current block, but every forward pass still sees the whole
+canvas and the suffix. The steps asked for are shared out over the blocks in proportion to their
+slots, and inside a block LLaDA's ``get_num_transfer_tokens`` splits the slots evenly over its
+steps, so every forward pass commits at least one token (Dream's truncating schedule, restarted in
+each block, wasted most passes). ``block_length=1`` is left-to-right decoding; ``None`` is
+upstream Dream, schedule included.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 
-ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+from engine.choices import ALGORITHMS
 
 
 class Denoiser(Protocol):
@@ -93,6 +97,20 @@ class DenoiseStep:
     """(B, L) bool: positions committed at this step."""
 
 
+def padding_inputs(attention_mask: torch.Tensor | None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Dream's batch padding: a (B, L) 0/1 mask of real tokens (left padding) becomes the
+    (B, 1, L, L) bool attention mask between real tokens and positions counted over real tokens
+    only (pads get position 1), exactly as upstream ``_sample`` builds them; None when no row is
+    padded (full attention, default positions)."""
+    if attention_mask is None or not bool((attention_mask == 0).any()):
+        return None, None
+    tok_idx = attention_mask.long().cumsum(-1) - 1  # (B, L)
+    tok_idx.masked_fill_(attention_mask == 0, 1)
+    keep = attention_mask.bool()
+    return keep[:, None, None, :] & keep[:, None, :, None], tok_idx  # (B, 1, L, L), (B, L)
+
+
 def _rng_device(gen: torch.Generator | None, like: torch.Tensor) -> torch.device:
     return gen.device if gen is not None else like.device
 
@@ -122,9 +140,9 @@ def sample_tokens(logits: torch.Tensor, s: SamplerSettings, gen: torch.Generator
     if s.top_k is not None:
         logits = top_k_filter(logits, s.top_k)
     probs = torch.softmax(logits, dim=-1)  # (N, V)
-    if s.temperature > 0 and probs.numel():
-        x0 = torch.multinomial(probs.float().to(_rng_device(gen, probs)), 1,
-                               generator=gen).squeeze(-1).to(probs.device)  # (N,)
+    drawn = draw(probs, 1, gen) if s.temperature > 0 and probs.numel() else None
+    if drawn is not None:
+        x0 = drawn.squeeze(-1)  # (N,)
         conf = torch.gather(probs, -1, x0[:, None]).squeeze(-1)  # (N,)
     else:
         conf, x0 = probs.max(dim=-1)
@@ -134,6 +152,19 @@ def sample_tokens(logits: torch.Tensor, s: SamplerSettings, gen: torch.Generator
     elif confidence == "neg_entropy":
         conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
     return conf, x0
+
+
+def draw(weights: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor | None:
+    """``k`` multinomial draws per row of ``weights`` (N, V), or None when the weights are not a
+    distribution (inf/nan from fp16 at a low temperature): upstream Dream then takes the argmax,
+    and so do the callers."""
+    w = weights.float()
+    if not bool(torch.isfinite(w).all()) or bool((w.sum(-1) <= 0).any()):
+        return None
+    try:
+        return torch.multinomial(w.to(_rng_device(gen, w)), k, generator=gen).to(weights.device)
+    except RuntimeError:  # e.g. fewer non-zero weights than k
+        return None
 
 
 def num_transfer_tokens(mask_index: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
@@ -177,60 +208,94 @@ def confidence_step(x, mask_index, mlogits, k, s, mask_id, gen):
         return
     full_conf = torch.full(x.shape, -torch.inf, dtype=mlogits.dtype, device=x.device)
     full_conf[mask_index] = conf.to(mlogits.dtype)
-    if not s.alg_temp:
+    idx = draw(F.softmax(full_conf / s.alg_temp, dim=-1), k, gen) if s.alg_temp else None
+    if idx is None:
         idx = torch.topk(full_conf, k).indices  # (B, k)
-    else:
-        weights = F.softmax(full_conf / s.alg_temp, dim=-1)
-        idx = torch.multinomial(weights.float().to(_rng_device(gen, x)), k,
-                                generator=gen).to(x.device)  # (B, k)
     cand = torch.full_like(x, mask_id)
     cand[mask_index] = x0
     rows = torch.arange(x.size(0), device=x.device)[:, None].expand_as(idx)
     x[rows, idx] = cand[rows, idx]
 
 
+@dataclass
+class Block:
+    """One semi-autoregressive block: canvas columns [start, end) decoded in ``steps`` passes."""
+
+    start: int
+    end: int
+    steps: int
+
+
+def planned_steps(n_slots: int, steps: int, block_length: int | None) -> int:
+    """The number of forward passes block decoding will make for ``steps`` asked for: at least
+    one per block, at most one per slot (a pass that commits nothing is wasted). Dream's own
+    order (no blocks) makes exactly ``steps``."""
+    if not block_length or n_slots == 0:
+        return steps
+    return min(max(steps, math.ceil(n_slots / block_length)), n_slots)
+
+
+def even_counts(n: int, parts: int) -> list[int]:
+    """``n`` split into ``parts`` near-equal counts, larger first (LLaDA's
+    ``get_num_transfer_tokens``)."""
+    base, extra = divmod(n, parts)
+    return [base + (j < extra) for j in range(parts)]
+
+
 def block_plan(x: torch.Tensor, mask_id: int, steps: int,
-               block_length: int | None) -> list[tuple[int, int, int]]:
-    """(start, end, steps) per block over the masked span of ``x``; steps are shared out evenly
-    (earlier blocks get the remainder), at least one per block."""
+               block_length: int | None) -> list[Block]:
+    """Blocks over the masked span of ``x`` with the ``planned_steps`` shared out in proportion
+    to each block's slots (largest remainders first), at least one and at most one per slot."""
     if not block_length:
-        return [(0, x.size(1), steps)]
+        return [Block(0, x.size(1), steps)]
     cols = (x == mask_id).any(0).nonzero(as_tuple=True)[0]
     if cols.numel() == 0:
-        return [(0, x.size(1), steps)]
+        return [Block(0, x.size(1), steps)]
     lo, hi = int(cols.min()), int(cols.max()) + 1
     starts = list(range(lo, hi, block_length))
-    base, extra = divmod(max(steps, len(starts)), len(starts))
-    return [(a, min(a + block_length, hi), base + (j < extra)) for j, a in enumerate(starts)]
+    sizes = [min(a + block_length, hi) - a for a in starts]
+    total = planned_steps(hi - lo, steps, block_length)
+    spare, room = total - len(sizes), hi - lo - len(sizes)
+    shares = [spare * (m - 1) / room if room else 0.0 for m in sizes]
+    got = [1 + int(sh) for sh in shares]
+    by_remainder = sorted(range(len(sizes)), key=lambda j: int(shares[j]) - shares[j])
+    for j in by_remainder[:total - sum(got)]:
+        got[j] += 1
+    return [Block(a, a + m, n) for a, m, n in zip(starts, sizes, got)]
 
 
 def denoise(denoiser: Denoiser, x: torch.Tensor, mask_id: int, settings: SamplerSettings,
             generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
             position_ids: torch.Tensor | None = None) -> Iterator[DenoiseStep]:
-    """Denoise every ``mask_id`` slot of ``x`` (B, L) in ``settings.steps`` steps, yielding each.
+    """Denoise every ``mask_id`` slot of ``x`` (B, L), yielding after each forward pass.
 
     ``x`` is modified in place and also returned in each yielded step (cloned), so a caller that
-    stops iterating (cancellation) simply stops the loop between two forward passes. With
-    ``block_length`` the step count is at least the number of blocks.
+    stops iterating (cancellation) simply stops the loop between two forward passes. Without
+    blocks this makes ``settings.steps`` passes on Dream's schedule; with ``block_length`` it
+    makes ``planned_steps`` passes, each committing at least one slot.
     """
     s = settings
     plan = block_plan(x, mask_id, s.steps, s.block_length)
-    total, i = sum(n for _, _, n in plan), 0
-    for a, b, n_steps in plan:
-        timesteps = torch.linspace(1, s.eps, n_steps + 1)
-        for j in range(n_steps):
+    total, i = sum(blk.steps for blk in plan), 0
+    for blk in plan:
+        timesteps = torch.linspace(1, s.eps, blk.steps + 1)
+        counts = None
+        for j in range(blk.steps):
             mask_index = x == mask_id  # (B, L)
-            mask_index[:, :a] = False
-            mask_index[:, b:] = False
+            mask_index[:, :blk.start] = False
+            mask_index[:, blk.end:] = False
+            if s.block_length and counts is None:
+                counts = even_counts(int(mask_index.sum(1).float().mean()), blk.steps)
             before = mask_index.clone()
             mlogits = masked_logits(denoiser, x, mask_index, attention_mask, position_ids)
             t, s_next = timesteps[j], timesteps[j + 1]
-            last = j == n_steps - 1
+            last = j == blk.steps - 1
             if s.alg == "origin":
                 p_transfer = 1 if last else 1 - s_next / t
                 origin_step(x, mask_index, mlogits, p_transfer, s, mask_id, generator)
             else:
-                k = num_transfer_tokens(mask_index.cpu(), t, s_next, last)
+                k = counts[j] if counts is not None else \
+                    num_transfer_tokens(mask_index.cpu(), t, s_next, last)
                 confidence_step(x, mask_index, mlogits, k, s, mask_id, generator)
             yield DenoiseStep(i, total, x.clone(), before & (x != mask_id))
             i += 1

@@ -19,6 +19,16 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+def qwen2_pre_tokenizer():
+    """Qwen2's split regex then byte-level mapping: llama.cpp's ``qwen2`` pre-tokenizer."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 def _added_tokens(folder: Path) -> dict[str, int]:
     added: dict[str, int] = {}
     if (folder / "added_tokens.json").exists():
@@ -31,8 +41,7 @@ def _added_tokens(folder: Path) -> dict[str, int]:
 
 
 def _bpe_from_vocab_merges(folder: Path):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, \
-        pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     merges = []
@@ -42,10 +51,7 @@ def _bpe_from_vocab_merges(folder: Path):
             merges.append((a, b))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = qwen2_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     added = sorted(_added_tokens(folder).items(), key=lambda kv: kv[1])
     tok.add_special_tokens([AddedToken(content, special=True, normalized=False)

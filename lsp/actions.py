@@ -45,7 +45,13 @@ async def _run(ls, fn, *args):
     return await asyncio.wrap_future(ls.service.submit(job, fn, *args))
 
 
-def _apply(ls, uri: str, version: int, rng: types.Range, text: str, label: str) -> None:
+def _version(value) -> int | None:
+    """A document version from a command's arguments; None for an unversioned (re-adopted)
+    document, whose edit the client then applies without a version check."""
+    return None if value is None else int(value)
+
+
+def _apply(ls, uri: str, version: int | None, rng: types.Range, text: str, label: str) -> None:
     edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
         text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version),
         edits=[types.TextEdit(range=rng, new_text=text)])])
@@ -56,7 +62,7 @@ def _message(ls, text: str) -> None:
     ls.window_show_message(types.ShowMessageParams(types.MessageType.Info, f"Unmask: {text}"))
 
 
-def _current(ls, uri: str, version: int):
+def _current(ls, uri: str, version: int | None):
     doc = ls.document(uri)
     if doc is None or doc.version != version:
         _message(ls, "the document changed; run the action again")
@@ -68,7 +74,7 @@ def _current(ls, uri: str, version: int):
 
 
 async def run_generate_body(ls, args) -> None:
-    uri, version, line = args[0], int(args[1]), int(args[2])
+    uri, version, line = args[0], _version(args[1]), int(args[2])
     doc = _current(ls, uri, version)
     if doc is None:
         return None
@@ -90,7 +96,7 @@ async def run_generate_body(ls, args) -> None:
 
 
 async def run_fill_selection(ls, args) -> None:
-    uri, version = args[0], int(args[1])
+    uri, version = args[0], _version(args[1])
     rng = types.Range(start=types.Position(int(args[2]), int(args[3])),
                       end=types.Position(int(args[4]), int(args[5])))
     doc = _current(ls, uri, version)

@@ -9,6 +9,11 @@ Features (one small function each, all model work in ``assistant.completion``):
   and "Unmask: fill selection", as commands that apply one whole WorkspaceEdit when done.
 Robustness: requests whose params do not parse get a -32602 answer (pygls 2.1 leaves them
 unanswered); server errors are logged to stderr, never popped up; stdout carries only protocol.
+
+Reloads: Neovim's ``:edit!`` sends ``didClose`` and then (0.12, buffer not yet loaded while its
+``on_reload`` runs) no ``didOpen``, yet keeps the buffer attached and keeps asking about it and
+sending ``didChange``. The document was reloaded from disk, so a closed ``file://`` document that
+is still referred to is re-adopted from disk (unversioned) instead of answered empty forever.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import uuid
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
+from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from assistant.completion import CompletionService
 from assistant.settings import AssistantSettings, load_settings
@@ -48,12 +53,52 @@ class UnmaskProtocol(LanguageServerProtocol):
             return None
         return super().handle_message(message)
 
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
+        self._server.closed.add(params.text_document.uri)
+        yield from super().lsp_text_document__did_close(params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):
+        self._server.closed.discard(params.text_document.uri)
+        yield from super().lsp_text_document__did_open(params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
+        self._server.adopt(params.text_document.uri)  # a change to a reloaded document
+        yield from super().lsp_text_document__did_change(params)
+
 
 class UnmaskServer(LanguageServer):
     def __init__(self, settings: AssistantSettings) -> None:
         super().__init__("unmask", "0.1.0", protocol_cls=UnmaskProtocol)
         self.service = CompletionService(settings, self._on_status)
         self._progress_token: str | None = None
+        self.closed: set[str] = set()
+        """URIs the client closed; re-adopted from disk if it still refers to them."""
+
+    def adopt(self, uri: str) -> None:
+        """Take a closed document back from disk when the client still uses it (see above)."""
+        if uri not in self.closed or uri in self.workspace.text_documents:
+            return
+        from pathlib import Path
+
+        from pygls.uris import to_fs_path
+
+        path = to_fs_path(uri)
+        try:
+            text = Path(path).read_text(encoding="utf-8") if path else None
+        except (OSError, UnicodeDecodeError) as err:
+            log.info("cannot re-adopt %s: %s", uri, err)
+            return
+        if text is None:
+            return
+        self.closed.discard(uri)
+        self.workspace.put_text_document(types.TextDocumentItem(
+            uri=uri, language_id="python", version=0, text=text))
+        # unversioned until the client's next didChange: its own version is unknown here
+        self.workspace.get_text_document(uri).version = None
+        log.info("re-adopted %s from disk (closed by the client, still in use)", uri)
 
     def report_server_error(self, error, source):
         log.error("server error (%s): %s", getattr(source, "__name__", source), error)
@@ -81,6 +126,7 @@ class UnmaskServer(LanguageServer):
 
     def document(self, uri: str):
         """The open document, or None for unknown / huge ones (answered empty, fast)."""
+        self.adopt(uri)
         doc = self.workspace.text_documents.get(uri)
         if doc is None or len(doc.source) > MAX_DOCUMENT_CHARS:
             return None

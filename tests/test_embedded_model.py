@@ -27,9 +27,13 @@ def test_default_model_loads_without_naming_it_and_infills():
                      GenerationSettings(max_new_tokens=16, steps=16))
     assert res.canvas_len <= 16 and all(o >= 0 for o in res.order)
     assert eng.pad_id == eng.tokenizer.token_id("<|dlm_pad|>")
+    # code tokens: printable text with a name or an operator in it, not pads or specials
+    assert res.completion.strip()
+    assert any(ch.isalnum() or ch in "+-*/=()[]:" for ch in res.completion)
+    assert not any(t in res.completion for t in ("<|mask|>", "<|dlm_pad|>", "<|endoftext|>"))
 
 
 def test_models_command_lists_default():
-    r = subprocess.run([sys.executable, "-m", "assistant.cli", "models"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cli", "models"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and f"{DEFAULT_MODEL}  (default)" in r.stdout

@@ -3,8 +3,9 @@
 A file is contaminated when it shares with any HumanEval prompt or canonical solution
 (a) a 13-gram of normalised word tokens (identifiers and numbers, lower-cased; n-grams made mostly of
 numbers are ignored, they are number tables, not code), (b) a stripped line of 40 or more
-characters, or (c) a ``def <entry_point>(`` signature line. This is the filter measured in
-``shared/reference/feasibility.md``; punctuation-level n-grams were measured to be far too aggressive.
+characters, or (c) a ``def <entry_point>(`` signature line: the 13-gram overlap test of GPT-3
+(Brown et al. 2020, appendix C) plus two code-specific checks. Punctuation-level n-grams were
+measured to be far too aggressive (they flag most of the standard library).
 """
 
 from __future__ import annotations

@@ -12,10 +12,8 @@ A task passes when prefix + completion + suffix passes HumanEval's tests in ``en
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -87,20 +85,15 @@ def truncate_function(text: str) -> str:
     return text[:cut]
 
 
-def _engine_and_settings(args, max_new: int, steps: int):
-    """Greedy settings: the model's generation_config for alg / block length unless overridden,
-    the task's canvas and steps unless given."""
-    from assistant.cli import block_length_flag
-    from engine.api import Engine, GenerationSettings
-
-    eng = Engine.load(args.model, device=args.device, dtype=args.dtype)
-    length = "fixed" if args.length == "oracle" else args.length
-    block = eng.defaults.get("block_length") if args.block_length is None else \
-        block_length_flag(args.block_length)
-    return eng, GenerationSettings(max_new_tokens=args.max_new_tokens or max_new,
-                                   steps=args.steps or steps, length=length, temperature=0.0,
-                                   alg=args.alg or eng.defaults.get("alg", "entropy"),
-                                   block_length=block)
+def task_settings(engine, single: bool | None, **overrides):
+    """Greedy settings for a task set through ``Engine.settings`` (the model's generation_config
+    for the decoding order unless overridden): single-line canvases of 32 slots that stop after
+    their line, multi-line 96, whole functions 128 slots in 64 steps."""
+    new, steps = {True: (32, 32), False: (96, 96), None: (128, 64)}[single]
+    given = {k: v for k, v in overrides.items() if v is not None}
+    given.setdefault("max_new_tokens", new)
+    given.setdefault("steps", steps)
+    return engine.settings(temperature=0.0, stop=("\n",) if single else None, **given)
 
 
 def spread(items: list, limit: int) -> list:
@@ -115,54 +108,43 @@ def _oracle(eng, settings, task):
     it peeks at the answer's length, so it is reported, never used by the product)."""
     n = len(eng.tokenizer.encode(task.middle))
     tokens_per_step = settings.max_new_tokens / settings.steps
-    return replace(settings, max_new_tokens=n, steps=max(1, round(n / tokens_per_step)))
+    return replace(settings, max_new_tokens=n, steps=max(1, round(n / tokens_per_step)),
+                   length="fixed")
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    console=__import__("rich.console").console.Console(stderr=True))
-
-
-def _pool(items: list, work, jobs: int, label: str) -> list[dict]:
+def _pool(items: list, work, jobs: int, progress=None) -> list[dict]:
     """``work(item) -> record`` for every item on ``jobs`` threads (torch and the sandbox release
-    the GIL), records in input order, with a progress bar (a log line every 50 off a terminal)."""
+    the GIL), records in input order; ``progress(done, total, passed)`` after each."""
     if jobs > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-    with ThreadPoolExecutor(max(1, jobs)) as pool, _progress() as bar:
-        job = bar.add_task(label, total=len(items), info="")
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = [pool.submit(work, it) for it in items]
         passed = 0
         for n, fut in enumerate(as_completed(futures), 1):
             passed += fut.result()["passed"]
-            bar.update(job, advance=1, info=f"passed {passed}")
-            if not bar.console.is_terminal and (n % 50 == 0 or n == len(items)):
-                bar.console.print(f"{label}: {n}/{len(items)} done, {passed} passed")
+            if progress is not None:
+                progress(n, len(items), passed)
         return [f.result() for f in futures]
 
 
-def eval_infill(args, single: bool) -> dict:
-    problems = human_eval_problems()
-    tasks = single_line_tasks(problems) if single else multi_line_tasks(problems)
-    tasks = spread(tasks, args.limit)
-    eng = settings = None
-    if not args.empty:
-        eng, settings = _engine_and_settings(args, 32 if single else 96, 32 if single else 96)
-        if single:  # only the first line is kept: stop denoising once it is settled
-            settings = replace(settings, stop=("\n",))
+def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "adaptive",
+                jobs: int = 1, progress=None) -> list[dict]:
+    """Per-task records of HumanEval single- or multi-line infilling. ``engine=None`` scores the
+    empty completion (the floor); ``length="oracle"`` sizes each canvas to the reference."""
+    tasks = spread(single_line_tasks(human_eval_problems()) if single else
+                   multi_line_tasks(human_eval_problems()), limit)
+    if engine is not None and length != "oracle":
+        settings = replace(settings, length=length)
 
     def work(task: InfillTask) -> dict:
         extra: dict = {}
         middle = ""
-        if eng is not None:
-            s = _oracle(eng, settings, task) if args.length == "oracle" else settings
+        if engine is not None:
+            s = _oracle(engine, settings, task) if length == "oracle" else settings
             try:
-                res = eng.infill(task.prefix, task.suffix, s)
+                res = engine.infill(task.prefix, task.suffix, s)
             except ConfigError as err:  # e.g. longer than the model's context: a failed task
                 return {"task_id": task.task_id, "passed": False, "status": f"error: {err}",
                         "completion": "", "reference": task.middle}
@@ -175,21 +157,19 @@ def eval_infill(args, single: bool) -> dict:
         return {"task_id": task.task_id, "passed": r.passed, "status": r.status,
                 "completion": middle, "reference": task.middle, **extra}
 
-    label = "infill-single" if single else "infill-multi"
-    return _summary(_pool(tasks, work, args.jobs, label), args, label)
+    return _pool(tasks, work, jobs, progress)
 
 
-def eval_function(args) -> dict:
-    problems = spread(human_eval_problems(), args.limit)
-    eng = settings = None
-    if not args.empty:
-        eng, settings = _engine_and_settings(args, 128, 64)
+def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
+                  progress=None) -> list[dict]:
+    """Per-problem records of HumanEval whole-function pass@1 (``engine=None``: empty body)."""
+    problems = spread(human_eval_problems(), limit)
 
     def work(p: dict) -> dict:
         body = ""
-        if eng is not None:
+        if engine is not None:
             try:
-                body = truncate_function(eng.generate(p["prompt"], settings, raw=True).completion)
+                body = truncate_function(engine.generate(p["prompt"], settings, raw=True).completion)
             except ConfigError as err:
                 return {"task_id": p["task_id"], "passed": False, "status": f"error: {err}",
                         "completion": ""}
@@ -197,81 +177,48 @@ def eval_function(args) -> dict:
         return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
                 "completion": body}
 
-    return _summary(_pool(problems, work, args.jobs, "function"), args, "function")
+    return _pool(problems, work, jobs, progress)
 
 
-def eval_loss(args) -> dict:
+def eval_loss(model: str | None, val: Path, limit: int = 0, device: str = "auto",
+              dtype: str = "auto") -> dict:
     """Held-out masked CE at fixed mask ratios and the diffusion ELBO in bits per byte."""
     import numpy as np
     import torch
 
     from engine.loading import load_model, resolve_model
     from engine.tokenizer import DreamTokenizer
+    from training.objectives import masked_ce_sum
 
-    folder = resolve_model(args.model)
-    loaded = load_model(folder, args.device, args.dtype)
+    folder = resolve_model(model)
+    loaded = load_model(folder, device, dtype)
     tok = DreamTokenizer.from_folder(folder)
-    data = np.memmap(args.val, dtype=np.uint16, mode="r")
+    if not val.exists():
+        raise ConfigError(f"{val} not found; run `unmask train corpus` and `unmask train "
+                          "tokenizer` first, or pass --val")
+    data = np.memmap(val, dtype=np.uint16, mode="r")
     gen = torch.Generator().manual_seed(0)
-    L, n_windows = 512, args.limit or 32
+    L, n_windows = 512, limit or 32
     starts = torch.randint(len(data) - L, (n_windows,), generator=gen).tolist()
     windows = torch.tensor(np.stack([data[s:s + L] for s in starts]).astype(np.int64))
     n_bytes = sum(len(tok.decode(w.tolist()).encode()) for w in windows)
-    mask = loaded.config.mask_token_id
     out: dict = {"task": "loss", "model": str(folder), "windows": n_windows}
     elbo_nats = 0.0
-    ts = [0.15, 0.5, 0.9] + [(i + 0.5) / 8 for i in range(8)]
-    with torch.inference_mode():
-        for t in ts:
-            total_ce, count = 0.0, 0
-            for w in windows.split(8):
-                masked = torch.rand(w.shape, generator=gen) < t
-                masked[:, 0] = False
-                noisy = torch.where(masked, torch.full_like(w, mask), w)
-                rows, cols = masked.nonzero(as_tuple=True)
-                logits = loaded.model(noisy.to(loaded.device), select=(rows, cols - 1))
-                ce = torch.nn.functional.cross_entropy(logits.float(), w[rows, cols].to(
-                    loaded.device), reduction="sum")
-                total_ce, count = total_ce + ce.item(), count + rows.numel()
-            if t in (0.15, 0.5, 0.9):
-                out[f"masked_ce@{t}"] = round(total_ce / max(count, 1), 4)
-            else:
-                elbo_nats += total_ce / t / 8  # midpoint rule over t in (0, 1)
+    loaded.model.eval()
+    for t in [0.15, 0.5, 0.9] + [(i + 0.5) / 8 for i in range(8)]:
+        total, count = masked_ce_sum(loaded.model, list(windows.split(8)), t,
+                                     loaded.config.mask_token_id, gen)
+        if t in (0.15, 0.5, 0.9):
+            out[f"masked_ce@{t}"] = round(total / max(count, 1), 4)
+        else:
+            elbo_nats += total / t / 8  # midpoint rule over t in (0, 1)
     out["elbo_bits_per_byte"] = round(elbo_nats / math.log(2) / n_bytes, 4)
     out["bytes_per_token"] = round(n_bytes / windows.numel(), 3)
-    print(json.dumps(out, indent=2))
     return out
 
 
-def _summary(records: list[dict], args, task: str) -> dict:
+def summarize(records: list[dict], task: str, model: str, length: str | None) -> dict:
     n = len(records)
     passed = sum(r["passed"] for r in records)
-    summary = {"task": task, "model": "empty" if args.empty else (args.model or "default"),
-               "length": None if args.empty else args.length, "n": n, "passed": passed,
-               "pass@1": round(passed / n, 4) if n else 0.0}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as fh:
-            for r in records:
-                fh.write(json.dumps(r) + "\n")
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"HumanEval {task}")
-    for col in ("model", "length", "tasks", "passed", "pass@1"):
-        table.add_column(col)
-    table.add_row(str(summary["model"]), str(summary["length"]), str(n), str(passed),
-                  f"{summary['pass@1']:.3f}")
-    Console().print(table)
-    print(json.dumps(summary), file=sys.stderr)
-    return summary
-
-
-def run_eval(args) -> int:
-    if args.task == "loss":
-        eval_loss(args)
-    elif args.task == "function":
-        eval_function(args)
-    else:
-        eval_infill(args, single=args.task == "infill-single")
-    return 0
+    return {"task": task, "model": model, "length": length, "n": n, "passed": passed,
+            "pass@1": round(passed / n, 4) if n else 0.0}

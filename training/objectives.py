@@ -137,3 +137,22 @@ def infill_batch(x: torch.Tensor, sp: Specials, ends_line: torch.Tensor, eps: fl
         eligible[b] = sum(n for _, n in spans)
     noisy = torch.where(masked, torch.full_like(seqs, sp.mask_id), seqs)
     return seqs, noisy, masked, t, eligible
+
+
+@torch.no_grad()
+def masked_ce_sum(model: DreamModel, windows: list[torch.Tensor], t: float, mask_id: int,
+                  gen: torch.Generator) -> tuple[float, int]:
+    """(summed CE in nats, masked tokens) with each token of ``windows`` masked with probability
+    ``t`` (position 0 never: nothing predicts it). The held-out metric of pretraining and
+    ``unmask eval loss``; comparable across runs for a fixed generator seed."""
+    total, count = 0.0, 0
+    for x in windows:
+        masked = torch.rand(x.shape, generator=gen) < t  # (B, L)
+        masked[:, 0] = False
+        noisy = torch.where(masked, torch.full_like(x, mask_id), x)  # (B, L)
+        rows, cols = masked.nonzero(as_tuple=True)
+        dev = next(model.parameters()).device
+        logits = model(noisy.to(dev), select=(rows.to(dev), (cols - 1).to(dev)))  # (M, V)
+        total += F.cross_entropy(logits.float(), x[rows, cols].to(dev), reduction="sum").item()
+        count += rows.numel()
+    return total, count

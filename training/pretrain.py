@@ -16,16 +16,20 @@ import logging
 import math
 import os
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from engine.model import DreamConfig, DreamModel
-from training.objectives import (Specials, causal_lm_loss, infill_batch, masked_diffusion_loss,
-                                 random_masking)
+from training.objectives import (Specials, causal_lm_loss, infill_batch, masked_ce_sum,
+                                 masked_diffusion_loss, random_masking)
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +164,8 @@ def evaluate(model: DreamModel, val: TokenWindows, cfg: TrainConfig, sp: Special
         out["val_causal"] = float(np.mean([causal_lm_loss(model, x)[0].item() for x in batches]))
         if phase == "diffusion":
             for t in (0.15, 0.5, 0.9):
-                ces = []
-                for x in batches:
-                    masked = torch.rand(x.shape, generator=gen) < t
-                    masked[:, 0] = False
-                    noisy = torch.where(masked, torch.full_like(x, sp.mask_id), x)
-                    rows, cols = masked.nonzero(as_tuple=True)
-                    logits = model(noisy, select=(rows, cols - 1))
-                    ces.append(torch.nn.functional.cross_entropy(logits.float(), x[rows, cols]).item())
-                out[f"val_masked@{t}"] = float(np.mean(ces))
+                total, count = masked_ce_sum(model, batches, t, sp.mask_id, gen)
+                out[f"val_masked@{t}"] = total / max(count, 1)
     model.train()
     return out
 

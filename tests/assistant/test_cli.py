@@ -10,7 +10,7 @@ import pytest
 
 
 def unmask(*args, input_text=None):
-    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                           text=True, input=input_text, timeout=120)
 
 
@@ -70,7 +70,7 @@ def test_batch_jsonl_reports_bad_line_and_runs_the_rest(tiny_model, tmp_path):
     (["generate", "--prompt", "x", "--alg", "greedy"], "invalid choice"),
     (["infill", "--prefix-file", "/no/such/file"], "cannot read"),
     (["generate"], "--prompt"),
-    (["generate", "--prompt", "x " * 2000], "context"),
+    (["generate", "--prompt", "x", "--max-new-tokens", "5000"], "context"),
 ])
 def test_bad_input_is_one_line_nonzero_no_traceback(tiny_model, args, needle):
     if "--model" not in args:
@@ -94,3 +94,23 @@ def test_help_lists_commands():
     assert r.returncode == 0
     for cmd in ("generate", "infill", "models", "train", "eval"):
         assert cmd in r.stdout
+
+
+def test_infill_on_a_1000_line_file_answers_and_says_what_it_kept(tiny_model, tmp_path):
+    lines = [f"def f{i}(x):\n    return x + {i}\n" for i in range(500)]
+    (tmp_path / "a.py").write_text("".join(lines[:300]) + "def g(x):\n")
+    (tmp_path / "b.py").write_text("\n" + "".join(lines[300:]))
+    r = unmask("infill", "--model", str(tiny_model), "--prefix-file", str(tmp_path / "a.py"),
+               "--suffix-file", str(tmp_path / "b.py"), "--max-new-tokens", "8", "--steps", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("".join(lines[:300]) + "def g(x):\n")  # the whole file comes back
+    assert r.stdout.endswith("".join(lines[300:]))
+    notes = [line for line in r.stderr.splitlines() if line.startswith("unmask: note:")]
+    assert len(notes) == 1 and "nearest the hole" in notes[0]
+    batch = tmp_path / "in.jsonl"
+    batch.write_text(json.dumps({"prefix": (tmp_path / "a.py").read_text(),
+                                 "suffix": (tmp_path / "b.py").read_text()}) + "\n")
+    r = unmask("infill", "--model", str(tiny_model), "--jsonl", str(batch), "--out",
+               str(tmp_path / "out.jsonl"), "--max-new-tokens", "8", "--steps", "4")
+    out = json.loads((tmp_path / "out.jsonl").read_text())
+    assert r.returncode == 0 and "error" not in out and "nearest the hole" in out["note"]

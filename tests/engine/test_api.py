@@ -18,10 +18,18 @@ def test_stream_yields_one_frame_per_step_then_completion(tiny_engine):
     assert sum(len(f.newly) for f in frames) == 10
 
 
-def test_trim_cuts_at_eos_and_drops_pads(tiny_engine):
+def test_trim_cuts_at_the_first_eos_or_pad_as_upstream(tiny_engine):
     e = tiny_engine
-    ids = [10, e.pad_id, 11, e.eos_id, 12, e.pad_id]
-    assert e.trim(ids) == [10, 11]
+    assert e.trim([10, 11, e.eos_id, 12]) == [10, 11]
+    assert e.trim([10, e.pad_id, 11, e.eos_id, 12, e.pad_id]) == [10]
+
+
+def test_trim_never_glues_text_across_a_still_masked_gap(tiny_engine):
+    # an early stop leaves masks: "a", pad settled, "x" committed at slot 4 must give "a"
+    e = tiny_engine
+    a, x = e.tokenizer.encode("a"), e.tokenizer.encode("x")
+    assert e.trim(a + [e.pad_id, e.mask_id, e.mask_id] + x) == a
+    assert e.trim(a + [e.mask_id] + x) == a
 
 
 def test_adaptive_canvas_never_exceeds_max_and_scales_steps(tiny_engine):
@@ -36,18 +44,108 @@ def test_stop_string_ends_denoising_once_the_left_part_holds_it(tiny_engine):
     e = tiny_engine
     l2r = GenerationSettings(max_new_tokens=12, steps=12, length="fixed", block_length=1)
     full = e.infill("def f(x):\n", "\n", l2r)
-    ids = [i for i in full.token_ids if i not in (e.eos_id, e.pad_id)]
-    assert len(ids) >= 4, "the tiny random model should write real tokens"
-    stop = e.tokenizer.decode(ids[2:3])
-    cut = e.infill("def f(x):\n", "\n", l2r, stop=(stop,))
-    assert cut.steps < full.steps or stop in e.tokenizer.decode(full.token_ids[-1:])
-    assert stop in cut.completion and full.completion.startswith(cut.completion)
-    assert cut.token_ids[:cut.steps] == full.token_ids[:cut.steps]
+    text = e.tokenizer.decode
+    # the first slot (after the first) whose text is new and printable is the stop string
+    k = next(k for k in range(1, 12) if text(full.token_ids[k:k + 1]).isprintable()
+             and text(full.token_ids[k:k + 1]) not in text(full.token_ids[:k]))
+    first = full.token_ids[:k + 1]
+    assert not {e.eos_id, e.pad_id} & set(first), "the tiny random model writes real tokens"
+    cut = e.infill("def f(x):\n", "\n", l2r, stop=(text(first[k:]),))
+    assert cut.steps == k + 1 < full.steps  # left to right: the stop settled at that step
+    assert cut.token_ids[:k + 1] == first and e.mask_id in cut.token_ids
+    assert cut.completion == text(first)
 
 
-def test_prompt_longer_than_context_is_a_config_error(tiny_engine):
+def test_prompt_longer_than_context_keeps_its_last_lines_and_says_so(tiny_engine):
+    prompt = "".join(f"x{i} = {i}\n" for i in range(400))
+    res = tiny_engine.generate(prompt, max_new_tokens=8, steps=2)
+    assert res.prompt_tokens + 8 <= tiny_engine.context
+    assert "last" in res.extra["note"]
     with pytest.raises(ConfigError, match="context"):
-        tiny_engine.generate("x = 1\n" * 400, max_new_tokens=8, steps=2)
+        tiny_engine.generate("x", max_new_tokens=tiny_engine.context, steps=2)
+
+
+def test_infill_on_a_file_longer_than_the_context_keeps_the_nearest_lines(tiny_engine):
+    lines = [f"value_{i} = {i}\n" for i in range(1000)]
+    prefix, suffix = "".join(lines[:600]), "".join(lines[600:])
+    res = tiny_engine.infill(prefix, suffix, max_new_tokens=8, steps=4, length="fixed")
+    assert res.prompt_tokens + 8 <= tiny_engine.context
+    assert "nearest the hole" in res.extra["note"]
+    small = tiny_engine.infill("a = 1\n", "b = 2\n", max_new_tokens=8, steps=4)
+    assert "note" not in small.extra
+
+
+def test_settings_layer_dataclass_then_generation_config_then_overrides(tiny_engine):
+    e = tiny_engine
+    saved = dict(e.defaults)
+    try:
+        e.defaults.update(alg="maskgit_plus", steps=7, block_length=4)
+        s = e.settings()
+        assert (s.alg, s.steps, s.block_length, s.top_p) == ("maskgit_plus", 7, 4, None)
+        s = e.settings(steps=3, alg=None, block_length=0, temperature=0.5)
+        assert (s.alg, s.steps, s.block_length, s.temperature) == ("maskgit_plus", 3, None, 0.5)
+        with pytest.raises(ConfigError, match="unknown generation setting"):
+            e.settings(stepz=3)
+    finally:
+        e.defaults.clear()
+        e.defaults.update(saved)
+
+
+def test_block_decoding_spends_the_steps_asked_for_one_token_or_more_each(tiny_engine):
+    frames = [f for f in tiny_engine.infill_stream("def f(x):\n", "\n", tiny_engine.settings(
+        max_new_tokens=64, steps=64, block_length=8, length="fixed")) if isinstance(f, Frame)]
+    assert len(frames) == 64 and all(len(f.newly) == 1 for f in frames)
+    items = list(tiny_engine.infill_stream("def f(x):\n", "\n", tiny_engine.settings(
+        max_new_tokens=64, steps=16, block_length=8, length="fixed")))
+    frames = [f for f in items if isinstance(f, Frame)]
+    assert len(frames) == 16 and all(len(f.newly) == 4 for f in frames)
+    assert "note" not in items[-1].extra
+
+
+def test_block_decoding_says_when_the_steps_must_change(tiny_engine):
+    res = tiny_engine.infill("def f(x):\n", "\n", tiny_engine.settings(
+        max_new_tokens=32, steps=64, block_length=1, length="fixed"))
+    assert res.steps == 32 and "32 denoising steps instead of 64" in res.extra["note"]
+    res = tiny_engine.infill("def f(x):\n", "\n", tiny_engine.settings(
+        max_new_tokens=32, steps=2, block_length=8, length="fixed"))
+    assert res.steps == 4 and "4 denoising steps instead of 2" in res.extra["note"]
+
+
+class _EndHalf:
+    """A denoiser whose every masked slot is eos with probability 1/2."""
+
+    def __init__(self, vocab: int, eos: int) -> None:
+        self.vocab, self.eos = vocab, eos
+
+    def logits(self, x, attention_mask=None, position_ids=None):
+        import math
+
+        import torch
+
+        out = torch.zeros(*x.shape, self.vocab)
+        out[..., self.eos] = math.log(self.vocab - 1)  # P(eos) = (V-1) / (2(V-1)) = 1/2
+        return out
+
+
+def test_adaptive_length_counts_eos_once_when_pad_is_eos(tiny_engine):
+    # Dream Base: no <|dlm_pad|>, pad_token_id == eos_token_id
+    from engine.api import SpecialIds
+
+    class NoPad:
+        def __init__(self, tok):
+            self.tok = tok
+
+        def token_id(self, text):
+            return None if text == "<|dlm_pad|>" else self.tok.token_id(text)
+
+    e = tiny_engine
+    vocab = e.tokenizer.vocab_size
+    base = Engine(e.folder, NoPad(e.tokenizer), _EndHalf(vocab, e.eos_id),
+                  SpecialIds(e.mask_id, e.eos_id, e.eos_id, e.context), e.device)
+    assert base.pad_id == base.eos_id
+    canvas, info = base.probe_length([5, 6, 7], [8], 32)
+    assert info["expected_len"] == pytest.approx(16, abs=0.01)
+    assert canvas >= 28  # 1.5 x 16 + 4; counting eos twice gave the 4-slot floor
 
 
 def test_empty_prefix_still_works(tiny_engine):

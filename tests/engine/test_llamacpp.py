@@ -98,7 +98,7 @@ def test_canvas_longer_than_context_is_an_error_not_an_abort(folder, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                           text=True, timeout=120)
 
 
@@ -129,3 +129,38 @@ def test_export_cli_writes_each_quant(folder, tmp_path):
         from engine.llamacpp import read_gguf_header
 
         assert read_gguf_header(out)["arch"] == "dream"
+
+
+def test_gguf_carries_the_models_generation_defaults(tmp_path):
+    # a GGUF has no generation_config.json beside it: the export stores it in the metadata, so
+    # a .gguf decodes in the same order as the folder (here left to right) at default settings
+    import json
+    import shutil
+
+    src = make_tiny_folder(tmp_path / "src", seed=7)
+    folder = tmp_path / "l2r"
+    shutil.copytree(src, folder)
+    cfg = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps(
+        {**cfg, "block_length": 1, "alg": "maskgit_plus", "steps": 16, "max_new_tokens": 16}))
+    torch_eng = Engine.load(str(folder), device="cpu", dtype="float32")
+    gg = gguf_engine(folder, tmp_path, "f32")
+    assert gg.defaults == torch_eng.defaults and gg.defaults["block_length"] == 1
+    assert gg.settings() == torch_eng.settings()
+    for p in PROMPTS:  # default settings: the same tokens on both back ends
+        a = torch_eng.generate(p, raw=True)
+        b = gg.generate(p, raw=True)
+        assert a.token_ids == b.token_ids and a.steps == b.steps == 16
+
+
+def test_the_shipped_model_agrees_across_back_ends_at_default_settings(tmp_path):
+    from engine.gguf_export import write_gguf
+    from engine.loading import resolve_model
+
+    torch_eng = Engine.load(device="cpu", dtype="float32")
+    gg = Engine.load(str(write_gguf(resolve_model(None), tmp_path / "shipped.gguf", "f16")))
+    assert gg.backend == "llamacpp" and gg.defaults == torch_eng.defaults
+    prefix, suffix = "def mean(values):\n    total = 0\n", "\n    return total / len(values)\n"
+    a = torch_eng.infill(prefix, suffix, max_new_tokens=16, steps=16)
+    b = gg.infill(prefix, suffix, max_new_tokens=16, steps=16)
+    assert a.completion == b.completion and a.steps == b.steps

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +109,53 @@ def test_shape_mismatch_between_config_and_weights(tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="disagree"):
         load_model(folder, "cpu", "float32")
+
+
+def test_config_without_tie_key_keeps_the_checkpoints_own_lm_head(tmp_path):
+    # Dream's and Qwen2's default is untied: the real lm_head must not be dropped
+    from safetensors.torch import load_file
+
+    folder = make_tiny_folder(tmp_path, tie=False)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["tie_word_embeddings"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    model = load_model(folder, "cpu", "float32").model
+    stored = load_file(str(folder / "model.safetensors"))["lm_head.weight"]
+    assert torch.equal(model.lm_head.weight, stored)
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("key,value,match", [("rope_scaling", {"type": "yarn", "factor": 4.0},
+                                              "rope_scaling"),
+                                             ("hidden_act", "gelu", "hidden_act")])
+def test_unimplemented_architecture_options_are_refused_in_one_line(tmp_path, key, value, match):
+    folder = make_tiny_folder(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match=match) as err:
+        load_model(folder, "cpu", "float32")
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_generation_config_is_a_model_load_error(tmp_path):
+    folder = make_tiny_folder(tmp_path)
+    (folder / "generation_config.json").write_text('{"steps": 8,')
+    with pytest.raises(ModelLoadError, match="generation_config.json is not valid JSON"):
+        Engine.load(str(folder), device="cpu", dtype="float32")
+    r = subprocess.run([sys.executable, "-m", "cli", "infill", "--model", str(folder),
+                        "--prefix", "a"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "generation_config.json" in r.stderr
+
+
+def test_legacy_huggingface_hub_cache_variable_is_honoured(tmp_path, monkeypatch):
+    folder = make_tiny_folder(tmp_path / "src")
+    repo = tmp_path / "legacy" / "models--org--tiny-dream"
+    shutil.copytree(folder, repo / "snapshots" / "s1")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("s1")
+    for var in ("HF_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "legacy"))
+    assert resolve_model("org/tiny-dream") == repo / "snapshots" / "s1"

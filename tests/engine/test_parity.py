@@ -12,11 +12,12 @@ import json
 
 import pytest
 import torch
+import torch.distributions as dists
 import torch.nn.functional as F
 
 from engine.api import Engine, GenerationSettings
 from engine.loading import load_model
-from engine.sampler import SamplerSettings, denoise
+from engine.sampler import SamplerSettings, denoise, padding_inputs
 from engine.tokenizer import DreamTokenizer
 from tests.conftest import make_tiny_folder
 
@@ -49,8 +50,9 @@ class UpstreamModel:
 
     @torch.no_grad()
     def __call__(self, x, attention_mask=None, tok_idx=None):
-        full = torch.ones(x.shape[0], 1, x.shape[1], x.shape[1], dtype=torch.bool)
-        return self.hf(input_ids=x, attention_mask=full, position_ids=tok_idx)
+        if not isinstance(attention_mask, torch.Tensor):  # upstream passes "full"
+            attention_mask = torch.ones(x.shape[0], 1, x.shape[1], x.shape[1], dtype=torch.bool)
+        return self.hf(input_ids=x, attention_mask=attention_mask, position_ids=tok_idx)
 
 
 # ---- transcription of DreamLM/Dream generation_utils.py (upstream), kept close to the original ----
@@ -80,7 +82,14 @@ def sample_tokens(logits, temperature=0.0, top_p=None, top_k=None, margin_confid
     if top_k is not None:
         logits = top_k_logits(logits, top_k)
     probs = torch.softmax(logits, dim=-1)
-    confidence, x0 = probs.max(dim=-1)
+    if temperature > 0:
+        try:
+            x0 = dists.Categorical(probs=probs).sample()
+            confidence = torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
+        except Exception:  # upstream: a bare except
+            confidence, x0 = probs.max(dim=-1)
+    else:
+        confidence, x0 = probs.max(dim=-1)
     if margin_confidence:
         sorted_probs, _ = torch.sort(probs, dim=-1, descending=True)
         confidence = sorted_probs[:, 0] - sorted_probs[:, 1]
@@ -91,12 +100,21 @@ def sample_tokens(logits, temperature=0.0, top_p=None, top_k=None, margin_confid
 
 
 def upstream_sample(model, x, mask_token_id, steps, alg, eps=1e-3, top_p=None, top_k=None,
-                    alg_temp=None):
+                    alg_temp=None, temperature=0.0, attention_mask=None):
+    if attention_mask is not None and torch.any(attention_mask == 0.0):
+        attention_mask = F.pad(attention_mask, (0, x.shape[1] - attention_mask.shape[1]),
+                               value=1.0)
+        tok_idx = attention_mask.long().cumsum(-1) - 1
+        tok_idx.masked_fill_(attention_mask == 0, 1)
+        attention_mask = torch.logical_and(attention_mask.unsqueeze(1).unsqueeze(-2),
+                                           attention_mask.unsqueeze(1).unsqueeze(-1))
+    else:
+        tok_idx = None
+        attention_mask = "full"
     timesteps = torch.linspace(1, eps, steps + 1)
-    temperature = 0.0
     for i in range(steps):
         mask_index = x == mask_token_id
-        logits = model(x, None, None).logits
+        logits = model(x, attention_mask, tok_idx).logits
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         mask_logits = logits[mask_index]
         t, s = timesteps[i], timesteps[i + 1]
@@ -214,4 +232,71 @@ def test_engine_infill_fixed_matches_upstream(untied):
                      GenerationSettings(max_new_tokens=12, steps=6, alg="maskgit_plus",
                                         length="fixed"))
     assert res.token_ids == expected[0, len(pre):len(pre) + 12].tolist()
-    assert sorted(set(res.order)) == list(range(6)) or min(res.order) >= 0
+    # every slot decoded, at the step Dream's schedule says: int(M (1 - s/t)) of the M left
+    ts, left, counts = torch.linspace(1, 1e-3, 7), torch.tensor(12.0), []
+    for i in range(6):
+        counts.append(int(left) if i == 5 else int(left * (1 - ts[i + 1] / ts[i])))
+        left -= counts[-1]
+    assert [res.order.count(j) for j in range(6)] == counts and sum(counts) == 12
+
+
+class OursModel:
+    def __init__(self, model):
+        self.model = model
+
+    def logits(self, x, attention_mask, position_ids):
+        return self.model(x, attention_mask, position_ids)
+
+
+@pytest.mark.parametrize("alg", ["origin", "maskgit_plus", "topk_margin", "entropy"])
+@pytest.mark.parametrize("extra", [dict(temperature=0.8), dict(temperature=1.2, top_p=0.9),
+                                   dict(temperature=0.7, top_k=20),
+                                   dict(temperature=0.5, alg_temp=0.5)])
+def test_sampled_decoding_matches_upstream_draw_for_draw(untied, alg, extra):
+    # both sides consume the same uniform draws: upstream from the global RNG seeded 7, ours
+    # from an explicit generator seeded 7, in the same order (position rand, token, position)
+    if alg == "origin" and "alg_temp" in extra:
+        pytest.skip("origin has no alg_temp")
+    loaded = load_model(untied, "cpu", "float32")
+    ref = UpstreamModel(hf_reference(untied))
+    mask = loaded.config.mask_token_id
+    x = torch.cat([torch.randint(5, 100, (2, 5), generator=torch.Generator().manual_seed(1)),
+                   torch.full((2, 12), mask)], dim=1)
+    torch.manual_seed(7)
+    expected = upstream_sample(ref, x.clone(), mask, 6, alg, **extra)
+    ours = x.clone()
+    list(denoise(OursModel(loaded.model), ours, mask, SamplerSettings(steps=6, alg=alg, **extra),
+                 torch.Generator().manual_seed(7)))
+    assert torch.equal(ours, expected)
+    assert (ours != mask).all()
+
+
+@pytest.mark.parametrize("eps", [1e-2, 0.2])
+def test_eps_changes_the_schedule_as_upstream(untied, eps):
+    loaded = load_model(untied, "cpu", "float32")
+    ref = UpstreamModel(hf_reference(untied))
+    mask = loaded.config.mask_token_id
+    x = torch.cat([torch.randint(5, 100, (1, 4)), torch.full((1, 20), mask)], dim=1)
+    expected = upstream_sample(ref, x.clone(), mask, 7, "entropy", eps=eps)
+    ours = x.clone()
+    list(denoise(OursModel(loaded.model), ours, mask, SamplerSettings(steps=7, eps=eps)))
+    assert torch.equal(ours, expected)
+
+
+def test_left_padded_batch_matches_upstream_padding_mask(untied):
+    loaded = load_model(untied, "cpu", "float32")
+    ref = UpstreamModel(hf_reference(untied))
+    mask = loaded.config.mask_token_id
+    prompts = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(2))
+    real = torch.ones(2, 6, dtype=torch.long)
+    real[0, :3] = 0  # the first prompt is 3 tokens, left-padded
+    prompts[0, :3] = loaded.config.eos_token_id
+    x = torch.cat([prompts, torch.full((2, 10), mask)], dim=1)
+    expected = upstream_sample(ref, x.clone(), mask, 5, "entropy", attention_mask=real.float())
+    attn, pos = padding_inputs(torch.cat([real, torch.ones(2, 10, dtype=torch.long)], dim=1))
+    ours = x.clone()
+    list(denoise(OursModel(loaded.model), ours, mask, SamplerSettings(steps=5), None, attn, pos))
+    assert torch.equal(ours, expected)
+    unpadded = x.clone()  # and the mask matters: without it the padded row decodes differently
+    list(denoise(OursModel(loaded.model), unpadded, mask, SamplerSettings(steps=5)))
+    assert not torch.equal(unpadded[0], expected[0]) and torch.equal(unpadded[1], expected[1])

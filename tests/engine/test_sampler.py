@@ -33,7 +33,7 @@ def per_step_counts(new: int, steps: int) -> list[int]:
     (256, 64, [3] + [4] * 62 + [5]),
 ])
 def test_schedule_matches_dream_table(new, steps, expected):
-    # shared/reference/diffucoder.md section 2.4, verified there on the real _sample
+    # the counts upstream _sample produces (Dream generation_utils.py), checked on the real code
     assert per_step_counts(new, steps) == expected
 
 
@@ -105,12 +105,14 @@ def test_blocks_finish_in_order_with_their_share_of_steps():
     assert int(decode_steps(x, SamplerSettings(steps=1, block_length=4)).max()) == 2
 
 
-def test_no_block_length_is_one_block():
+def test_one_long_block_splits_evenly_while_no_block_keeps_dreams_schedule():
     x1 = torch.cat([torch.full((1, 2), 9), torch.full((1, 12), 1)], dim=1)
     x2 = x1.clone()
-    list(denoise(Uniform(seed=3), x1, 1, SamplerSettings(steps=5)))
-    list(denoise(Uniform(seed=3), x2, 1, SamplerSettings(steps=5, block_length=64)))
-    assert torch.equal(x1, x2)
+    dream = torch.bincount(decode_steps(x1, SamplerSettings(steps=5))[0, 2:], minlength=5)
+    block = torch.bincount(decode_steps(x2, SamplerSettings(steps=5, block_length=64))[0, 2:],
+                           minlength=5)
+    assert dream.tolist() == [2, 2, 2, 2, 4]  # int(M (1 - s/t)), the rest at the last step
+    assert block.tolist() == [3, 3, 2, 2, 2]  # LLaDA: 12 = 5 x 2 + 2, larger first
 
 
 @pytest.mark.parametrize("kwargs", [{"alg": "nope"}, {"steps": 0}, {"temperature": -1},
@@ -119,3 +121,43 @@ def test_no_block_length_is_one_block():
 def test_bad_settings_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
         SamplerSettings(**kwargs)
+
+
+def test_block_plan_shares_the_steps_by_slots_and_never_an_empty_pass():
+    from engine.sampler import block_plan, planned_steps
+
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 64), 1), torch.full((1, 3), 8)], dim=1)
+    for steps, block in [(64, 8), (16, 8), (64, 1), (10, 7), (3, 8), (40, 30)]:
+        plan = block_plan(x, 1, steps, block)
+        assert [(b.start, b.end) for b in plan][0] == (2, 2 + min(block, 64))
+        assert plan[-1].end == 66 and sum(b.steps for b in plan) == planned_steps(64, steps, block)
+        assert all(1 <= b.steps <= b.end - b.start for b in plan)
+    assert [b.steps for b in block_plan(x, 1, 16, 8)] == [2] * 8
+    assert planned_steps(64, 64, 1) == 64 and planned_steps(32, 64, 1) == 32
+    assert planned_steps(64, 3, 8) == 8 and planned_steps(64, 5, None) == 5
+
+
+def test_every_block_pass_commits_and_the_last_one_no_more_than_the_rest():
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 64), 1)], dim=1)
+    at = decode_steps(x, SamplerSettings(steps=64, alg="entropy", block_length=8))
+    assert sorted(at[0, 2:].tolist()) == list(range(64))  # one slot per pass, all 64 passes
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 10), 1)], dim=1)
+    at = decode_steps(x, SamplerSettings(steps=4, alg="entropy", block_length=5))
+    per_step = torch.bincount(at[0, 2:], minlength=4).tolist()
+    assert per_step == [3, 2, 3, 2]  # LLaDA's even split inside each block of 5
+
+
+@pytest.mark.parametrize("alg_temp", [None, 0.5])
+def test_non_finite_probabilities_fall_back_to_argmax_like_upstream(alg_temp):
+    # fp16 at a low temperature overflows to inf/nan; torch.multinomial would raise
+    from engine.sampler import confidence_step, sample_tokens
+
+    logits = torch.tensor([[60000.0, 1.0, 0.0], [0.0, 5.0, 1.0]], dtype=torch.float16)
+    s = SamplerSettings(temperature=0.01, alg="maskgit_plus", alg_temp=alg_temp)
+    gen = torch.Generator().manual_seed(0)
+    logits[0, 0] = float("inf")
+    conf, x0 = sample_tokens(logits, s, gen)
+    assert x0.tolist()[1] == 1
+    x = torch.tensor([[7, 3, 3]])
+    confidence_step(x, x == 3, logits, 1, s, 3, gen)
+    assert (x == 3).sum() == 1

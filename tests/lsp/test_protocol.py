@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from lsp.stdio_client import RawClient
+from tests.lsp.stdio_client import RawClient
 
 URI = "file:///tmp/unmask_example.py"
 SOURCE = 'def add(a, b):\n    """Add two numbers."""\n    pass\n\n\ndef main():\n    x = add(1, 2)\n    \n'
@@ -139,3 +139,13 @@ def test_fill_selection_action(client):
         "context": {"diagnostics": []}})
     actions = client.response(rid)["result"]
     assert [a["title"] for a in actions] == ["Unmask: fill selection"]
+    cmd = actions[0]["command"]
+    rid = client.request("workspace/executeCommand", {"command": cmd["command"],
+                                                      "arguments": cmd["arguments"]})
+    edit = client.wait_for(lambda m: m.get("method") == "workspace/applyEdit")
+    (change,) = edit["params"]["edit"]["documentChanges"]
+    assert change["textDocument"] == {"uri": URI, "version": 1}  # the opened version
+    (text_edit,) = change["edits"]  # exactly the selected span is replaced
+    assert text_edit["range"] == {"start": {"line": 6, "character": 8},
+                                  "end": {"line": 6, "character": 18}}
+    assert "error" not in client.response(rid)

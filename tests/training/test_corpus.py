@@ -60,7 +60,7 @@ def test_tokenizer_reuse_encodes_with_a_model_folder_tokenizer(tiny_model, tmp_p
     for split in ("train", "val"):
         with open(corpus / f"{split}.jsonl", "w") as fh:
             fh.write(json.dumps({"text": "x = '<|mask|>'\ndef f(a):\n    return a\n"}) + "\n")
-    r = subprocess.run([sys.executable, "-m", "assistant.cli", "train", "tokenizer", "--corpus",
+    r = subprocess.run([sys.executable, "-m", "cli", "train", "tokenizer", "--corpus",
                         str(corpus), "--reuse", str(tiny_model), "--out", str(tmp_path / "tok"),
                         "--tokens", str(tmp_path / "tokens")], capture_output=True, text=True,
                        timeout=300)

@@ -37,7 +37,7 @@ def test_post_processing():
 
 def test_eval_cli_prints_table_and_summary(tmp_path):
     out = tmp_path / "r.jsonl"
-    r = subprocess.run([sys.executable, "-m", "assistant.cli", "eval", "infill-single", "--empty",
+    r = subprocess.run([sys.executable, "-m", "cli", "eval", "infill-single", "--empty",
                         "--limit", "8", "--out", str(out)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
@@ -62,7 +62,7 @@ def test_parallel_jobs_give_the_same_records_as_one(tmp_path):
     outs = []
     for jobs in ("1", "2"):
         out = tmp_path / f"j{jobs}.jsonl"
-        r = subprocess.run([sys.executable, "-m", "assistant.cli", "eval", "infill-single",
+        r = subprocess.run([sys.executable, "-m", "cli", "eval", "infill-single",
                             "--model", str(tiny_model), "--limit", "4", "--jobs", jobs,
                             "--max-new-tokens", "6", "--steps", "3", "--out", str(out)],
                            capture_output=True, text=True, timeout=300)

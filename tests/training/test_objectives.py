@@ -17,7 +17,7 @@ def tiny():
     torch.manual_seed(0)
     return DreamModel(DreamConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
                                   num_hidden_layers=1, num_attention_heads=2,
-                                  num_key_value_heads=1))
+                                  num_key_value_heads=1, tie_word_embeddings=True))
 
 
 def test_zero_init_head_gives_uniform_ce():

@@ -49,7 +49,7 @@ def test_streams_a_frame_per_step_and_matches_the_cli(served, tiny_model):
     assert masks == sorted(masks, reverse=True) and masks[-1] == 0
     completion, metrics = final[1], final[2]
     assert metrics["steps"] == steps and 0 <= metrics["local@1"] <= 1
-    cli = subprocess.run([sys.executable, "-m", "assistant.cli", "generate", "--model",
+    cli = subprocess.run([sys.executable, "-m", "cli", "generate", "--model",
                           str(tiny_model), "--prompt", PROMPT, "--raw", "--json", "--steps",
                           str(steps), "--max-new-tokens", "12", "--alg", "entropy", "--seed", "3",
                           "--device", "cpu"], capture_output=True, text=True, timeout=120)

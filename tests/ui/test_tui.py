@@ -110,10 +110,11 @@ async def test_quit_with_unsaved_changes_asks_twice(project, tiny_model):
         await pilot.pause()
         await pilot.press("ctrl+q")
         await pilot.pause()
-        assert app.is_running
+        assert app.is_running and app.return_code is None  # the first one only warned
         await pilot.press("ctrl+q")
         await pilot.pause()
-    assert (project / "add.py").read_text() == SOURCE
+        assert app.return_code == 0  # the second one quit
+    assert (project / "add.py").read_text() == SOURCE  # quitting did not save
 
 
 async def test_missing_model_is_a_notification_not_a_crash(project, tmp_path):
@@ -124,6 +125,9 @@ async def test_missing_model_is_a_notification_not_a_crash(project, tmp_path):
         await pilot.press("ctrl+g")  # asking without a model: a warning, still running
         await pilot.pause()
         assert app.is_running and app.request is None
+        messages = [n.message for n in app._notifications]
+        assert any("nope" in m and "not found" in m for m in messages)  # the load error, shown
+        assert any("not loaded" in m for m in messages)  # and why ctrl+g did nothing
 
 
 async def test_settings_panel_applies_values(project, tiny_model):

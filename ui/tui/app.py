@@ -2,9 +2,10 @@
 
 A file tree and a Python editor; ask the model to generate the body of the function under the
 cursor, fill the selection, or answer a free prompt. The canvas streams in live, every slot
-coloured by the step it was decoded at. Generation runs in an exclusive thread worker (Escape
-cancels between steps); accepting inserts the candidate as one undoable edit; saving is explicit
-and the first overwrite of a file keeps a backup next to it.
+coloured by the step it was decoded at. Model loading, settings and cancellable streaming are the
+language server's (``assistant.completion.CompletionService``); generation runs in an exclusive
+thread worker (Escape cancels between steps); accepting inserts the candidate as one undoable
+edit; saving is explicit and the first overwrite of a file keeps a backup next to it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DirectoryTree, Footer, Header, Input, TextArea
-from textual.worker import get_current_worker
 
+from assistant.completion import CompletionService, Job
 from assistant.edits import EditPlan, offset_of, plan_body, plan_selection
 from assistant.settings import AssistantSettings, save_settings
 from engine.errors import UnmaskError
@@ -64,7 +65,8 @@ class UnmaskApp(App):
         self.path = (path or Path.cwd()).resolve()
         self.settings = settings or AssistantSettings()
         self.persist_settings = persist_settings
-        self.engine = None
+        self.service = CompletionService(self.settings, self._on_status)
+        self.job: Job | None = None
         self.file: Path | None = None
         self.saved_text = ""
         self.backed_up: set[Path] = set()
@@ -87,7 +89,12 @@ class UnmaskApp(App):
     def on_mount(self) -> None:
         if self.path.is_file():
             self.open_file(self.path)
-        self.load_engine()
+        self.service.start()
+
+    @property
+    def engine(self):
+        """The loaded engine, or None while loading or after a failed load."""
+        return self.service.holder.engine
 
     @property
     def editor(self) -> CodeEditor:
@@ -102,28 +109,23 @@ class UnmaskApp(App):
         return self.query_one("#status", StatusLine)
 
     # -- model -------------------------------------------------------------------------------
-    @work(thread=True, exclusive=True, group="load")
-    def load_engine(self) -> None:
-        from engine.api import Engine
-
-        s = self.settings
-        self.call_from_thread(setattr, self.status, "model", "loading model…")
+    def _on_status(self, status: str, detail: str) -> None:
+        """Called from the service's loading thread."""
         try:
-            engine = Engine.load(s.model, device=s.device, dtype=s.dtype,
-                                 backend="torch" if s.backend == "auto" else s.backend)
-        except UnmaskError as err:
-            self.call_from_thread(self._engine_failed, str(err))
-            return
-        self.call_from_thread(self._engine_ready, engine)
+            self.call_from_thread(self._show_status, status, detail)
+        except RuntimeError:  # the app has already exited
+            pass
 
-    def _engine_ready(self, engine) -> None:
-        self.engine = engine
-        self.status.model = f"{engine.name} · {engine.backend}/{engine.device.type} {engine.dtype}"
-
-    def _engine_failed(self, message: str) -> None:
-        self.engine = None
-        self.status.model = "no model"
-        self.notify(message, title="Model not loaded", severity="error", timeout=10)
+    def _show_status(self, status: str, detail: str) -> None:
+        engine = self.engine
+        if status == "loading":
+            self.status.model = "loading model…"
+        elif status == "ready" and engine is not None:
+            self.status.model = f"{engine.name} · {engine.backend}/{engine.device.type} " \
+                                f"{engine.dtype}"
+        elif status == "error":
+            self.status.model = "no model"
+            self.notify(detail, title="Model not loaded", severity="error", timeout=10)
 
     # -- files -------------------------------------------------------------------------------
     def on_directory_tree_file_selected(self, event: DirectoryTree.FileSelected) -> None:
@@ -247,38 +249,34 @@ class UnmaskApp(App):
 
     @work(thread=True, exclusive=True, group="generate")
     def run_generation(self, request: Request, seed: int) -> None:
-        from engine.api import Completion, Frame, GenerationSettings
-
-        worker = get_current_worker()
-        s = self.settings
-        new = s.max_tokens_block
         engine = self.engine
-        settings = GenerationSettings(max_new_tokens=new, steps=s.steps or new, alg=s.alg,
-                                      temperature=s.temperature if seed == 0 else
-                                      max(s.temperature, 0.6), seed=seed,
-                                      block_length=engine.defaults.get("block_length"))
-        if request.prompt is not None:
-            stream = engine.generate_stream(request.prompt, replace(settings, length="fixed"))
-        else:
-            stream = engine.infill_stream(request.plan.prefix, request.plan.suffix, settings)
-        last = None
+        job = self.job = Job("tui")
+        last = []
+
+        def on_frame(frame) -> None:
+            last[:] = [frame]
+            self.call_from_thread(self.canvas.show_frame, engine, frame, request.plan.title)
+
         try:
-            for item in stream:
-                if worker.is_cancelled:
-                    stream.close()
-                    self.call_from_thread(self._cancelled)
-                    return
-                if isinstance(item, Frame):
-                    last = item
-                    self.call_from_thread(self.canvas.show_frame, engine, item,
-                                          request.plan.title)
-                elif isinstance(item, Completion):
-                    self.call_from_thread(self._done, request, item, last)
+            if request.prompt is not None:
+                result = self.service.generate(job, request.prompt, seed, on_frame)
+            else:
+                result = self.service.fill(job, request.plan.prefix, request.plan.suffix, seed,
+                                           on_frame)
         except UnmaskError as err:
             self.call_from_thread(self._failed, str(err))
+            return
+        if result is None and job.cancel.is_set():
+            self.call_from_thread(self._cancelled)
+        elif result is None:
+            self.call_from_thread(self._failed, job.error or "the model is not loaded")
+        else:
+            self.call_from_thread(self._done, request, result, last[0] if last else None)
 
     def _done(self, request: Request, result, frame) -> None:
         self.generating = False
+        if result.extra.get("note"):
+            self.notify(result.extra["note"], severity="information")
         text = request.plan.finish(result.completion)
         request.candidates.append((text, frame))
         request.shown = len(request.candidates) - 1
@@ -349,7 +347,8 @@ class UnmaskApp(App):
             prompt.remove_class("active")
             self.editor.focus()
         if self.generating:
-            self.workers.cancel_group(self, "generate")
+            if self.job is not None:
+                self.job.cancel.set()  # the service stops between two steps
             return
         self.request = None
         self.canvas.hide()
@@ -370,15 +369,13 @@ class UnmaskApp(App):
         def apply(new: AssistantSettings | None) -> None:
             if new is None:
                 return
-            reload = (new.model, new.backend) != (self.settings.model, self.settings.backend)
             self.settings = new
             if self.persist_settings:
                 try:
                     self.notify(f"Settings saved to {save_settings(new)}")
                 except OSError as err:
                     self.notify(f"Settings not saved: {err}", severity="error")
-            if reload:
-                self.load_engine()
+            self.service.reconfigure(new)  # reloads the model when model/back end/device change
 
         self.push_screen(SettingsScreen(self.settings), apply)
 

@@ -8,9 +8,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
 from assistant.settings import AssistantSettings
+from engine.choices import ALGORITHMS, BACKENDS
 from engine.errors import UnmaskError
 
-ALGS = ["entropy", "maskgit_plus", "topk_margin", "origin"]
+MODEL_DEFAULT = "model default"
 
 
 class SettingsScreen(ModalScreen[AssistantSettings | None]):
@@ -26,15 +27,17 @@ class SettingsScreen(ModalScreen[AssistantSettings | None]):
             yield Label("Model (folder, models/ name or HF repo id; empty = embedded)")
             yield Input(value=s.model or "", id="model")
             yield Label("Back end")
-            yield Select([(b, b) for b in ("auto", "torch", "llamacpp")], value=s.backend,
+            yield Select([(b, b) for b in BACKENDS], value=s.backend,
                          id="backend", allow_blank=False)
             yield Label("Steps for a full canvas (empty = one token per step)")
             yield Input(value="" if s.steps is None else str(s.steps), id="steps",
                         type="integer")
             yield Label("Algorithm")
-            yield Select([(a, a) for a in ALGS], value=s.alg, id="alg", allow_blank=False)
-            yield Label("Temperature")
-            yield Input(value=str(s.temperature), id="temperature", type="number")
+            yield Select([(a, a) for a in (MODEL_DEFAULT, *ALGORITHMS)],
+                         value=s.alg or MODEL_DEFAULT, id="alg", allow_blank=False)
+            yield Label("Temperature (empty = the model's default)")
+            yield Input(value="" if s.temperature is None else str(s.temperature),
+                        id="temperature", type="number")
             yield Label("Max tokens (block)")
             yield Input(value=str(s.max_tokens_block), id="max_tokens_block", type="integer")
             with Horizontal(id="settings-buttons"):
@@ -48,11 +51,14 @@ class SettingsScreen(ModalScreen[AssistantSettings | None]):
         q = self.query_one
         try:
             steps = q("#steps", Input).value.strip()
+            temperature = q("#temperature", Input).value.strip()
+            alg = q("#alg", Select).value
             new = self.settings.updated({
                 "model": q("#model", Input).value.strip() or None,
-                "backend": q("#backend", Select).value, "alg": q("#alg", Select).value,
+                "backend": q("#backend", Select).value,
+                "alg": None if alg == MODEL_DEFAULT else alg,
                 "steps": int(steps) if steps else None,
-                "temperature": float(q("#temperature", Input).value or 0),
+                "temperature": float(temperature) if temperature else None,
                 "max_tokens_block": int(q("#max_tokens_block", Input).value or 96)})
         except (ValueError, UnmaskError) as err:
             self.notify(str(err), severity="error")

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from assistant.render import MASK_GLYPH, step_colour
 from engine.analysis import ar_ness_report
 from engine.errors import UnmaskError
-from engine.sampler import ALGORITHMS
+from engine.choices import ALGORITHMS
 
 HOLE = "<FILL>"
 MAX_CHARS = 6000
+MODEL_DEFAULT = "model default"
 MAX_STEPS = 256
 MAX_TOKENS = 256
 EXAMPLES = [
@@ -81,18 +82,19 @@ def render(run: Run, upto: int | None = None) -> str:
     return "".join(parts)
 
 
-def _settings(steps, max_tokens, alg, temperature, alg_temp, seed):
+def _settings(engine, steps, max_tokens, alg, temperature, alg_temp, seed):
+    """``Engine.settings``: the model's generation_config (decoding order included) under the
+    values on the page, as in every other front end."""
     import gradio as gr
-
-    from engine.api import GenerationSettings
 
     steps, max_tokens = int(steps), int(max_tokens)
     if not 1 <= steps <= MAX_STEPS or not 1 <= max_tokens <= MAX_TOKENS:
         raise gr.Error(f"steps must be 1..{MAX_STEPS} and max tokens 1..{MAX_TOKENS}")
     try:
-        return GenerationSettings(max_new_tokens=max_tokens, steps=steps, alg=alg,
-                                  temperature=float(temperature),
-                                  alg_temp=float(alg_temp) or None, seed=int(seed or 0))
+        return engine.settings(max_new_tokens=max_tokens, steps=steps,
+                               alg=None if alg == MODEL_DEFAULT else alg,
+                               temperature=float(temperature),
+                               alg_temp=float(alg_temp) or None, seed=int(seed or 0))
     except UnmaskError as err:
         raise gr.Error(str(err)) from err
 
@@ -117,14 +119,15 @@ def denoise_frames(engines: Engines, model, mode, code, steps, max_tokens, alg, 
 
     from engine.api import Completion
 
-    settings = _settings(steps, max_tokens, alg, temperature, alg_temp, seed)
     try:
         engine = engines.get(model)
+        settings = _settings(engine, steps, max_tokens, alg, temperature, alg_temp, seed)
         before, after, stream = _stream(engine, mode, code, settings)
         for item in stream:
             if isinstance(item, Completion):
                 run.texts = engine.tokenizer.token_texts(item.token_ids)
-                metrics = {"steps": item.steps, "canvas": item.canvas_len,
+                metrics = {"steps": item.steps, "canvas": item.canvas_len, **(
+                               {"note": item.extra["note"]} if "note" in item.extra else {}),
                            "seconds": round(item.elapsed_s, 3),
                            "tokens/s": round(item.tokens_per_s, 1), **ar_ness_report(item.order)}
                 yield render(run), run, item.completion, metrics
@@ -152,7 +155,7 @@ def sweep(engines: Engines, model, mode, code, steps, max_tokens, alg, temps_tex
     engine = engines.get(model)
     for temp in temps:
         for seed in range(int(samples)):
-            s = _settings(steps, max_tokens, alg, temp, 0, seed)
+            s = _settings(engine, steps, max_tokens, alg, temp, 0, seed)
             res = engine.finish(_stream(engine, mode, code, s)[2])
             rows.append({"temperature": temp, "seed": seed, **ar_ness_report(res.order)})
     df = pd.DataFrame(rows)
@@ -196,7 +199,8 @@ def build_demo(default_model: str | None = None, device: str = "auto"):
         with gr.Row():
             steps = gr.Slider(1, MAX_STEPS, value=32, step=1, label="Steps")
             max_tokens = gr.Slider(4, MAX_TOKENS, value=32, step=1, label="Max new tokens")
-            alg = gr.Dropdown(list(ALGORITHMS), value="entropy", label="Algorithm")
+            alg = gr.Dropdown([MODEL_DEFAULT, *ALGORITHMS], value=MODEL_DEFAULT,
+                              label="Algorithm")
         with gr.Row():
             temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature")
             alg_temp = gr.Slider(0, 1, value=0.0, step=0.05, label="alg_temp")

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from engine.choices import ALGORITHMS, BACKENDS, LENGTH_STRATEGIES
 from engine.errors import ConfigError, UnmaskError
 
 
@@ -27,13 +28,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and sampler")
     g.add_argument("--model", default=None, help="folder, models/ name, HF repo id in the local "
                    "cache, or .gguf file (default: the embedded model)")
-    g.add_argument("--backend", default="auto", choices=["auto", "torch", "llamacpp"])
+    g.add_argument("--backend", default="auto", choices=BACKENDS)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--max-new-tokens", type=int, default=None, help="canvas size")
     g.add_argument("--steps", type=int, default=None, help="denoising steps for a full canvas")
-    g.add_argument("--alg", default=None,
-                   choices=["origin", "maskgit_plus", "topk_margin", "entropy"])
+    g.add_argument("--alg", default=None, choices=ALGORITHMS)
     g.add_argument("--alg-temp", type=float, default=None)
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
@@ -42,7 +42,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--length", default=None, choices=["adaptive", "fixed"],
+    g.add_argument("--length", default=None, choices=LENGTH_STRATEGIES,
                    help="infill canvas: probe the hole's length first, or use --max-new-tokens")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.add_argument("--jsonl", type=Path, help="batch mode: read requests from this JSONL file")
@@ -68,7 +68,7 @@ def build_parser() -> Parser:
                    add_help=False)
     sub.add_parser("tui", help="terminal coding session with live denoising", add_help=False)
     sub.add_parser("demo", help="web demo of the denoising order (127.0.0.1)", add_help=False)
-    from assistant.cli_train import add_train_parsers
+    from cli.train import add_train_parsers
 
     add_train_parsers(sub)
     return p
@@ -83,32 +83,25 @@ def read_arg_or_file(text: str | None, path: Path | None, what: str) -> str | No
     return text
 
 
-def settings_from(args, engine):
-    from dataclasses import replace
-
-    from engine.api import GenerationSettings
-
-    base = GenerationSettings(**engine.defaults)
-    overrides = {k: v for k, v in {
-        "max_new_tokens": args.max_new_tokens, "steps": args.steps, "alg": args.alg,
-        "alg_temp": args.alg_temp, "temperature": args.temperature, "top_p": args.top_p,
-        "top_k": args.top_k, "length": args.length}.items() if v is not None}
-    if args.block_length is not None:
-        overrides["block_length"] = block_length_flag(args.block_length)
-    return replace(base, seed=args.seed, **overrides)
-
-
-def block_length_flag(value: int) -> int | None:
-    """``--block-length``: 0 means the whole canvas as one block (Dream's own order), which
-    overrides a model whose generation_config asks for blocks."""
-    return value or None
+def settings_from(args, engine, **request):
+    """The flags (and a batch line's own keys) over the model's defaults: ``Engine.settings``."""
+    flags = {"max_new_tokens": args.max_new_tokens, "steps": args.steps, "alg": args.alg,
+             "alg_temp": args.alg_temp, "temperature": args.temperature, "top_p": args.top_p,
+             "top_k": args.top_k, "length": args.length, "block_length": args.block_length,
+             "seed": args.seed}
+    return engine.settings(**{**flags, **request})
 
 
 def load_engine(args):
     from engine.api import Engine
 
-    backend = "torch" if args.backend == "auto" else args.backend
-    return Engine.load(args.model, device=args.device, dtype=args.dtype, backend=backend)
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+
+
+def say_note(res) -> None:
+    """A completion's note (context cut, steps changed) as one line on stderr."""
+    if res is not None and res.extra.get("note"):
+        sys.stderr.write(f"unmask: note: {res.extra['note']}\n")
 
 
 def completion_record(res) -> dict:
@@ -160,6 +153,7 @@ def cmd_single(args, engine) -> int:
         res = run_stream(engine, engine.infill_stream(prefix, suffix, settings), live,
                          prefix[-400:], suffix[:200])
         head = prefix
+    say_note(res)
     if args.json:
         print(json.dumps(completion_record(res)))
     else:
@@ -173,15 +167,12 @@ def cmd_single(args, engine) -> int:
 
 def cmd_batch(args, engine) -> int:
     """JSONL in, JSONL out; a malformed line becomes an error record, the rest still run."""
-    from dataclasses import replace
-
     if args.out is None:
         raise ConfigError("--jsonl needs --out FILE for the results")
     try:
         lines = args.jsonl.read_text().splitlines()
     except OSError as err:
         raise ConfigError(f"cannot read --jsonl {args.jsonl}: {err.strerror}") from err
-    settings = settings_from(args, engine)
     failures = 0
     with open(args.out, "w") as out:
         for n, line in enumerate(lines, start=1):
@@ -193,8 +184,8 @@ def cmd_batch(args, engine) -> int:
                 if not isinstance(req, dict):
                     raise ValueError("not a JSON object")
                 rid = req.get("id", n)
-                s = replace(settings, **{k: req[k] for k in ("max_new_tokens", "steps", "seed")
-                                         if k in req})
+                s = settings_from(args, engine, **{k: req[k] for k in (
+                    "max_new_tokens", "steps", "seed") if k in req})
                 if "prompt" in req and isinstance(req["prompt"], str):
                     res = engine.generate(req["prompt"], s, raw=args.command == "generate" and
                                           getattr(args, "raw", False))
@@ -203,6 +194,7 @@ def cmd_batch(args, engine) -> int:
                     res = engine.infill(req.get("prefix", ""), req.get("suffix", ""), s)
                 else:
                     raise ValueError('needs "prompt", or "prefix"/"suffix" strings')
+                say_note(res)
                 out.write(json.dumps({"id": rid, **completion_record(res)}) + "\n")
             except (ValueError, UnmaskError, TypeError) as err:
                 failures += 1
@@ -252,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             return cmd_models()
         if args.command in ("train", "eval", "export"):
-            from assistant.cli_train import run_train_command
+            from cli.train import run_train_command
 
             return run_train_command(args)
         engine = load_engine(args)

@@ -14,14 +14,14 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RawClient:
     def __init__(self, *server_args: str, env: dict | None = None) -> None:
         self.seen: list = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "assistant.cli", "lsp", *server_args], cwd=ROOT,
+            [sys.executable, "-m", "cli", "lsp", *server_args], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})})
         self.inbox: queue.Queue = queue.Queue()

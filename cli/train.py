@@ -1,4 +1,4 @@
-"""``unmask train ...`` and ``unmask eval ...``: the embedded model's pipeline from the CLI."""
+"""``unmask train ...``, ``unmask eval ...`` and ``unmask export``: the model pipeline's commands."""
 
 from __future__ import annotations
 
@@ -63,9 +63,7 @@ def add_train_parsers(sub) -> None:
 
 def run_train_command(args: argparse.Namespace) -> int:
     if args.command == "eval":
-        from training.evaluate import run_eval
-
-        return run_eval(args)
+        return _eval(args)
     if args.command == "export":
         from engine.gguf_export import write_gguf
         from engine.loading import resolve_model
@@ -90,6 +88,75 @@ def run_train_command(args: argparse.Namespace) -> int:
     if cmd == "export":
         return _export(args)
     raise ConfigError(f"unknown train command {cmd!r}")
+
+
+def _eval(args) -> int:
+    """Build the engine and settings from the flags, run the task set, print a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from training import evaluate as ev
+
+    if args.task == "loss":
+        print(json.dumps(ev.eval_loss(args.model, args.val, args.limit, args.device, args.dtype),
+                         indent=2))
+        return 0
+    single = {"infill-single": True, "infill-multi": False, "function": None}[args.task]
+    engine = settings = None
+    if not args.empty:
+        from engine.api import Engine
+
+        engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+        settings = ev.task_settings(engine, single, max_new_tokens=args.max_new_tokens,
+                                    steps=args.steps, alg=args.alg,
+                                    block_length=args.block_length)
+    with EvalProgress(args.task) as progress:
+        if single is None:
+            records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
+        else:
+            records = ev.eval_infill(engine, settings, single, args.limit, args.length,
+                                     args.jobs, progress)
+    summary = ev.summarize(records, args.task, "empty" if args.empty else (args.model or "default"),
+                           None if args.empty else args.length)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = Table(title=f"HumanEval {args.task}")
+    for col in ("model", "length", "tasks", "passed", "pass@1"):
+        table.add_column(col)
+    table.add_row(str(summary["model"]), str(summary["length"]), str(summary["n"]),
+                  str(summary["passed"]), f"{summary['pass@1']:.3f}")
+    Console().print(table)
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+class EvalProgress:
+    """A rich progress bar on a terminal; a log line every 50 tasks off one (CI, pipes)."""
+
+    def __init__(self, label: str) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        self.label = label
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                            console=Console(stderr=True))
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.label, total=None, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int, passed: int) -> None:
+        self.bar.update(self.task, completed=done, total=total, info=f"passed {passed}")
+        if not self.bar.console.is_terminal and (done % 50 == 0 or done == total):
+            self.bar.console.print(f"{self.label}: {done}/{total} done, {passed} passed")
 
 
 def _tokenizer(args) -> int:

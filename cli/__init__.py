@@ -1,0 +1,1 @@
+"""The ``unmask`` command line: the top layer, which may import every package; none imports it."""

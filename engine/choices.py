@@ -1,0 +1,9 @@
+"""The engine's named choices, in a module without torch so command lines and settings screens
+can offer them instantly. Every list of algorithms, back ends or length strategies is this one."""
+
+ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+"""Dream's rules for which masked slots a step commits (``engine.sampler``)."""
+BACKENDS = ("auto", "torch", "llamacpp")
+"""auto = torch: its bf16 forward is the fastest measured on CPU (README back-end table)."""
+LENGTH_STRATEGIES = ("adaptive", "fixed")
+"""Infill canvas: probe the hole's length first, or use max_new_tokens as upstream does."""

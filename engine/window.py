@@ -1,0 +1,113 @@
+"""Context windows: which part of a file the model sees around the hole, measured in tokens.
+
+One module for every caller: the engine fits whole files into the model's context, the editor
+front ends cut their (smaller) latency windows, and training builds the same windows it will see
+at inference. Windows are cut at line boundaries and keep the lines nearest the hole, because
+the code next to the cursor is what predicts it (the same choice as llama.vim's ring context and
+Copilot's prompt assembly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BYTES_PER_TOKEN_BOUND = 8
+"""Code averages 3-4 bytes per token; reading 8 bytes per budgeted token is a safe cheap bound."""
+
+
+@dataclass
+class InfillWindow:
+    prefix: str
+    suffix: str
+    replace_from: int
+    """Document offset where the suggestion's text starts (<= cursor when healed)."""
+
+
+def _whole_lines_within(lines, tokenizer, budget: int) -> list[str]:
+    """Take lines in the given order until the next one would exceed ``budget`` tokens."""
+    out: list[str] = []
+    used = 0
+    for line in lines:
+        n = len(tokenizer.encode(line))
+        if used + n > budget:
+            break
+        out.append(line)
+        used += n
+    return out
+
+
+def tail_by_tokens(text: str, tokenizer, budget: int) -> str:
+    """The last whole lines of ``text`` that fit in ``budget`` tokens; the last ``budget``
+    tokens when even the last line is longer (minified code, one huge literal)."""
+    if budget <= 0:
+        return ""
+    lines = text[-budget * BYTES_PER_TOKEN_BOUND:].splitlines(keepends=True)
+    kept = "".join(reversed(_whole_lines_within(reversed(lines), tokenizer, budget)))
+    if not kept and text:
+        return tokenizer.decode(tokenizer.encode(lines[-1])[-budget:])
+    return kept
+
+
+def head_by_tokens(text: str, tokenizer, budget: int) -> str:
+    """The first whole lines of ``text`` that fit in ``budget`` tokens (the first ``budget``
+    tokens when even the first line is longer)."""
+    if budget <= 0:
+        return ""
+    lines = text[:budget * BYTES_PER_TOKEN_BOUND].splitlines(keepends=True)
+    kept = "".join(_whole_lines_within(lines, tokenizer, budget))
+    if not kept and text:
+        return tokenizer.decode(tokenizer.encode(lines[0])[:budget])
+    return kept
+
+
+def build_infill(text: str, offset: int, tokenizer, prefix_tokens: int,
+                 suffix_tokens: int) -> InfillWindow:
+    """An editor request at ``offset`` of ``text``: prefix/suffix windows of the given sizes.
+
+    When the cursor sits in indentation the prefix backs up to the line start, so the model
+    writes the indentation itself (the tokenizer merges a leading space into the next word).
+    """
+    before, after = text[:offset], text[offset:]
+    line_start = before.rfind("\n") + 1
+    replace_from = offset
+    if before[line_start:].strip() == "":
+        before, replace_from = before[:line_start], line_start
+    return InfillWindow(tail_by_tokens(before, tokenizer, prefix_tokens),
+                        head_by_tokens(after, tokenizer, suffix_tokens), replace_from)
+
+
+def fit_infill(prefix: str, suffix: str, tokenizer, budget: int) -> tuple[str, str, str | None]:
+    """Prefix and suffix cut to ``budget`` tokens in all, nearest lines kept; unchanged when they
+    fit. The third value is one sentence saying what was cut (None when nothing was).
+
+    The suffix gets what the prefix leaves, but at least a quarter of the budget when both are
+    long: code after the hole constrains it less than code before it.
+    """
+    n_pre, n_suf = len(tokenizer.encode(prefix)), len(tokenizer.encode(suffix))
+    if n_pre + n_suf <= budget:
+        return prefix, suffix, None
+    suf_budget = min(n_suf, max(budget // 4, budget - n_pre))
+    pre_budget = budget - suf_budget
+    while True:  # per-line counts can differ from the whole text's by a merge or two
+        pre = tail_by_tokens(prefix, tokenizer, pre_budget)
+        suf = head_by_tokens(suffix, tokenizer, suf_budget)
+        k_pre, k_suf = len(tokenizer.encode(pre)), len(tokenizer.encode(suf))
+        if k_pre + k_suf <= budget:
+            break
+        pre_budget, suf_budget = pre_budget * 9 // 10, suf_budget * 9 // 10
+    note = (f"the file is {n_pre + n_suf} tokens, more than the model's context; the model saw "
+            f"the {k_pre} prefix and {k_suf} suffix tokens nearest the hole")
+    return pre, suf, note
+
+
+def fit_prompt(prompt: str, tokenizer, budget: int) -> tuple[str, str | None]:
+    """A generation prompt cut to its last ``budget`` tokens of whole lines (note as above)."""
+    n = len(tokenizer.encode(prompt))
+    if n <= budget:
+        return prompt, None
+    kept = tail_by_tokens(prompt, tokenizer, budget)
+    while len(tokenizer.encode(kept)) > budget:
+        budget = budget * 9 // 10
+        kept = tail_by_tokens(prompt, tokenizer, budget)
+    return kept, (f"the prompt is {n} tokens, more than the model's context; the model saw its "
+                  f"last {len(tokenizer.encode(kept))}")
