@@ -62,6 +62,10 @@ def build_parser() -> Parser:
     i.add_argument("--suffix", default=None)
     i.add_argument("--prefix-file", type=Path)
     i.add_argument("--suffix-file", type=Path)
+    i.add_argument("--repo", type=Path, default=None,
+                   help="put the most similar code of this repository before the prefix")
+    i.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="with --repo: a path or glob relative to it never read (repeatable)")
     add_model_flags(i)
     sub.add_parser("models", help="list the models Unmask can find offline")
     sub.add_parser("lsp", help="language server over stdio (inline completion, code actions)",
@@ -96,6 +100,27 @@ def load_engine(args):
     from engine.api import Engine
 
     return Engine.load(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+
+
+def repo_context(args, engine, prefix: str, suffix: str, path: str | None = None) -> str:
+    """``--repo``: the repository chunks most similar to the code around the hole."""
+    index = getattr(args, "_repo_index", None)
+    if index is None:
+        return ""
+    from engine.repo import context_budget
+
+    return index.context(prefix, suffix, engine.tokenizer, context_budget(engine.context),
+                         path=path)
+
+
+def relative_to_repo(args, file: Path | None) -> str | None:
+    """The edited file's path inside ``--repo`` (never retrieved as context), if it is there."""
+    if file is None or getattr(args, "repo", None) is None:
+        return None
+    try:
+        return file.resolve().relative_to(args.repo.resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def say_note(res) -> None:
@@ -150,7 +175,9 @@ def cmd_single(args, engine) -> int:
         if prefix is None and suffix is None:
             raise ConfigError("infill needs --prefix/--prefix-file and/or --suffix/--suffix-file")
         prefix, suffix = prefix or "", suffix or ""
-        res = run_stream(engine, engine.infill_stream(prefix, suffix, settings), live,
+        context = repo_context(args, engine, prefix, suffix,
+                               relative_to_repo(args, args.prefix_file or args.suffix_file))
+        res = run_stream(engine, engine.infill_stream(prefix, suffix, settings, context), live,
                          prefix[-400:], suffix[:200])
         head = prefix
     say_note(res)
@@ -191,7 +218,10 @@ def cmd_batch(args, engine) -> int:
                                           getattr(args, "raw", False))
                 elif isinstance(req.get("prefix", ""), str) and isinstance(req.get("suffix", ""), str) \
                         and ("prefix" in req or "suffix" in req):
-                    res = engine.infill(req.get("prefix", ""), req.get("suffix", ""), s)
+                    pre, suf = req.get("prefix", ""), req.get("suffix", "")
+                    path = req.get("path") if isinstance(req.get("path"), str) else None
+                    res = engine.infill(pre, suf, s, context=repo_context(
+                        args, engine, pre, suf, path))
                 else:
                     raise ValueError('needs "prompt", or "prefix"/"suffix" strings')
                 say_note(res)
@@ -247,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             from cli.train import run_train_command
 
             return run_train_command(args)
+        if getattr(args, "repo", None) is not None:  # a bad --repo fails before any work
+            from engine.repo import RepoIndex
+
+            args._repo_index = RepoIndex(args.repo, args.exclude)
         engine = load_engine(args)
         if args.jsonl is not None:
             return cmd_batch(args, engine)

@@ -28,6 +28,14 @@ def add_train_parsers(sub) -> None:
     p = tsub.add_parser("pretrain", help="causal pretraining then diffusion adaptation")
     p.add_argument("--config", type=Path, required=True, help="TOML file (training/configs/)")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
+    z = tsub.add_parser("personalize", help="fine-tune a model on your repository's own code")
+    z.add_argument("--repo", type=Path, required=True, help="the repository's root folder")
+    z.add_argument("--out", type=Path, required=True, help="where the personalized model goes")
+    z.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="a path or glob relative to the root that is never read (repeatable)")
+    z.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    z.add_argument("--base", default=None, help="model to start from (default: embedded)")
+    z.add_argument("--seed", type=int, default=0)
     e = tsub.add_parser("export", help="write a run's checkpoint as a Dream model folder")
     e.add_argument("--run", type=Path, default=Path("runs/embedded"))
     e.add_argument("--tokenizer", type=Path, default=DATA / "tokenizer")
@@ -41,7 +49,16 @@ def add_train_parsers(sub) -> None:
     g.add_argument("--quant", default="f16", choices=["f32", "f16", "q8_0", "q4_k_m"])
 
     ev = sub.add_parser("eval", help="HumanEval infilling / whole-function pass@1, held-out loss")
-    ev.add_argument("task", choices=["infill-single", "infill-multi", "function", "loss"])
+    ev.add_argument("task", choices=["infill-single", "infill-multi", "function", "loss", "repo"])
+    ev.add_argument("--repo", type=Path, default=None, help="repo: the repository's root")
+    ev.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                    help="repo: held-out files (never trained on or retrieved); repeatable")
+    ev.add_argument("--personalized", default=None,
+                    help="repo: a personalized model folder to compare with --model")
+    ev.add_argument("--test-cmd", default="python -m pytest -x -q",
+                    help="repo: the command that runs the repository's tests")
+    ev.add_argument("--test-timeout", type=float, default=120.0)
+    ev.add_argument("--holes", type=int, default=60, help="repo: single-line holes (blocks: half)")
     ev.add_argument("--model", default=None)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="auto")
@@ -62,6 +79,8 @@ def add_train_parsers(sub) -> None:
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    if args.command == "eval" and args.task == "repo":
+        return _eval_repo(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "export":
@@ -87,6 +106,8 @@ def run_train_command(args: argparse.Namespace) -> int:
         return _pretrain(args)
     if cmd == "export":
         return _export(args)
+    if cmd == "personalize":
+        return _personalize(args)
     raise ConfigError(f"unknown train command {cmd!r}")
 
 
@@ -157,6 +178,74 @@ class EvalProgress:
         self.bar.update(self.task, completed=done, total=total, info=f"passed {passed}")
         if not self.bar.console.is_terminal and (done % 50 == 0 or done == total):
             self.bar.console.print(f"{self.label}: {done}/{total} done, {passed} passed")
+
+
+def _personalize(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from training.personalize import PersonalizeConfig, personalize
+
+    cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
+                            base=args.base, minutes=args.minutes, seed=args.seed)
+    with Progress(TextColumn("personalize"), BarColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
+        task = bar.add_task("personalize", total=cfg.minutes * 60, info="")
+
+        def progress(rec: dict) -> None:
+            bar.update(task, completed=rec["elapsed_s"], info=f"step {rec['step']} loss "
+                       f"{rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s")
+
+        summary = personalize(cfg, progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    print(f"personalized model: {args.out} (use --model {args.out})", file=sys.stderr)
+    return 0
+
+
+def _eval_repo(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.api import Engine
+    from engine.loading import cache_dir
+    from engine.sandbox import RepoSandbox
+    from training import repo_eval
+
+    if args.repo is None:
+        raise ConfigError("eval repo needs --repo PATH")
+    repo = args.repo.resolve()
+    progress = EvalProgress("repo")
+    with RepoSandbox(repo, args.test_cmd, args.test_timeout) as sandbox, progress:
+        def tick(label, done, total, passed):
+            progress.label = label
+            progress(done, total, passed)
+
+        bench = repo_eval.mine(repo, args.exclude, sandbox, args.holes, args.holes // 2,
+                               cache=cache_dir() / "holes", progress=tick)
+        models = [("base", args.model)] + ([("personalized", args.personalized)]
+                                           if args.personalized else [])
+        rows = []
+        for name, model in models:
+            engine = Engine.load(model, device=args.device, dtype=args.dtype)
+            for ctx in (False, True):
+                label = f"{name}{' + context' if ctx else ''}"
+                rows.append((label, repo_eval.score(engine, bench, sandbox, ctx, tick, label)))
+    table = Table(title=f"repo holes: {repo.name}, held out: {', '.join(bench.held_out)}")
+    for col in ("model", "line n", "line pass@1", "line exact", "block n", "block pass@1",
+                "block exact"):
+        table.add_column(col)
+    for label, res in rows:
+        line, block = res.get("line", {}), res.get("block", {})
+        table.add_row(label, *[str(r.get(k, "-")) for r in (line, block)
+                               for k in ("n", "pass@1", "exact")])
+    Console().print(table)
+    print(json.dumps({label: res for label, res in rows}), file=sys.stderr)
+    return 0
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _tokenizer(args) -> int:

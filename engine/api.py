@@ -35,7 +35,7 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.loading import LoadedModel, load_model, resolve_model
 from engine.sampler import SamplerSettings, denoise, masked_logits, planned_steps
 from engine.tokenizer import DreamTokenizer
-from engine.window import fit_infill, fit_prompt
+from engine.window import fit_prompt, infill_ids
 
 SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
                 "block_length", "eps")
@@ -252,13 +252,13 @@ class Engine:
         yield from self._run(ids, settings.max_new_tokens, [], settings, settings.steps,
                              instruct=chat and not raw, extra={"note": note} if note else {})
 
-    def infill_stream(self, prefix: str, suffix: str,
-                      settings: GenerationSettings) -> Iterator[Frame | Completion]:
-        """Fill the hole between ``prefix`` and ``suffix``."""
-        prefix, suffix, note = fit_infill(prefix, suffix, self.tokenizer,
-                                          self._room(settings.max_new_tokens))
-        pre = self._start(self.tokenizer.encode(prefix))
-        suf = self.tokenizer.encode(suffix)
+    def infill_stream(self, prefix: str, suffix: str, settings: GenerationSettings,
+                      context: str = "") -> Iterator[Frame | Completion]:
+        """Fill the hole between ``prefix`` and ``suffix``; ``context`` (repository chunks from
+        ``engine.repo``) goes before the prefix."""
+        pre, suf, note = infill_ids(self.tokenizer, prefix, suffix, context,
+                                    self._room(settings.max_new_tokens))
+        pre = self._start(pre)
         self._check_fits(len(pre) + len(suf), settings.max_new_tokens)
         canvas, steps, extra = settings.max_new_tokens, settings.steps, {}
         if settings.length == "adaptive":
@@ -344,9 +344,9 @@ class Engine:
         return result
 
     def infill(self, prefix: str, suffix: str, settings: GenerationSettings | None = None,
-               **overrides) -> Completion:
+               context: str = "", **overrides) -> Completion:
         settings = replace(settings, **overrides) if settings else self.settings(**overrides)
-        return self.finish(self.infill_stream(prefix, suffix, settings))
+        return self.finish(self.infill_stream(prefix, suffix, settings, context))
 
     def generate(self, prompt: str, settings: GenerationSettings | None = None, raw: bool = False,
                  **overrides) -> Completion:

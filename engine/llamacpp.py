@@ -24,6 +24,7 @@ import torch
 from engine.errors import BackendError, ModelLoadError
 from engine.gguf_export import GENERATION_KEY, write_gguf
 from engine.llama_lib import llama as _llama, quiet_llama_log
+from engine.loading import cache_dir
 
 log = logging.getLogger(__name__)
 DIFFUSION_ARCHS = {"dream"}
@@ -205,11 +206,6 @@ class LlamaCppDenoiser:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(os.environ.get("UNMASK_CACHE_DIR", Path(base) / "unmask"))
 
 
 def cached_gguf(folder: Path, quant: str) -> Path:

@@ -99,6 +99,13 @@ def resolve_model(name: str | None) -> Path:
                          "machine with network)")
 
 
+def cache_dir() -> Path:
+    """Unmask's own cache (built GGUFs, verified repository holes): ``$UNMASK_CACHE_DIR`` or
+    ``$XDG_CACHE_HOME/unmask`` or ``~/.cache/unmask``; never inside a user's repository."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("UNMASK_CACHE_DIR", Path(base) / "unmask"))
+
+
 def list_models() -> list[tuple[str, Path]]:
     """Every model this machine can load: shipped ones and Dream folders in the HF cache."""
     found = []

@@ -4,7 +4,8 @@ Each program runs as ``python -I -S`` (isolated: no user site, no PYTHON* variab
 temporary directory with an empty environment, under RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE
 and RLIMIT_NPROC, plus a wall-clock timeout that kills its whole process group. It is what
 HumanEval's execution.py does in-process, moved out of the caller's process so a crash, an
-infinite loop or ``os.system`` in generated code cannot harm the caller.
+infinite loop or ``os.system`` in generated code cannot harm the caller. ``RepoSandbox`` runs a
+repository's own test suite the same way, on a temporary copy of the repository.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class RunResult:
     detail: str = ""
 
 
-def _limits(memory_mb: int, cpu_s: int):
+def _limits(memory_mb: int, cpu_s: int, file_mb: int = 1):
     def apply() -> None:
         import resource
 
@@ -35,7 +36,7 @@ def _limits(memory_mb: int, cpu_s: int):
         mem = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb << 20, file_mb << 20))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     return apply
 
@@ -70,3 +71,82 @@ def run_python(program: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ru
             return RunResult(True, "passed")
         tail = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
         return RunResult(False, "failed", tail[0] if tail else f"exit {proc.returncode}")
+
+
+COPY_IGNORED = (".git", ".hg", ".venv", "venv", ".tox", ".nox", "node_modules", "__pycache__",
+                ".mypy_cache", ".pytest_cache", "*.pyc")
+
+
+class RepoSandbox:
+    """A temporary copy of a repository in which its own test suite runs with changed files.
+
+    The user's tree is only read (copied once); every run writes the given file texts into the
+    copy, runs the test command there under time and memory limits with a minimal environment
+    (``src/`` layouts importable), and restores the copy's files afterwards.
+    """
+
+    def __init__(self, root, test_cmd: str = "python -m pytest -x -q", timeout_s: float = 60.0,
+                 memory_mb: int = 2048) -> None:
+        import shlex
+        import shutil
+        from pathlib import Path
+
+        self.source = Path(root)
+        self.tmp = tempfile.TemporaryDirectory(prefix="unmask-repo-")
+        self.root = Path(self.tmp.name) / "repo"
+        shutil.copytree(self.source, self.root, symlinks=True,
+                        ignore=shutil.ignore_patterns(*COPY_IGNORED))
+        self.argv = [sys.executable if a in ("python", "python3") else a
+                     for a in shlex.split(test_cmd)]
+        if not self.argv:
+            raise SandboxError("--test-cmd is empty; give the command that runs the tests")
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+        paths = [str(self.root)] + ([str(self.root / "src")] if (self.root / "src").is_dir() else [])
+        self.env = {"PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin",
+                    "HOME": str(Path(self.tmp.name)), "PYTHONPATH": ":".join(paths),
+                    "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+
+    def run(self, files: dict[str, str] | None = None) -> RunResult:
+        """Run the suite with ``files`` ({relative path: text}) in place of the copy's own."""
+        files = files or {}
+        saved = {rel: (self.root / rel).read_text(encoding="utf-8") for rel in files}
+        try:
+            for rel, text in files.items():
+                (self.root / rel).write_text(text, encoding="utf-8")
+            return self._run()
+        finally:
+            for rel, text in saved.items():
+                (self.root / rel).write_text(text, encoding="utf-8")
+
+    def _run(self) -> RunResult:
+        try:
+            proc = subprocess.Popen(self.argv, cwd=self.root, env=self.env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT,
+                                    preexec_fn=_limits(self.memory_mb, int(self.timeout_s) + 1,
+                                                       file_mb=64))
+        except OSError as err:
+            raise SandboxError(f"cannot run the test command {self.argv[0]!r}: {err}; pass "
+                               "--test-cmd") from err
+        try:
+            out, _ = proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return RunResult(False, "timeout")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode == 0:
+            return RunResult(True, "passed")
+        tail = out.decode(errors="replace").strip().splitlines()[-1:] if out else []
+        return RunResult(False, "failed", tail[0] if tail else f"exit {proc.returncode}")
+
+    def close(self) -> None:
+        self.tmp.cleanup()
+
+    def __enter__(self) -> "RepoSandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -111,3 +111,20 @@ def fit_prompt(prompt: str, tokenizer, budget: int) -> tuple[str, str | None]:
         kept = tail_by_tokens(prompt, tokenizer, budget)
     return kept, (f"the prompt is {n} tokens, more than the model's context; the model saw its "
                   f"last {len(tokenizer.encode(kept))}")
+
+
+def infill_ids(tokenizer, prefix: str, suffix: str, context: str, room: int
+               ) -> tuple[list[int], list[int], str | None]:
+    """Token ids of the prompt around a hole, exactly as the engine and training build it:
+    ``context + prefix`` (repository context first, encoded together) and ``suffix``, cut to
+    ``room`` tokens. The nearby prefix and suffix come first; the context gets what is left, at
+    most half of the room (it was already sized to its own budget by ``engine.repo``)."""
+    ctx = tokenizer.encode(context) if context else []
+    if len(ctx) > room // 2:
+        context, ctx = "", []  # never squeeze the code next to the hole for far-away context
+    prefix, suffix, note = fit_infill(prefix, suffix, tokenizer, room - len(ctx))
+    pre = tokenizer.encode(context + prefix)
+    suf = tokenizer.encode(suffix)
+    while len(pre) + len(suf) > room and context:  # a merge at the seam: drop the context
+        context, pre = "", tokenizer.encode(prefix)
+    return pre, suf, note

@@ -33,15 +33,17 @@ def causal_lm_loss(model: DreamModel, x: torch.Tensor) -> tuple[torch.Tensor, di
 
 
 def masked_diffusion_loss(model: DreamModel, x: torch.Tensor, masked: torch.Tensor,
-                          noisy: torch.Tensor, t: torch.Tensor,
-                          eligible: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                          noisy: torch.Tensor, t: torch.Tensor, eligible: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, dict]:
     """1/t-weighted CE on masked positions, logits shifted (hidden i-1 predicts token i).
 
     x: clean ids (B, L); noisy: model input (B, L); masked: bool (B, L), never at position 0;
-    t: mask ratio per row (B,); eligible: positions that could have been masked, per row (B,).
+    t: mask ratio per row (B,); eligible: positions that could have been masked, per row (B,);
+    attention_mask: optional (B, 1, L, L) bool, for right-padded batches.
     """
     rows, cols = masked.nonzero(as_tuple=True)  # (M,), (M,)
-    logits = model(noisy, select=(rows, cols - 1))  # (M, V)
+    logits = model(noisy, attention_mask, select=(rows, cols - 1))  # (M, V)
     ce = F.cross_entropy(logits.float(), x[rows, cols], reduction="none")  # (M,)
     loss = (ce / t[rows]).sum() / eligible.sum()
     return loss, {"loss": loss.item(), "masked_ce": ce.mean().item(), "masked": int(rows.numel())}

@@ -1,0 +1,206 @@
+"""Repository context: the user's own Python files, chunked and retrieved by BM25.
+
+The retrieve-then-generate recipe of RepoCoder (Zhang et al. 2023) and of repository-level FIM
+prompts (Qwen2.5-Coder, StarCoder2): the chunks of *other* files most similar to the code around
+the cursor go before the prefix, each under a comment naming its path. Sparse BM25 (``bm25s``,
+maintained, numpy-only) over identifier tokens; code search studies find it as good as small
+dense retrievers for in-repository completion, and it needs no model.
+
+One module for inference and training alike (``training.personalize`` builds exactly this
+context), so it lives in ``engine``, which both may import. The file being edited is never
+retrieved: it is skipped by path, and any file that contains the text right around the hole is
+taken to be its saved copy and skipped too (batch requests carry no path).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", "env", ".tox", ".nox",
+                  "node_modules", "build", "dist", ".eggs", ".mypy_cache", ".pytest_cache"}
+MAX_FILE_BYTES = 1_000_000
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CHUNK_LINES, CHUNK_STRIDE = 16, 8
+"""Chunk windows (RepoCoder uses fixed line windows with half overlap)."""
+CONTEXT_TOKENS = 192
+"""Token budget of the repository context, at inference and in personalization alike."""
+
+
+def context_budget(model_context: int) -> int:
+    """The context budget for a model: ``CONTEXT_TOKENS``, at most a quarter of its window."""
+    return min(CONTEXT_TOKENS, model_context // 4)
+
+
+def _gitignore(root: Path):
+    import pathspec
+
+    lines = []
+    for ignore in [root / ".gitignore", root / ".git" / "info" / "exclude"]:
+        if ignore.is_file():
+            lines += ignore.read_text(errors="replace").splitlines()
+    return pathspec.PathSpec.from_lines("gitignore", lines)
+
+
+def _excluded(rel: str, patterns: list[str]) -> bool:
+    return any(rel == p.rstrip("/") or fnmatch.fnmatch(rel, p) or rel.startswith(p.rstrip("/") + "/")
+               for p in patterns)
+
+
+def python_files(root: Path, exclude: list[str] | None = None) -> list[Path]:
+    """The repository's Python files (relative paths), honouring ``.gitignore`` and ``exclude``
+    (globs relative to the root; a plain relative path is one file or folder). An excluded file
+    is never opened. Raises ConfigError for a bad root, no Python files, or an exclude that
+    matches nothing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"--repo {root} is not a folder; pass the repository's root folder")
+    exclude = [p.replace("\\", "/") for p in (exclude or [])]
+    exclude = [p[2:] if p.startswith("./") else p for p in exclude]
+    ignored = _gitignore(root)
+    found, used = [], set()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(part in ALWAYS_SKIPPED or part.endswith(".egg-info") for part in rel.parts[:-1]):
+            continue
+        rel_s = rel.as_posix()
+        if ignored.match_file(rel_s):
+            continue
+        hits = [p for p in exclude if _excluded(rel_s, [p])]
+        if hits:
+            used.update(hits)
+            continue
+        if path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
+            found.append(rel)
+    unused = [p for p in exclude if p not in used]
+    if unused:
+        raise ConfigError(f"--exclude {unused[0]!r} matches no Python file under {root}; give a "
+                          "glob or path relative to the repository root")
+    if not found:
+        raise ConfigError(f"{root} has no Python files (after .gitignore and --exclude); point "
+                          "--repo at a Python repository")
+    return found
+
+
+@dataclass
+class Chunk:
+    path: str
+    """Path relative to the repository root, with forward slashes."""
+    start: int
+    """First line (0-based)."""
+    text: str
+
+
+def chunk_file(rel: str, text: str) -> list[Chunk]:
+    lines = text.splitlines(keepends=True)
+    out = []
+    for start in range(0, max(1, len(lines) - CHUNK_LINES + CHUNK_STRIDE), CHUNK_STRIDE):
+        body = "".join(lines[start:start + CHUNK_LINES])
+        if body.strip():
+            out.append(Chunk(rel, start, body))
+    return out
+
+
+def code_tokens(text: str) -> list[str]:
+    """Identifiers, also split at snake_case and camelCase boundaries, lower-cased."""
+    out = []
+    for ident in IDENT.findall(text):
+        low = ident.lower()
+        out.append(low)
+        parts = [p for p in re.split(r"_|(?<=[a-z0-9])(?=[A-Z])", ident) if p]
+        if len(parts) > 1:
+            out += [p.lower() for p in parts]
+    return out
+
+
+class RepoIndex:
+    """BM25 over fixed line windows of a repository's Python files; thread-safe updates."""
+
+    def __init__(self, root: Path, exclude: list[str] | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.files: dict[str, str] = {}
+        for rel in python_files(self.root, exclude):
+            try:
+                self.files[rel.as_posix()] = (self.root / rel).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+        self._lock = threading.Lock()
+        self._build()
+
+    @classmethod
+    def from_texts(cls, root: Path, files: dict[str, str]) -> "RepoIndex":
+        """An index over given texts (training builds it from the files it reads itself)."""
+        index = cls.__new__(cls)
+        index.root, index.files, index._lock = Path(root), dict(files), threading.Lock()
+        index._build()
+        return index
+
+    def _build(self) -> None:
+        import bm25s
+
+        chunks = [c for rel, text in sorted(self.files.items()) for c in chunk_file(rel, text)]
+        retriever = bm25s.BM25()
+        if chunks:
+            retriever.index([code_tokens(c.text) or ["_"] for c in chunks], show_progress=False)
+        self.chunks, self.retriever = chunks, retriever
+
+    def update(self, rel: str, text: str | None) -> None:
+        """A file was saved (text) or deleted (None): re-index."""
+        with self._lock:
+            if text is None:
+                self.files.pop(rel, None)
+            else:
+                self.files[rel] = text
+            self._build()
+
+    def search(self, query: str, k: int, skip: set[str]) -> list[Chunk]:
+        """The ``k`` best chunks for ``query`` from files not in ``skip``."""
+        tokens = code_tokens(query)
+        if not tokens or not self.chunks:
+            return []
+        with self._lock:
+            chunks, retriever = self.chunks, self.retriever
+        n = min(len(chunks), k * 4 + 8)
+        ids, scores = retriever.retrieve([tokens], k=n, show_progress=False)
+        out = []
+        for i, score in zip(ids[0].tolist(), scores[0].tolist()):
+            if score <= 0 or chunks[i].path in skip:
+                continue
+            out.append(chunks[i])
+            if len(out) == k:
+                break
+        return out
+
+    def context(self, prefix: str, suffix: str, tokenizer, budget: int,
+                path: str | None = None) -> str:
+        """Repository context for a hole: the best chunks of other files, each as
+        ``# <path>`` then its lines, best first, whole chunks within ``budget`` tokens."""
+        if budget <= 0:
+            return ""
+        near = "".join(prefix.splitlines(keepends=True)[-12:]) + \
+            "".join(suffix.splitlines(keepends=True)[:4])
+        skip = {path} if path else set()
+        skip |= self._saved_copies(prefix, suffix)
+        parts, used = [], 0
+        for chunk in self.search(near, 8, skip):
+            block = f"# {chunk.path}\n{chunk.text}" + ("" if chunk.text.endswith("\n") else "\n")
+            n = len(tokenizer.encode(block))
+            if used + n > budget:
+                continue
+            parts.append(block)
+            used += n
+        return "".join(parts)
+
+    def _saved_copies(self, prefix: str, suffix: str) -> set[str]:
+        """Files holding the text right before and after the hole: the edited file's saved copy."""
+        before = prefix[-300:].strip()
+        after = suffix[:300].strip()
+        marks = [m for m in (before, after) if len(m) >= 40]
+        if not marks:
+            return set()
+        return {rel for rel, text in self.files.items() if all(m in text for m in marks)}

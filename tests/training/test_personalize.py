@@ -1,0 +1,207 @@
+"""Personalization on a tiny repository made in the test: retrieval, the hole miner, the
+sandboxed test runs, the fine-tuning loop (resume, outputs) and the bad inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.repo import RepoIndex, python_files
+
+SHAPES = '''"""Shapes."""
+
+
+def area_of_square(side):
+    """Area of a square."""
+    result = side * side
+    return result
+
+
+def perimeter_of_square(side):
+    total = 4 * side
+    return total
+'''
+CIRCLES = '''import math
+
+
+def area_of_circle(radius):
+    result = math.pi * radius * radius
+    return result
+'''
+TESTS = '''from geometry.shapes import area_of_square, perimeter_of_square
+from geometry.circles import area_of_circle
+
+
+def test_square():
+    assert area_of_square(3) == 9
+    assert perimeter_of_square(2) == 8
+
+
+def test_circle():
+    assert round(area_of_circle(1), 2) == 3.14
+'''
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    root = tmp_path / "repo"
+    (root / "geometry").mkdir(parents=True)
+    (root / "geometry" / "__init__.py").write_text("")
+    (root / "geometry" / "shapes.py").write_text(SHAPES)
+    (root / "geometry" / "circles.py").write_text(CIRCLES)
+    (root / "tests").mkdir()
+    (root / "tests" / "test_geometry.py").write_text(TESTS)
+    (root / "generated").mkdir()
+    (root / "generated" / "junk.py").write_text("def junk():\n    return 1\n")
+    (root / ".gitignore").write_text("generated/\n")
+    return root
+
+
+def tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_files_honour_gitignore_and_exclude_and_refuse_bad_input(repo, tmp_path):
+    files = [p.as_posix() for p in python_files(repo, ["geometry/circles.py"])]
+    assert files == ["geometry/__init__.py", "geometry/shapes.py", "tests/test_geometry.py"]
+    assert [p.as_posix() for p in python_files(repo, ["tests/*"])][-1] == "geometry/shapes.py"
+    with pytest.raises(ConfigError, match="matches no Python file"):
+        python_files(repo, ["nothing/*.py"])
+    with pytest.raises(ConfigError, match="not a folder"):
+        python_files(repo / "geometry" / "shapes.py")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no Python files"):
+        python_files(tmp_path / "empty")
+
+
+def test_excluded_files_are_never_read(repo, monkeypatch):
+    read = []
+    original = Path.read_text
+
+    def spy(self, *a, **k):
+        read.append(self.name)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", spy)
+    RepoIndex(repo, ["geometry/circles.py"])
+    assert "circles.py" not in read and "shapes.py" in read
+
+
+def test_context_names_paths_and_never_returns_the_edited_file(repo, tiny_engine):
+    index = RepoIndex(repo)
+    text = SHAPES
+    cut = text.index("    result = side * side")
+    prefix, suffix = text[:cut], text[cut:].split("\n", 1)[1]
+    ctx = index.context(prefix, suffix, tiny_engine.tokenizer, 400, path="geometry/shapes.py")
+    assert ctx.startswith("# ") and "# geometry/circles.py\n" in ctx
+    assert "# geometry/shapes.py" not in ctx
+    # without a path (batch requests) the saved copy is recognised by the text around the hole
+    ctx = index.context(prefix, suffix, tiny_engine.tokenizer, 400)
+    assert "# geometry/shapes.py" not in ctx
+    assert index.context(prefix, suffix, tiny_engine.tokenizer, 0) == ""
+
+
+def test_miner_keeps_holes_the_tests_need_and_never_touches_the_tree(repo):
+    from engine.sandbox import RepoSandbox
+    from training.holes import candidate_holes, verify_holes
+
+    before = tree_hash(repo)
+    holes = candidate_holes("geometry/shapes.py", SHAPES, ("line",))
+    assert [h.middle.strip() for h in holes] == ["result = side * side", "return result",
+                                                 "total = 4 * side", "return total"]
+    assert all(h.prefix + h.middle + h.suffix == SHAPES for h in holes)
+    with RepoSandbox(repo, timeout_s=60) as sandbox:
+        kept = verify_holes(sandbox, holes, 10)
+        assert len(kept) == 4  # every one of these lines is needed by the tests
+        assert sandbox.run({"geometry/shapes.py": holes[0].filled("result = side + side\n")
+                            }).passed is False
+        assert sandbox.run({"geometry/shapes.py": holes[0].filled(
+            "    result = side * side\n")}).passed
+    assert tree_hash(repo) == before
+
+
+def test_a_hanging_or_failing_suite_is_reported_not_waited_for(repo):
+    from engine.sandbox import RepoSandbox
+    from training.holes import verify_holes
+
+    (repo / "tests" / "test_hang.py").write_text("def test_hang():\n    while True:\n        pass\n")
+    with RepoSandbox(repo, timeout_s=3) as sandbox:
+        assert sandbox.run().status == "timeout"
+        with pytest.raises(ValueError, match="does not pass on the unmodified repository"):
+            verify_holes(sandbox, [], 1)
+
+
+def test_personalize_writes_a_loadable_model_and_resumes(repo, tiny_model, tmp_path):
+    from engine.api import Engine
+    from training.personalize import PersonalizeConfig, personalize
+
+    out = tmp_path / "personal"
+    cfg = PersonalizeConfig(repo=str(repo), out=str(out), base=str(tiny_model), minutes=0.04,
+                            batch_size=2, seq_len=192, checkpoint_seconds=0.0)
+    seen = []
+    first = personalize(cfg, seen.append)
+    assert first["steps"] >= 1 and seen and seen[-1]["step"] == first["steps"]
+    assert first["files"] == 4 and set(first["holes"]) == {"line", "block", "body"}
+    eng = Engine.load(str(out), device="cpu", dtype="float32")
+    assert eng.infill("def f(x):\n", "\n", max_new_tokens=4, steps=2).canvas_len <= 4
+    assert json.loads((out / "personalize.json").read_text())["steps"] == first["steps"]
+    more = personalize(PersonalizeConfig(**{**cfg.__dict__, "minutes": 0.08}))
+    assert more["steps"] > first["steps"]  # resumed from the checkpoint, not restarted
+    assert more["minutes"] >= 0.08
+
+
+def test_cli_personalize_and_infill_with_repo_context(repo, tmp_path):
+    from tests.conftest import make_tiny_folder
+
+    tiny_model = make_tiny_folder(tmp_path / "wide", max_position_embeddings=2048)
+
+    def unmask(*args):
+        return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
+                              text=True, timeout=300)
+
+    bad = unmask("train", "personalize", "--repo", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "o"))
+    assert bad.returncode == 2 and "not a folder" in bad.stderr and "Traceback" not in bad.stderr
+    bad = unmask("infill", "--model", str(tiny_model), "--repo", str(repo), "--exclude", "zz.py",
+                 "--prefix", "x")
+    assert bad.returncode == 2 and "matches no Python file" in bad.stderr
+    common = ["infill", "--model", str(tiny_model), "--prefix-file",
+              str(repo / "geometry" / "circles.py"), "--max-new-tokens", "4", "--steps", "2",
+              "--json"]
+    plain = json.loads(unmask(*common).stdout)
+    with_repo = json.loads(unmask(*common, "--repo", str(repo)).stdout)
+    assert with_repo["prompt_tokens"] > plain["prompt_tokens"]  # shapes.py came in as context
+
+
+def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(repo, tiny_model,
+                                                                             tmp_path):
+    import os
+
+    env = {**os.environ, "UNMASK_CACHE_DIR": str(tmp_path / "cache")}
+    before = tree_hash(repo)
+    args = [sys.executable, "-m", "cli", "eval", "repo", "--repo", str(repo), "--exclude",
+            "geometry/shapes.py", "--model", str(tiny_model), "--personalized", str(tiny_model),
+            "--holes", "4", "--dtype", "float32"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stderr.strip().splitlines()[-1])
+    assert list(rows) == ["base", "base + context", "personalized", "personalized + context"]
+    assert rows["base"]["line"]["n"] == 4 and 0 <= rows["base"]["line"]["pass@1"] <= 1
+    assert rows["base"] == rows["personalized"]  # the same model twice: the same scores
+    assert tree_hash(repo) == before
+    assert list((tmp_path / "cache" / "holes").glob("*.jsonl"))  # verified holes are cached
+    (repo / "tests" / "test_geometry.py").write_text(TESTS + "\n\ndef test_broken():\n"
+                                                     "    assert False\n")
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode != 0 and "does not pass on the unmodified repository" in r.stderr
+    assert "Traceback" not in r.stderr

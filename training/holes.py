@@ -1,0 +1,139 @@
+"""The hole miner: editor-shaped holes in a repository's functions, verified by its own tests.
+
+One miner for three users: personalization trains on holes of the repository's files (a line, a
+block, a function body: the shapes of editor requests), ``unmask eval repo`` scores the model on
+held-out files' holes, and GRPO takes its tasks from them. A hole is *test-verified* when blanking
+it makes the repository's own test suite fail (run in ``engine.sandbox.RepoSandbox``, never in
+the user's tree): only then does passing the suite say something about the completion
+(the execution-based protocol of RepoEval, Zhang et al. 2023, and of SAFIM, Gong et al. 2024).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+KINDS = ("line", "block", "body")
+
+
+@dataclass
+class Hole:
+    path: str
+    """File, relative to the repository root."""
+    start: int
+    """First line of the middle (0-based)."""
+    end: int
+    """Line after the middle."""
+    kind: str
+    """line | block | body"""
+    prefix: str
+    middle: str
+    suffix: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}:{self.start}-{self.end}"
+
+    def filled(self, completion: str) -> str:
+        """The file with the hole filled by ``completion``."""
+        if completion and not completion.endswith("\n"):
+            completion += "\n"
+        return self.prefix + completion + self.suffix
+
+
+def _functions(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def _body_statements(fn) -> list[ast.stmt]:
+    body = list(fn.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None),
+                                                             ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]  # the docstring stays: it is the function's specification
+    return body
+
+
+def _hole(rel: str, lines: list[str], start: int, end: int, kind: str) -> Hole:
+    return Hole(rel, start, end, kind, "".join(lines[:start]), "".join(lines[start:end]),
+                "".join(lines[end:]))
+
+
+def candidate_holes(rel: str, text: str, kinds: tuple[str, ...] = KINDS) -> list[Hole]:
+    """Every hole of the given kinds in the functions of one file (an unparsable file: none).
+
+    line: one whole-line statement; block: 2-4 consecutive body lines starting at a statement;
+    body: a whole function body after its docstring (up to 30 lines)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    lines = text.splitlines(keepends=True)
+    seen, out = set(), []
+    for fn in _functions(tree):
+        body = _body_statements(fn)
+        if not body:
+            continue
+        for stmt in body if ("line" in kinds or "block" in kinds) else []:
+            a = stmt.lineno - 1
+            if "line" in kinds and stmt.end_lineno == stmt.lineno and \
+                    len(lines[a].strip()) >= 6 and lines[a].strip() not in ("pass", "..."):
+                if ("line", a) not in seen:
+                    seen.add(("line", a))
+                    out.append(_hole(rel, lines, a, a + 1, "line"))
+            for n in (2, 3, 4):
+                b = a + n
+                if "block" in kinds and b <= fn.end_lineno and ("block", a, b) not in seen and \
+                        all(lines[i].strip() for i in (a, b - 1)):
+                    seen.add(("block", a, b))
+                    out.append(_hole(rel, lines, a, b, "block"))
+        a, b = body[0].lineno - 1, fn.end_lineno
+        if "body" in kinds and 1 <= b - a <= 30:
+            out.append(_hole(rel, lines, a, b, "body"))
+    return out
+
+
+def sample_holes(holes: list[Hole], n: int, seed: int = 0) -> list[Hole]:
+    """``n`` holes in a fixed pseudo-random order (the same for every run and model)."""
+    ordered = sorted(holes, key=lambda h: hashlib.sha1(f"{seed}:{h.key}:{h.kind}".encode())
+                     .hexdigest())
+    return ordered[:n]
+
+
+def verify_holes(sandbox, holes: list[Hole], want: int, progress=None) -> list[Hole]:
+    """The first ``want`` holes whose blanking makes the test suite fail (the suite must pass
+    as it is, else SandboxError-free ValueError naming the failure)."""
+    base = sandbox.run()
+    if not base.passed:
+        raise ValueError(f"the test suite does not pass on the unmodified repository "
+                         f"({base.status}: {base.detail}); fix it or pass --test-cmd")
+    kept: list[Hole] = []
+    for n, hole in enumerate(holes, 1):
+        if not sandbox.run({hole.path: hole.prefix + hole.suffix}).passed:
+            kept.append(hole)
+        if progress is not None:
+            progress(n, len(holes), len(kept))
+        if len(kept) >= want:
+            break
+    return kept
+
+
+def save_holes(path: Path, holes: list[Hole]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(asdict(h)) + "\n" for h in holes))
+
+
+def load_holes(path: Path) -> list[Hole]:
+    return [Hole(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def shuffled(items: list, seed: int) -> list:
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out

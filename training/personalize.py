@@ -1,0 +1,200 @@
+"""``unmask train personalize``: fine-tune a model on the user's own repository.
+
+The objective is pretraining's masked-diffusion infilling loss (1/t-weighted CE on masked canvas
+slots, Dream / DiffuCoder), on holes shaped like editor requests (a line, a 2-4 line block, a
+function body; ``training.holes``), each canvas padded with ``<|dlm_pad|>`` as the engine's
+canvases are, and each prompt built by ``engine.window.infill_ids`` with the repository context
+of ``engine.repo``: exactly what the engine sees at inference. Small models are fine-tuned whole
+(measured: see the README); the loop is an explicit, resumable, time-budgeted loop (nanoGPT
+style) with bf16 autocast on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import ConfigError
+from engine.repo import CONTEXT_TOKENS, RepoIndex
+from engine.window import infill_ids
+from training.holes import KINDS, Hole, candidate_holes
+from training.objectives import masked_diffusion_loss
+from training.pretrain import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+KIND_WEIGHTS = {"line": 0.5, "block": 0.3, "body": 0.2}
+"""How often each editor request shape is trained (single lines dominate editor traffic)."""
+
+
+@dataclass
+class PersonalizeConfig:
+    repo: str
+    """Repository root."""
+    out: str
+    """Output model folder (the checkpoint for resuming lives in ``out/checkpoint``)."""
+    exclude: list[str] = field(default_factory=list)
+    """Globs relative to the root that are never read."""
+    base: str | None = None
+    """Model to start from (default: the embedded one)."""
+    minutes: float = 10.0
+    """Wall-clock budget, resumed runs included."""
+    seq_len: int = 768
+    """Longest training sequence (context + prefix + canvas + suffix)."""
+    batch_size: int = 4
+    """Holes per step."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate (cosine to a tenth, 20 warm-up steps)."""
+    max_middle: int = 96
+    """Longest hole in tokens (longer ones are skipped)."""
+    context_tokens: int = CONTEXT_TOKENS
+    """Repository-context budget; the engine's default, so training matches inference (capped
+    at a quarter of ``seq_len`` as the engine caps it at a quarter of the model's window)."""
+    context_share: float = 0.8
+    """Share of examples with repository context (the rest teach plain infilling)."""
+    bf16: bool = True
+    """bf16 autocast."""
+    seed: int = 0
+    """Data order and masking."""
+    checkpoint_seconds: float = 60.0
+    """How often the resumable checkpoint is written."""
+
+    def __post_init__(self) -> None:
+        if self.minutes <= 0:
+            raise ConfigError(f"--minutes must be positive, got {self.minutes}")
+        if self.seq_len < 128:
+            raise ConfigError(f"seq_len must be at least 128, got {self.seq_len}")
+
+
+def training_holes(files: dict[str, str]) -> dict[str, list[Hole]]:
+    """Holes of every kind per kind, over all files."""
+    by_kind: dict[str, list[Hole]] = {k: [] for k in KINDS}
+    for rel, text in files.items():
+        for hole in candidate_holes(rel, text):
+            by_kind[hole.kind].append(hole)
+    return {k: v for k, v in by_kind.items() if v}
+
+
+def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: PersonalizeConfig,
+                 pad_id: int, rng: random.Random) -> tuple[list[int], int, int] | None:
+    """(ids, canvas start, canvas length) for one hole, or None when the middle is too long."""
+    middle = tokenizer.encode(hole.middle)
+    if not middle or len(middle) > cfg.max_middle:
+        return None
+    canvas = middle + [pad_id] * rng.randint(0, 2 * len(middle) + 8)
+    room = cfg.seq_len - len(canvas) - 1
+    context = ""
+    if index is not None and rng.random() < cfg.context_share:
+        context = index.context(hole.prefix, hole.suffix, tokenizer,
+                                min(cfg.context_tokens, cfg.seq_len // 4), path=hole.path)
+    pre, suf, _ = infill_ids(tokenizer, hole.prefix, hole.suffix, context, room)
+    pre = pre or [tokenizer.token_id("<|endoftext|>") or 0]
+    return pre + canvas + suf, len(pre), len(canvas)
+
+
+def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: float = 1e-3):
+    """Right-padded batch; only canvas slots are masked, pads are hidden from attention."""
+    L = max(len(ids) for ids, _, _ in examples)
+    B = len(examples)
+    x = torch.full((B, L), pad_id, dtype=torch.long)
+    keep = torch.zeros(B, L, dtype=torch.bool)
+    masked = torch.zeros(B, L, dtype=torch.bool)
+    t = eps + (1 - eps) * torch.rand(B, generator=gen)  # (B,)
+    eligible = torch.zeros(B)
+    for b, (ids, start, n) in enumerate(examples):
+        x[b, :len(ids)] = torch.tensor(ids)
+        keep[b, :len(ids)] = True
+        masked[b, start:start + n] = torch.rand(n, generator=gen) < t[b]
+        masked[b, start + int(torch.randint(n, (1,), generator=gen))] = True  # one target at least
+        eligible[b] = n
+    noisy = torch.where(masked, torch.full_like(x, mask_id), x)  # (B, L)
+    attn = keep[:, None, None, :].expand(B, 1, L, L)  # (B, 1, L, L): keys that are real tokens
+    return x, noisy, masked, t, eligible, attn
+
+
+def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
+    """Fine-tune; returns the run's summary (also written to ``out/personalize.json``)."""
+    from engine.loading import load_model, resolve_model
+    from engine.tokenizer import DreamTokenizer
+
+    repo = Path(cfg.repo)
+    index = RepoIndex(repo, cfg.exclude)  # raises for a bad root / no files / a vain exclude
+    holes = training_holes(index.files)
+    if not holes:
+        raise ConfigError(f"{repo} has no functions to learn from (no parsable Python "
+                          "function bodies outside --exclude)")
+    base = resolve_model(cfg.base)
+    loaded = load_model(base, "cpu", "float32")
+    model, mcfg = loaded.model, loaded.config
+    tok = DreamTokenizer.from_folder(base)
+    pad_id = tok.token_id("<|dlm_pad|>")
+    pad_id = mcfg.pad_token_id if pad_id is None else pad_id
+    out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0}
+    if (ckpt / "state.json").exists():
+        state = load_checkpoint(ckpt, model, opt)
+        log.info("resumed %s at step %d", ckpt, state["step"])
+    model.train()
+    rng = random.Random(cfg.seed * 1_000_003 + state["step"])
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + state["step"])
+    kinds = [k for k in holes]
+    weights = [KIND_WEIGHTS[k] for k in kinds]
+    budget, start, last_save = cfg.minutes * 60, time.time() - state["elapsed"], time.time()
+    while state["elapsed"] < budget:
+        batch = []
+        while len(batch) < cfg.batch_size:
+            hole = rng.choice(holes[rng.choices(kinds, weights)[0]])
+            ex = make_example(hole, index, tok, cfg, pad_id, rng)
+            if ex is not None:
+                batch.append(ex)
+        x, noisy, masked, t, eligible, attn = make_batch(batch, pad_id, mcfg.mask_token_id, gen)
+        frac = state["elapsed"] / budget
+        lr = cfg.lr * min(1.0, (state["step"] + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(
+            math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state["step"] += 1
+        state["tokens"] += int(sum(len(ids) for ids, _, _ in batch))
+        state["supervised"] += int(eligible.sum())
+        state["elapsed"] = time.time() - start
+        if progress is not None:
+            progress({"step": state["step"], "loss": stats["loss"], "lr": lr,
+                      "elapsed_s": state["elapsed"], "budget_s": budget,
+                      "tok_per_s": state["tokens"] / max(state["elapsed"], 1e-9)})
+        if time.time() - last_save > cfg.checkpoint_seconds:
+            save_checkpoint(ckpt, model, opt, state)
+            last_save = time.time()
+    save_checkpoint(ckpt, model, opt, state)
+    summary = {"base": str(base), "repo": str(repo.resolve()), "files": len(index.files),
+               "holes": {k: len(v) for k, v in holes.items()}, "steps": state["step"],
+               "tokens": state["tokens"], "minutes": round(state["elapsed"] / 60, 2),
+               "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),
+               "config": asdict(cfg)}
+    write_model_folder(model, base, out, summary)
+    return summary
+
+
+def write_model_folder(model, base: Path, out: Path, summary: dict) -> None:
+    """``out`` becomes a model folder that ``--model out`` loads: weights in the base's dtype,
+    the base's config, tokenizer and generation_config, and the run's summary."""
+    from training.export import save_model_folder
+
+    gen = {}
+    if (base / "generation_config.json").exists():
+        gen = json.loads((base / "generation_config.json").read_text())
+    model.eval()
+    save_model_folder(model, base, out, dtype=torch.bfloat16, generation=gen)
+    (out / "personalize.json").write_text(json.dumps(summary, indent=2))

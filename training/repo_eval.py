@@ -1,0 +1,107 @@
+"""``unmask eval repo``: the repo-hole benchmark.
+
+Held-out files (``--exclude``: never trained on, never retrieved) give test-verified holes
+(``training.holes``): single lines, and blocks of 2-4 lines. Each is filled with the whole file
+as prefix and suffix and scored by running the repository's own suite on a temporary copy
+(``engine.sandbox.RepoSandbox``): pass@1, plus exact match against the removed lines. Results
+are cached by completion text, so equal answers cost one test run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ConfigError
+from engine.repo import RepoIndex, context_budget, python_files
+from training.holes import Hole, candidate_holes, load_holes, sample_holes, save_holes, \
+    verify_holes
+
+
+@dataclass
+class Benchmark:
+    repo: Path
+    exclude: list[str]
+    held_out: list[str]
+    """The files the holes come from."""
+    holes: dict[str, list[Hole]]
+    """kind (line | block) -> verified holes."""
+
+
+def held_out_files(repo: Path, exclude: list[str]) -> list[str]:
+    if not exclude:
+        raise ConfigError("eval repo needs --exclude FILE_OR_GLOB: the held-out files whose "
+                          "holes are scored (never trained on, never retrieved)")
+    kept = {p.as_posix() for p in python_files(repo, exclude)}
+    return sorted(p.as_posix() for p in python_files(repo) if p.as_posix() not in kept)
+
+
+def mine(repo: Path, exclude: list[str], sandbox, n_line: int = 60, n_block: int = 30,
+         cache: Path | None = None, progress=None) -> Benchmark:
+    """Verified holes of the held-out files (cached by the files' content and the test command)."""
+    held = held_out_files(repo, exclude)
+    texts = {rel: (repo / rel).read_text(encoding="utf-8") for rel in held}
+    base = sandbox.run()
+    if not base.passed:
+        raise ConfigError(f"the test suite does not pass on the unmodified repository "
+                          f"({base.status}: {base.detail}); fix it or pass --test-cmd")
+    everything = [(repo / p).read_bytes().decode("utf-8", "replace") for p in python_files(repo)]
+    key = hashlib.sha256("\0".join([*exclude, " ".join(sandbox.argv[1:]), str(n_line),
+                                    str(n_block)] + everything).encode())
+    cached = cache / f"{key.hexdigest()[:16]}.jsonl" if cache else None
+    if cached is not None and cached.exists():
+        all_holes = load_holes(cached)
+    else:
+        all_holes = []
+        for kind, want in (("line", n_line), ("block", n_block)):
+            cands = [h for rel in held for h in candidate_holes(rel, texts[rel], (kind,))]
+            label = f"verifying {kind} holes"
+            all_holes += verify_holes(sandbox, sample_holes(cands, 4 * want), want,
+                                      (lambda n, t, k, lab=label: progress(lab, n, t, k))
+                                      if progress else None)
+        if cached is not None:
+            save_holes(cached, all_holes)
+    by_kind = {k: [h for h in all_holes if h.kind == k] for k in ("line", "block")}
+    if not any(by_kind.values()):
+        raise ConfigError(f"no hole in {', '.join(held)} makes the test suite fail when blanked; "
+                          "hold out files that the tests cover")
+    return Benchmark(repo, exclude, held, by_kind)
+
+
+def completion_for(engine, hole: Hole, index: RepoIndex | None) -> str:
+    """The model's text for a hole: the first line for single-line holes (an editor's
+    single-line completion), the whole canvas for blocks."""
+    single = hole.kind == "line"
+    settings = engine.settings(max_new_tokens=32 if single else 96, steps=32 if single else 96,
+                               temperature=0.0, stop=("\n",) if single else None)
+    context = index.context(hole.prefix, hole.suffix, engine.tokenizer,
+                            context_budget(engine.context), path=hole.path) if index else ""
+    text = engine.infill(hole.prefix, hole.suffix, settings, context=context).completion
+    return text.split("\n", 1)[0] + "\n" if single else text
+
+
+def score(engine, bench: Benchmark, sandbox, with_context: bool, progress=None,
+          label: str = "") -> dict:
+    """pass@1 and exact match per hole kind for one (model, context) configuration."""
+    index = RepoIndex(bench.repo, bench.exclude) if with_context else None
+    results: dict = {}
+    seen: dict[tuple[str, str], bool] = {}
+    total = sum(len(v) for v in bench.holes.values())
+    done = 0
+    for kind, holes in bench.holes.items():
+        passed = exact = 0
+        for hole in holes:
+            middle = completion_for(engine, hole, index)
+            key = (hole.key, middle)
+            if key not in seen:
+                seen[key] = sandbox.run({hole.path: hole.filled(middle)}).passed
+            passed += seen[key]
+            exact += middle.strip() == hole.middle.strip()
+            done += 1
+            if progress is not None:
+                progress(label, done, total, passed)
+        n = len(holes)
+        results[kind] = {"n": n, "pass@1": round(passed / n, 4) if n else 0.0,
+                         "exact": round(exact / n, 4) if n else 0.0}
+    return results
