@@ -21,6 +21,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from assistant.repo_context import RepoContexts
 from assistant.settings import AssistantSettings
 from engine.errors import UnmaskError
 from engine.window import InfillWindow, build_infill
@@ -109,6 +110,8 @@ class Stats:
     cancelled: int = 0
     wasted_steps: int = 0
     denoise_s: float = 0.0
+    with_context: int = 0
+    """Requests that got repository context."""
 
 
 class CompletionService:
@@ -119,6 +122,8 @@ class CompletionService:
         self.holder = EngineHolder(settings, on_status)
         self.cache = SuggestionCache()
         self.stats = Stats()
+        self.repo = RepoContexts()
+        """Workspace folders indexed for repository context (``start_indexing``)."""
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unmask-denoise")
         self._latest: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -172,9 +177,23 @@ class CompletionService:
         temperature = s.temperature if seed == 0 else max(s.temperature or 0.0, 0.6)
         return self.holder.engine.settings(
             max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,
-            length=length, seed=seed, stop=("\n",) if mode == "single" else None)
+            length=length, seed=seed, stop=("\n",) if mode == "single" else None,
+            cache_refresh=s.cache_refresh)
 
-    def infill(self, job: Job, window: InfillWindow, mode: str) -> str | None:
+    def context(self, path, prefix: str, suffix: str) -> str:
+        """Repository context for a hole in ``path`` (empty when off, not indexed yet, or no
+        engine); never waits for indexing."""
+        engine = self.holder.engine
+        if engine is None or path is None or not self.settings.repo_context:
+            return ""
+        from engine.repo import context_budget
+
+        context = self.repo.context(path, prefix, suffix, engine.tokenizer,
+                                    context_budget(engine.context))
+        self.stats.with_context += bool(context)
+        return context
+
+    def infill(self, job: Job, window: InfillWindow, mode: str, path=None) -> str | None:
         """Blocking; returns the suggestion text or None (not ready, cancelled, failed)."""
         self.stats.requests += 1
         cached = self.cache.get(window.prefix, window.suffix)
@@ -185,8 +204,9 @@ class CompletionService:
         if engine is None:
             self.stats.not_ready += 1
             return None
+        context = self.context(path, window.prefix, window.suffix)
         result = self.run_stream(job, engine.infill_stream(window.prefix, window.suffix,
-                                                           self.settings_for(mode)))
+                                                           self.settings_for(mode), context))
         if result is None:
             return None
         self.cache.put(window.prefix, window.suffix, result.completion)
@@ -200,13 +220,14 @@ class CompletionService:
         settings = self.settings_for("multi", seed, length="fixed")
         return self.run_stream(job, engine.generate_stream(prompt, settings, raw=True), on_frame)
 
-    def fill(self, job: Job, prefix: str, suffix: str, seed: int = 0, on_frame=None):
+    def fill(self, job: Job, prefix: str, suffix: str, seed: int = 0, on_frame=None, path=None):
         """Fill a hole (a function body, a selection); None when not ready or cancelled."""
         engine = self.holder.engine
         if engine is None:
             return None
         return self.run_stream(job, engine.infill_stream(
-            prefix, suffix, self.settings_for("multi", seed)), on_frame)
+            prefix, suffix, self.settings_for("multi", seed), self.context(path, prefix, suffix)),
+            on_frame)
 
     def run_stream(self, job: Job, stream, on_frame=None):
         """Consume a denoising stream, stopping between steps when the job is cancelled;

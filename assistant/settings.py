@@ -41,11 +41,18 @@ class AssistantSettings:
     """Context before the cursor, in tokens."""
     suffix_tokens: int = 128
     """Context after the cursor, in tokens."""
+    repo_context: bool = True
+    """Put the most similar code of the workspace before the prefix (engine.repo)."""
+    cache_refresh: int = 8
+    """Editor fast path: reuse the prefix's and suffix's keys/values, recomputed every this
+    many passes (0: exact, everything recomputed each pass); see benchmarks/decode_speed.py."""
 
     def __post_init__(self) -> None:
         for name in ("max_tokens_line", "max_tokens_block", "prefix_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.cache_refresh < 0:
+            raise ConfigError(f"setting cache_refresh must be >= 0, got {self.cache_refresh}")
         if self.suffix_tokens < 0:
             raise ConfigError(f"setting suffix_tokens must be >= 0, got {self.suffix_tokens}")
         if self.steps is not None and self.steps < 1:

@@ -1,6 +1,7 @@
 """Replay a scripted typing session against `unmask lsp` and print latency and cache numbers.
 
     .venv/bin/python benchmarks/lsp_typing.py [--model M] [--cps 8] [--debounce-ms 200]
+        [--modes exact:0,fast:8]
 
 A person types ``examples/typing_session.py`` character by character at ``--cps`` characters
 per second. After each keystroke the client sends didChange; like Neovim 0.12 it sends an
@@ -8,13 +9,14 @@ automatic inlineCompletion request once typing pauses for the debounce (every ke
 0), and never cancels the previous one (the server supersedes stale work itself). Printed:
 p50/p95 latency from keystroke to answer (answered requests with a suggestion, and all),
 the share of requests served from the suggestion cache, and the denoising steps that
-superseded/cancelled requests ran for nothing.
+superseded/cancelled requests ran for nothing. Each mode (a ``cacheRefresh`` setting: 0 is
+exact decoding, N the context cache refreshed every N passes) replays the same session against
+a fresh server, one after the other, and the table shows them side by side.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -44,10 +46,27 @@ def main() -> None:
     ap.add_argument("--cps", type=float, default=8.0, help="typing speed, characters per second")
     ap.add_argument("--debounce-ms", type=float, default=200.0)
     ap.add_argument("--session", type=Path, default=ROOT / "examples" / "typing_session.py")
+    ap.add_argument("--modes", default="exact:0,fast:8",
+                    help="label:cacheRefresh pairs, run one after the other")
     args = ap.parse_args()
+    results = {}
+    for mode in args.modes.split(","):
+        label, refresh = mode.split(":")
+        results[label] = replay(args, {"cacheRefresh": int(refresh)})
+    table = Table(title=f"LSP typing replay ({len(args.session.read_text())} keystrokes at "
+                        f"{args.cps} cps, debounce {args.debounce_ms:.0f} ms)")
+    table.add_column("metric")
+    for label in results:
+        table.add_column(label, justify="right")
+    for i, (name, _) in enumerate(next(iter(results.values()))):
+        table.add_row(name, *[str(rows[i][1]) for rows in results.values()])
+    Console().print(table)
+
+
+def replay(args, options: dict) -> list[tuple[str, object]]:
     target = args.session.read_text()
     client = RawClient(*(["--model", args.model] if args.model else []))
-    client.initialize()
+    client.initialize(options)
     client.wait_for(lambda m: m.get("method") == "$/progress"
                     and m["params"]["value"].get("kind") == "end", timeout=300)
     client.open(URI, "")
@@ -95,11 +114,7 @@ def main() -> None:
     client.close()
     with_text = [t for t, ok in answers.values() if ok]
     every = [t for t, _ in answers.values()]
-    table = Table(title=f"LSP typing replay ({len(target)} keystrokes at {args.cps} cps, "
-                        f"debounce {args.debounce_ms:.0f} ms)")
-    for col_name in ("metric", "value"):
-        table.add_column(col_name)
-    rows = [("requests sent", len(sent)), ("answered", len(answers)),
+    return [("requests sent", len(sent)), ("answered", len(answers)),
             ("with a suggestion", len(with_text)),
             ("p50 latency, suggestions (ms)", f"{pct(with_text, 0.5) * 1e3:.0f}"),
             ("p95 latency, suggestions (ms)", f"{pct(with_text, 0.95) * 1e3:.0f}"),
@@ -111,9 +126,6 @@ def main() -> None:
             ("denoising steps wasted", stats["wasted_steps"]),
             ("mean denoise time per completed request (ms)",
              f"{stats['denoise_s'] / max(stats['completed'], 1) * 1e3:.0f}")]
-    for k, v in rows:
-        table.add_row(k, str(v))
-    Console().print(table)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=None, help="denoising steps for a full canvas")
     g.add_argument("--alg", default=None, choices=ALGORITHMS)
     g.add_argument("--alg-temp", type=float, default=None)
+    g.add_argument("--threshold", type=float, default=None,
+                   help="--alg confidence_threshold: commit slots at least this confident")
+    g.add_argument("--gamma", type=float, default=None,
+                   help="--alg eb: entropy bound in nats per pass")
+    g.add_argument("--cache-refresh", type=int, default=None,
+                   help="reuse prefix/suffix keys and values, recomputed every N passes "
+                        "(torch; 0 = exact)")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
                         "0 = one block (default: the model's generation_config)")
@@ -72,6 +79,8 @@ def build_parser() -> Parser:
                    add_help=False)
     sub.add_parser("tui", help="terminal coding session with live denoising", add_help=False)
     sub.add_parser("demo", help="web demo of the denoising order (127.0.0.1)", add_help=False)
+    sub.add_parser("serve", help="HTTP server: llama.cpp /infill and OpenAI /v1 (127.0.0.1)",
+                   add_help=False)
     from cli.train import add_train_parsers
 
     add_train_parsers(sub)
@@ -92,7 +101,8 @@ def settings_from(args, engine, **request):
     flags = {"max_new_tokens": args.max_new_tokens, "steps": args.steps, "alg": args.alg,
              "alg_temp": args.alg_temp, "temperature": args.temperature, "top_p": args.top_p,
              "top_k": args.top_k, "length": args.length, "block_length": args.block_length,
-             "seed": args.seed}
+             "seed": args.seed, "threshold": args.threshold, "gamma": args.gamma,
+             "cache_refresh": args.cache_refresh}
     return engine.settings(**{**flags, **request})
 
 
@@ -248,6 +258,7 @@ def cmd_models() -> int:
 
 
 FRONT_ENDS = {"lsp": ("lsp.server", "the language server", "lsp"),
+              "serve": ("ui.http.server", "the HTTP server", "serve"),
               "tui": ("ui.tui.app", "the TUI", "tui"),
               "demo": ("ui.web.demo", "the web demo", "demo")}
 

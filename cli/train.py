@@ -1,4 +1,4 @@
-"""``unmask train ...``, ``unmask eval ...`` and ``unmask export``: the model pipeline's commands."""
+"""``unmask train ...``, ``unmask eval ...``, ``unmask export``: the model pipeline's commands."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
     z.add_argument("--base", default=None, help="model to start from (default: embedded)")
     z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--lora-rank", type=int, default=0,
+                   help="train a rank-R LoRA adapter (peft format) instead of every weight")
     e = tsub.add_parser("export", help="write a run's checkpoint as a Dream model folder")
     e.add_argument("--run", type=Path, default=Path("runs/embedded"))
     e.add_argument("--tokenizer", type=Path, default=DATA / "tokenizer")
@@ -69,6 +71,9 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--alg", default=None, help="default: the model's generation_config")
     ev.add_argument("--block-length", type=int, default=None,
                     help="semi-autoregressive block size; 0 = one block (default: the model's)")
+    ev.add_argument("--threshold", type=float, default=None)
+    ev.add_argument("--gamma", type=float, default=None)
+    ev.add_argument("--cache-refresh", type=int, default=None)
     ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--jobs", type=int, default=1,
@@ -130,7 +135,8 @@ def _eval(args) -> int:
         engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
         settings = ev.task_settings(engine, single, max_new_tokens=args.max_new_tokens,
                                     steps=args.steps, alg=args.alg,
-                                    block_length=args.block_length)
+                                    block_length=args.block_length, threshold=args.threshold,
+                                    gamma=args.gamma, cache_refresh=args.cache_refresh)
     with EvalProgress(args.task) as progress:
         if single is None:
             records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
@@ -186,7 +192,8 @@ def _personalize(args) -> int:
     from training.personalize import PersonalizeConfig, personalize
 
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
-                            base=args.base, minutes=args.minutes, seed=args.seed)
+                            base=args.base, minutes=args.minutes, seed=args.seed,
+                            lora_rank=args.lora_rank)
     with Progress(TextColumn("personalize"), BarColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
         task = bar.add_task("personalize", total=cfg.minutes * 60, info="")
@@ -223,12 +230,16 @@ def _eval_repo(args) -> int:
                                cache=cache_dir() / "holes", progress=tick)
         models = [("base", args.model)] + ([("personalized", args.personalized)]
                                            if args.personalized else [])
-        rows = []
+        rows, records = [], []
         for name, model in models:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
             for ctx in (False, True):
                 label = f"{name}{' + context' if ctx else ''}"
-                rows.append((label, repo_eval.score(engine, bench, sandbox, ctx, tick, label)))
+                rows.append((label, repo_eval.score(engine, bench, sandbox, ctx, tick, label,
+                                                    records)))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
     table = Table(title=f"repo holes: {repo.name}, held out: {', '.join(bench.held_out)}")
     for col in ("model", "line n", "line pass@1", "line exact", "block n", "block pass@1",
                 "block exact"):

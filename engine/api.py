@@ -5,8 +5,8 @@
 render those and never sample themselves. Stopping iteration cancels between two steps.
 
 Infill length: a fixed canvas that does not fit the hole costs a lot of accuracy (DreamOn, Wu et
-al. 2025; CAL, "calibrated adaptive length"). The embedded model is trained to right-pad a middle with
-``<|dlm_pad|>``, so the ``adaptive`` strategy runs one probe forward pass over a full canvas,
+al. 2025; CAL, "calibrated adaptive length"). The embedded model is trained to right-pad a middle
+with ``<|dlm_pad|>``, so the ``adaptive`` strategy runs one probe forward pass over a full canvas,
 reads the expected number of non-pad slots from it, and denoises a canvas sized to that
 (``fixed`` keeps the upstream behaviour). The decoder is behind ``sampler.denoise``; a block-wise
 cached decoder can replace it without touching these callers.
@@ -30,15 +30,15 @@ from typing import Iterator
 
 import torch
 
-from engine.choices import BACKENDS, LENGTH_STRATEGIES
+from engine.choices import BACKENDS, LENGTH_STRATEGIES, PARALLEL_ALGORITHMS
 from engine.errors import ConfigError, ModelLoadError
-from engine.loading import LoadedModel, load_model, resolve_model
+from engine.loading import LoadedModel, base_folder, load_model, resolve_model
 from engine.sampler import SamplerSettings, denoise, masked_logits, planned_steps
 from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
 
 SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
-                "block_length", "eps")
+                "block_length", "eps", "threshold", "gamma", "cache_refresh")
 
 
 def known_defaults(raw: dict) -> dict:
@@ -89,6 +89,9 @@ class GenerationSettings(SamplerSettings):
     """End denoising early once the committed left part of the canvas (every slot before the
     first one still masked) contains one of these strings, eos or a pad; what is still masked
     is dropped. ("\n",) makes single-line completion stop after its line."""
+    cache_refresh: int = 0
+    """Torch back end: reuse the prefix's and suffix's keys/values, recomputed every this many
+    passes (Fast-dLLM's dual cache); 0 computes everything every pass (exact)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,11 +99,14 @@ class GenerationSettings(SamplerSettings):
             raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.length not in LENGTH_STRATEGIES:
             raise ConfigError(f"unknown length strategy {self.length!r}; use adaptive or fixed")
+        if self.cache_refresh < 0:
+            raise ConfigError(f"--cache-refresh must be >= 0, got {self.cache_refresh}")
 
     def sampler(self, steps: int | None = None) -> SamplerSettings:
         return SamplerSettings(steps=steps or self.steps, alg=self.alg, alg_temp=self.alg_temp,
                                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                               eps=self.eps, block_length=self.block_length)
+                               eps=self.eps, block_length=self.block_length,
+                               threshold=self.threshold, gamma=self.gamma)
 
 
 @dataclass
@@ -126,6 +132,7 @@ class Completion:
     steps: int
     canvas_len: int
     elapsed_s: float
+    """Engine time: the time a consumer spends between two frames is not counted."""
     prompt_tokens: int
     extra: dict = field(default_factory=dict)
 
@@ -149,6 +156,38 @@ class TorchDenoiser:
         dev = self.loaded.device
         return self.loaded.model(x.to(dev), attention_mask, position_ids,
                                  select=(select[0].to(dev), select[1].to(dev)))
+
+
+class CachedDenoiser(TorchDenoiser):
+    """Fast-dLLM's dual cache over one run's canvas (Wu et al. 2025): every ``refresh`` passes a
+    full forward stores every layer's keys and values; the passes between compute only the
+    canvas window (plus the position before it, whose hidden state predicts the first slot)
+    and reuse the prefix's and suffix's stored keys. Exact when ``refresh`` is 1."""
+
+    def __init__(self, loaded: LoadedModel, window: tuple[int, int], refresh: int) -> None:
+        super().__init__(loaded)
+        self.window, self.refresh = window, refresh
+        self.cache: list | None = None
+        self.passes = 0
+
+    @torch.inference_mode()
+    def logits_at(self, x, select, attention_mask=None, position_ids=None) -> torch.Tensor:
+        from engine.model import LayerKV
+
+        dev = self.loaded.device
+        rows, cols = select[0].to(dev), select[1].to(dev)
+        if attention_mask is not None or position_ids is not None:  # batches: exact path
+            return super().logits_at(x, select, attention_mask, position_ids)
+        if self.cache is None or self.passes % self.refresh == 0:
+            self.cache = [LayerKV(None) for _ in self.loaded.model.model.layers]
+            out = self.loaded.model(x.to(dev), select=(rows, cols), cache=self.cache)
+            for layer in self.cache:
+                layer.window = self.window
+        else:
+            a, b = self.window
+            out = self.loaded.model(x[:, a:b].to(dev), select=(rows, cols - a), cache=self.cache)
+        self.passes += 1
+        return out
 
 
 class Engine:
@@ -185,12 +224,13 @@ class Engine:
             return cls(folder, tok, den, ids, torch.device("cpu"), "llamacpp", label,
                        defaults=head["defaults"] if folder.suffix == ".gguf" else None)
         loaded = load_model(folder, device, dtype)
-        tok = DreamTokenizer.from_folder(folder)
+        base = base_folder(folder)  # a LoRA adapter uses its base's tokenizer and defaults
+        tok = DreamTokenizer.from_folder(base)
         cfg = loaded.config
         ids = SpecialIds(cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id,
                          cfg.max_position_embeddings)
         return cls(folder, tok, TorchDenoiser(loaded), ids, loaded.device, "torch",
-                   str(loaded.dtype).replace("torch.", ""))
+                   str(loaded.dtype).replace("torch.", ""), defaults=generation_defaults(base))
 
     def settings(self, **overrides) -> "GenerationSettings":
         """The one place generation settings are built: dataclass defaults, then the model's
@@ -256,6 +296,7 @@ class Engine:
                       context: str = "") -> Iterator[Frame | Completion]:
         """Fill the hole between ``prefix`` and ``suffix``; ``context`` (repository chunks from
         ``engine.repo``) goes before the prefix."""
+        started = time.perf_counter()  # the probe's pass counts towards latency
         pre, suf, note = infill_ids(self.tokenizer, prefix, suffix, context,
                                     self._room(settings.max_new_tokens))
         pre = self._start(pre)
@@ -266,7 +307,7 @@ class Engine:
             steps = max(1, math.ceil(settings.steps * canvas / settings.max_new_tokens))
         if note:
             extra["note"] = note
-        yield from self._run(pre, canvas, suf, settings, steps, extra=extra)
+        yield from self._run(pre, canvas, suf, settings, steps, extra=extra, started=started)
 
     def probe_length(self, pre: list[int], suf: list[int], max_new: int) -> tuple[int, dict]:
         """Expected hole length from one forward pass over a full canvas: the sum over slots of
@@ -283,11 +324,12 @@ class Engine:
         return canvas, {"expected_len": round(expected, 2), "probe_canvas": canvas}
 
     def _run(self, pre: list[int], n_canvas: int, suf: list[int], settings: GenerationSettings,
-             steps: int, instruct: bool = False, extra: dict | None = None):
-        start = time.perf_counter()
+             steps: int, instruct: bool = False, extra: dict | None = None,
+             started: float | None = None):
+        start = started or time.perf_counter()
         extra = dict(extra or {})
         passes = planned_steps(n_canvas, steps, settings.block_length)
-        if passes != steps:
+        if passes != steps and settings.alg not in PARALLEL_ALGORITHMS:
             why = "one per block at least" if passes > steps else "one per slot at most"
             extra["note"] = "; ".join(filter(None, [extra.get("note"), (
                 f"{passes} denoising steps instead of {steps} ({why}, with blocks of "
@@ -299,13 +341,22 @@ class Engine:
         lo, hi = len(pre), len(pre) + n_canvas
         order = [-1] * n_canvas
         steps_done, settled = 0, 0
-        for st in denoise(self.denoiser, x, self.mask_id, settings.sampler(steps), gen):
+        denoiser, first_token_s, paused = self.denoiser, None, 0.0
+        if settings.cache_refresh and isinstance(denoiser, TorchDenoiser):
+            denoiser = CachedDenoiser(denoiser.loaded, (max(lo - 1, 0), hi),
+                                      settings.cache_refresh)
+        for st in denoise(denoiser, x, self.mask_id, settings.sampler(steps), gen):
             newly = st.decoded[0, lo:hi].nonzero(as_tuple=True)[0].tolist()
             for j in newly:
                 order[j] = st.step
+            if first_token_s is None and order[0] >= 0:  # the first slot: text can show
+                first_token_s = time.perf_counter() - start - paused
             steps_done = st.step + 1
             canvas = st.x[0, lo:hi].tolist()
+            handed = time.perf_counter()
             yield Frame(st.step, st.steps, canvas, list(order), newly)
+            # the consumer's time (a UI rendering each frame) is not the engine's
+            paused += time.perf_counter() - handed
             if settings.stop:
                 done = canvas.index(self.mask_id) if self.mask_id in canvas else n_canvas
                 if done > settled and self._stops(canvas[:done], settings.stop, instruct):
@@ -313,8 +364,10 @@ class Engine:
                 settled = done
         canvas_ids = x[0, lo:hi].tolist()
         text = self.tokenizer.decode(self.trim(canvas_ids, instruct))
+        extra["forward_passes"] = steps_done + int("expected_len" in extra)  # + the probe
+        extra["first_token_s"] = round(first_token_s, 4) if first_token_s is not None else None
         yield Completion(text, canvas_ids, order, steps_done, n_canvas,
-                         time.perf_counter() - start, len(pre) + len(suf), extra)
+                         time.perf_counter() - start - paused, len(pre) + len(suf), extra)
 
     def _stops(self, settled: list[int], stop: tuple[str, ...], instruct: bool) -> bool:
         ends = {self.eos_id, self.pad_id} | ({self.im_end_id} if instruct else set())

@@ -1,8 +1,11 @@
 """The engine's named choices, in a module without torch so command lines and settings screens
 can offer them instantly. Every list of algorithms, back ends or length strategies is this one."""
 
-ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
-"""Dream's rules for which masked slots a step commits (``engine.sampler``)."""
+ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy", "confidence_threshold", "eb")
+"""Rules for which masked slots a step commits (``engine.sampler``): Dream's four, which commit
+a scheduled number per step, and two parallel rules that commit as many as are safe: Fast-dLLM's
+confidence threshold and the entropy-bounded EB-sampler."""
+PARALLEL_ALGORITHMS = ("confidence_threshold", "eb")
 BACKENDS = ("auto", "torch", "llamacpp")
 """auto = torch: its bf16 forward is the fastest measured on CPU (README back-end table)."""
 LENGTH_STRATEGIES = ("adaptive", "fixed")

@@ -3,10 +3,10 @@
 Same sampler as the torch back end (``engine.sampler``), another ``Denoiser``: one llama.cpp
 decode per step returns raw logits for every position (Dream contexts have no KV cache and no
 causal mask; ``Llama.eval`` does not work for them, so the low-level calls are used). Traps
-handled (llama.cpp's diffusion example and its ``llama_decode`` batch checks): a canvas longer than ``n_ubatch`` would abort
-the process, so it is checked first; files are validated with gguf-py's reader before llama.cpp
-sees them, so a corrupt or non-diffusion GGUF is a clear error, never an abort; logit shifting
-defaults to on when ``diffusion.shift_logits`` is absent.
+handled (llama.cpp's diffusion example and its ``llama_decode`` batch checks): a canvas longer
+than ``n_ubatch`` would abort the process, so it is checked first; files are validated with
+gguf-py's reader before llama.cpp sees them, so a corrupt or non-diffusion GGUF is a clear
+error, never an abort; logit shifting defaults to on when ``diffusion.shift_logits`` is absent.
 """
 
 from __future__ import annotations

@@ -213,9 +213,31 @@ class LoadedModel:
     dtype: torch.dtype
 
 
+def base_folder(folder: Path) -> Path:
+    """The model folder behind ``folder``: itself, or a LoRA adapter's base model (whose
+    tokenizer and generation_config the adapter uses)."""
+    from engine.lora import adapter_config, is_adapter
+
+    if not is_adapter(folder):
+        return folder
+    base = resolve_model(adapter_config(folder)["base_model_name_or_path"])
+    if is_adapter(base):
+        raise ModelLoadError(f"{folder}: its base {base} is itself an adapter; merge it first")
+    return base
+
+
 def load_model(folder: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a Dream-format folder onto ``device`` in ``dtype``, straight from safetensors."""
+    """Load a Dream-format folder onto ``device`` in ``dtype``, straight from safetensors; a
+    peft LoRA adapter folder loads its base model with the adapter merged in."""
     from safetensors import SafetensorError, safe_open
+
+    base = base_folder(folder)
+    if base != folder:
+        from engine.lora import merge_adapter
+
+        loaded = load_model(base, device, dtype)
+        merge_adapter(loaded.model, folder)
+        return LoadedModel(folder, loaded.config, loaded.model, loaded.device, loaded.dtype)
 
     cfg = read_config(folder)
     dev = pick_device(device)

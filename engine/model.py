@@ -124,13 +124,16 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+                attn_mask: torch.Tensor | None, causal: bool,
+                kv: "LayerKV | None" = None) -> torch.Tensor:
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = self.k_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         v = self.v_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if kv is not None:
+            k, v = kv.exchange(k, v)  # (B, Hkv, L_all, D): cached keys outside the window
         groups = self.n_heads // self.n_kv
         k = k.repeat_interleave(groups, dim=1)  # (B, H, L, D)
         v = v.repeat_interleave(groups, dim=1)  # (B, H, L, D)
@@ -158,9 +161,29 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask, causal):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, causal)
+    def forward(self, x, cos, sin, attn_mask, causal, kv=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, causal, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LayerKV:
+    """One layer's keys and values for the whole sequence, for Fast-dLLM's dual cache
+    (Wu et al. 2025): a full pass stores them (``window`` None); a windowed pass computes only
+    the window's positions and attends to the stored keys elsewhere, which are therefore as
+    old as the last full pass (the approximation the cache trades for speed)."""
+
+    def __init__(self, window: tuple[int, int] | None) -> None:
+        self.window = window
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def exchange(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.window is None:
+            self.k, self.v = k, v
+            return k, v
+        a, b = self.window
+        return (torch.cat([self.k[:, :, :a], k, self.k[:, :, b:]], dim=2),
+                torch.cat([self.v[:, :, :a], v, self.v[:, :, b:]], dim=2))
 
 
 class Backbone(nn.Module):
@@ -183,24 +206,31 @@ class DreamModel(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None,
-                      causal: bool = False) -> torch.Tensor:
-        """Final normed hidden states (B, L, C). ``attention_mask`` is bool (B, 1, L, L)."""
+                      position_ids: torch.Tensor | None = None, causal: bool = False,
+                      cache: list[LayerKV] | None = None) -> torch.Tensor:
+        """Final normed hidden states (B, L, C). ``attention_mask`` is bool (B, 1, L, L).
+
+        ``cache``: one ``LayerKV`` per layer. With their window unset the pass fills them; with
+        a window (a, b) ``input_ids`` are only positions a..b-1 and the rest comes from the
+        cache (then ``attention_mask`` must be None and positions default to a..b-1)."""
         B, L = input_ids.shape
+        window = cache[0].window if cache else None
         if position_ids is None:
-            position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
+            start = window[0] if window else 0
+            position_ids = torch.arange(start, start + L, device=input_ids.device).expand(B, L)
         x = self.model.embed_tokens(input_ids)  # (B, L, C)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta,
                                 x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, attention_mask, causal)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, attention_mask, causal, cache[i] if cache else None)
         return self.model.norm(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, causal: bool = False,
-                select: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                select: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: list[LayerKV] | None = None) -> torch.Tensor:
         """Logits (B, L, V); with ``select=(rows, cols)`` only those positions, (M, V)."""
-        hidden = self.hidden_states(input_ids, attention_mask, position_ids, causal)
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, causal, cache)
         if select is not None:
             hidden = hidden[select]  # (M, C)
         return self.lm_head(hidden)

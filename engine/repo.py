@@ -48,8 +48,8 @@ def _gitignore(root: Path):
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
-    return any(rel == p.rstrip("/") or fnmatch.fnmatch(rel, p) or rel.startswith(p.rstrip("/") + "/")
-               for p in patterns)
+    return any(rel == p.rstrip("/") or fnmatch.fnmatch(rel, p)
+               or rel.startswith(p.rstrip("/") + "/") for p in patterns)
 
 
 def python_files(root: Path, exclude: list[str] | None = None) -> list[Path]:

@@ -29,7 +29,7 @@ from typing import Iterator, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.choices import ALGORITHMS
+from engine.choices import ALGORITHMS, PARALLEL_ALGORITHMS
 
 
 class Denoiser(Protocol):
@@ -63,6 +63,12 @@ class SamplerSettings:
     """Final timestep of the schedule."""
     block_length: int | None = None
     """Semi-autoregressive blocks of this many canvas slots, left to right; None = one block."""
+    threshold: float = 0.9
+    """confidence_threshold: commit every masked slot whose probability is at least this
+    (Fast-dLLM, Wu et al. 2025), and always the most confident one."""
+    gamma: float = 0.01
+    """eb: commit the most certain slots while their summed entropy, less the largest, stays
+    within gamma nats (EB-sampler, Ben-Hamu et al. 2025); always at least one."""
 
     def __post_init__(self) -> None:
         from engine.errors import ConfigError
@@ -81,6 +87,10 @@ class SamplerSettings:
             raise ConfigError(f"--block-length must be at least 1, got {self.block_length}")
         if self.alg_temp is not None and self.alg_temp < 0:
             raise ConfigError(f"--alg-temp must be >= 0, got {self.alg_temp}")
+        if not 0 < self.threshold <= 1:
+            raise ConfigError(f"--threshold must be in (0, 1], got {self.threshold}")
+        if self.gamma < 0:
+            raise ConfigError(f"--gamma must be >= 0, got {self.gamma}")
 
 
 @dataclass
@@ -242,6 +252,38 @@ def even_counts(n: int, parts: int) -> list[int]:
     return [base + (j < extra) for j in range(parts)]
 
 
+def parallel_choice(probs: torch.Tensor, conf: torch.Tensor, s: SamplerSettings) -> torch.Tensor:
+    """Which of one row's masked slots to commit now (bool (N,)), for the parallel rules.
+
+    probs: (N, V) token distributions; conf: (N,) probability of each slot's chosen token."""
+    pick = torch.zeros(conf.shape, dtype=torch.bool, device=conf.device)
+    if s.alg == "confidence_threshold":
+        pick = conf >= s.threshold
+    else:  # eb: ascending entropy, the longest prefix with sum - max <= gamma
+        entropy = -(probs * torch.log(probs + 1e-10)).sum(-1)  # (N,)
+        order = torch.argsort(entropy)
+        sorted_h = entropy[order]
+        bound = torch.cumsum(sorted_h, 0) - torch.cummax(sorted_h, 0).values  # (N,)
+        pick[order[bound <= s.gamma]] = True
+    pick[torch.argmax(conf)] = True  # progress: at least one slot per pass
+    return pick
+
+
+def parallel_step(x, mask_index, mlogits, s: SamplerSettings, gen) -> None:
+    """Commit, in every row, the masked slots ``parallel_choice`` picks."""
+    logits = mlogits / s.temperature if s.temperature > 0 else mlogits
+    probs = torch.softmax(logits.float(), dim=-1)  # (M, V)
+    conf, x0 = sample_tokens(mlogits, s, gen, "prob")  # (M,), (M,)
+    rows = mask_index.nonzero(as_tuple=True)
+    for b in range(x.size(0)):
+        sel = rows[0] == b
+        if not bool(sel.any()):
+            continue
+        pick = parallel_choice(probs[sel], conf[sel].float(), s)
+        cols = rows[1][sel][pick]
+        x[b, cols] = x0[sel][pick]
+
+
 def block_plan(x: torch.Tensor, mask_id: int, steps: int,
                block_length: int | None) -> list[Block]:
     """Blocks over the masked span of ``x`` with the ``planned_steps`` shared out in proportion
@@ -275,6 +317,10 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, mask_id: int, settings: Sampler
     makes ``planned_steps`` passes, each committing at least one slot.
     """
     s = settings
+    if s.alg in PARALLEL_ALGORITHMS:
+        yield from _denoise_parallel(denoiser, x, mask_id, s, generator, attention_mask,
+                                     position_ids)
+        return
     plan = block_plan(x, mask_id, s.steps, s.block_length)
     total, i = sum(blk.steps for blk in plan), 0
     for blk in plan:
@@ -298,4 +344,25 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, mask_id: int, settings: Sampler
                     num_transfer_tokens(mask_index.cpu(), t, s_next, last)
                 confidence_step(x, mask_index, mlogits, k, s, mask_id, generator)
             yield DenoiseStep(i, total, x.clone(), before & (x != mask_id))
+            i += 1
+
+
+def _denoise_parallel(denoiser, x, mask_id, s: SamplerSettings, generator, attention_mask,
+                      position_ids) -> Iterator[DenoiseStep]:
+    """Blocks left to right; in each, passes until no slot is masked, each committing what
+    ``parallel_choice`` deems safe (at least one). ``steps`` in the yielded state is the most
+    passes this can take (one per slot); the real count is known when the loop ends."""
+    plan = block_plan(x, mask_id, int((x == mask_id).sum(1).max()), s.block_length)
+    most, i = int((x == mask_id).sum(1).max()), 0
+    for blk in plan:
+        while True:
+            mask_index = x == mask_id  # (B, L)
+            mask_index[:, :blk.start] = False
+            mask_index[:, blk.end:] = False
+            if not bool(mask_index.any()):
+                break
+            before = mask_index.clone()
+            mlogits = masked_logits(denoiser, x, mask_index, attention_mask, position_ids)
+            parallel_step(x, mask_index, mlogits, s, generator)
+            yield DenoiseStep(i, most, x.clone(), before & (x != mask_id))
             i += 1

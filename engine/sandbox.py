@@ -50,26 +50,37 @@ def run_python(program: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ru
         path = os.path.join(tmp, "program.py")
         with open(path, "w") as fh:
             fh.write(program)
+        return run_limited([sys.executable, "-I", "-S", path], tmp,
+                           {"PATH": "/usr/bin:/bin", "HOME": tmp}, timeout_s, memory_mb,
+                           file_mb=1, what="the sandboxed interpreter", keep_stdout=False)
+
+
+def run_limited(argv: list[str], cwd, env: dict, timeout_s: float, memory_mb: int,
+                file_mb: int, what: str, keep_stdout: bool = True) -> RunResult:
+    """Run ``argv`` in its own process group under the limits; the last output line explains a
+    failure. Output goes to a temporary file, so RLIMIT_FSIZE bounds it too. Every sandboxed
+    run (a program, a repository's test suite) goes through here."""
+    with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", path], cwd=tmp,
-                                    env={"PATH": "/usr/bin:/bin", "HOME": tmp},
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE,
-                                    preexec_fn=_limits(memory_mb, int(timeout_s) + 1))
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out if keep_stdout else subprocess.DEVNULL,
+                                    stderr=out,
+                                    preexec_fn=_limits(memory_mb, int(timeout_s) + 1, file_mb))
         except OSError as err:
-            raise SandboxError(f"cannot start the sandboxed interpreter: {err}") from err
+            raise SandboxError(f"cannot run {what} ({argv[0]}): {err}") from err
         try:
-            _, err = proc.communicate(timeout=timeout_s)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            proc.wait()
             return RunResult(False, "timeout")
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode == 0:
             return RunResult(True, "passed")
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
+        out.seek(max(0, out.seek(0, 2) - 4096))
+        tail = out.read().decode(errors="replace").strip().splitlines()[-1:]
         return RunResult(False, "failed", tail[0] if tail else f"exit {proc.returncode}")
 
 
@@ -101,7 +112,9 @@ class RepoSandbox:
         if not self.argv:
             raise SandboxError("--test-cmd is empty; give the command that runs the tests")
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
-        paths = [str(self.root)] + ([str(self.root / "src")] if (self.root / "src").is_dir() else [])
+        paths = [str(self.root)]
+        if (self.root / "src").is_dir():  # src layouts import from there
+            paths.append(str(self.root / "src"))
         self.env = {"PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin",
                     "HOME": str(Path(self.tmp.name)), "PYTHONPATH": ":".join(paths),
                     "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
@@ -119,28 +132,8 @@ class RepoSandbox:
                 (self.root / rel).write_text(text, encoding="utf-8")
 
     def _run(self) -> RunResult:
-        try:
-            proc = subprocess.Popen(self.argv, cwd=self.root, env=self.env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT,
-                                    preexec_fn=_limits(self.memory_mb, int(self.timeout_s) + 1,
-                                                       file_mb=64))
-        except OSError as err:
-            raise SandboxError(f"cannot run the test command {self.argv[0]!r}: {err}; pass "
-                               "--test-cmd") from err
-        try:
-            out, _ = proc.communicate(timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return RunResult(False, "timeout")
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        if proc.returncode == 0:
-            return RunResult(True, "passed")
-        tail = out.decode(errors="replace").strip().splitlines()[-1:] if out else []
-        return RunResult(False, "failed", tail[0] if tail else f"exit {proc.returncode}")
+        return run_limited(self.argv, self.root, self.env, self.timeout_s, self.memory_mb,
+                           file_mb=64, what="the test command (pass --test-cmd)")
 
     def close(self) -> None:
         self.tmp.cleanup()

@@ -14,6 +14,7 @@ from lsprotocol import types
 
 from assistant.edits import plan_body
 from assistant.syntax import function_at
+from lsp.uris import file_path
 
 log = logging.getLogger("unmask.lsp")
 
@@ -82,7 +83,8 @@ async def run_generate_body(ls, args) -> None:
     if plan is None:
         _message(ls, "no function with an empty body here")
         return None
-    result = await _run(ls, ls.service.fill, plan.prefix, plan.suffix)
+    result = await _run(ls, ls.service.fill, plan.prefix, plan.suffix, 0, None,
+                        file_path(uri))
     if result is None:
         return None
     body = plan.finish(result.completion)
@@ -103,7 +105,8 @@ async def run_fill_selection(ls, args) -> None:
     if doc is None:
         return None
     start, end = doc.offset_at_position(rng.start), doc.offset_at_position(rng.end)
-    result = await _run(ls, ls.service.fill, doc.source[:start], doc.source[end:])
+    result = await _run(ls, ls.service.fill, doc.source[:start], doc.source[end:], 0, None,
+                        file_path(uri))
     if result is None:
         return None
     _apply(ls, uri, version, rng, result.completion, "Unmask: fill selection")

@@ -30,6 +30,7 @@ from pygls.protocol import LanguageServerProtocol, lsp_method
 from assistant.completion import CompletionService
 from assistant.settings import AssistantSettings, load_settings
 from engine.errors import UnmaskError
+from lsp.uris import file_path
 
 log = logging.getLogger("unmask.lsp")
 MAX_DOCUMENT_CHARS = 2_000_000
@@ -140,6 +141,13 @@ def create_server(settings: AssistantSettings | None = None) -> UnmaskServer:
     def initialized(ls: UnmaskServer, params):
         ls._loop = asyncio.get_running_loop()
         ls.service.start()
+        ls.service.repo.start(workspace_roots(ls))  # background: completions never wait
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: UnmaskServer, params: types.DidSaveTextDocumentParams):
+        path = file_path(params.text_document.uri)
+        if path is not None:
+            ls.service.repo.saved(path)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: UnmaskServer, params: types.InitializeParams):
@@ -228,7 +236,7 @@ async def suggest(ls: UnmaskServer, uri: str, position: types.Position):
         log.warning("no suggestion: %s", err)
         return None
     job = ls.service.new_job(uri)
-    future = ls.service.submit(job, ls.service.infill, window, mode)
+    future = ls.service.submit(job, ls.service.infill, window, mode, file_path(uri))
     try:
         text = await asyncio.wrap_future(future)
     except asyncio.CancelledError:
@@ -238,6 +246,13 @@ async def suggest(ls: UnmaskServer, uri: str, position: types.Position):
         return None
     start = doc.client_position_at_offset(window.replace_from)
     return text, types.Range(start=start, end=position)
+
+
+def workspace_roots(ls: UnmaskServer) -> list:
+    """The workspace folders (or the root URI) as local paths."""
+    uris = [f.uri for f in ls.workspace.folders.values()] or \
+        ([ls.workspace.root_uri] if ls.workspace.root_uri else [])
+    return [p for p in (file_path(u) for u in uris) if p is not None and p.is_dir()]
 
 
 def main(argv: list[str] | None = None) -> int:

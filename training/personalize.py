@@ -64,12 +64,19 @@ class PersonalizeConfig:
     """Data order and masking."""
     checkpoint_seconds: float = 60.0
     """How often the resumable checkpoint is written."""
+    lora_rank: int = 0
+    """0: fine-tune every weight (small models); r > 0: train a rank-r LoRA adapter (peft
+    format, for 7B checkpoints) and write the adapter instead of a whole model."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (update scale = alpha / r)."""
 
     def __post_init__(self) -> None:
         if self.minutes <= 0:
             raise ConfigError(f"--minutes must be positive, got {self.minutes}")
         if self.seq_len < 128:
             raise ConfigError(f"seq_len must be at least 128, got {self.seq_len}")
+        if self.lora_rank < 0:
+            raise ConfigError(f"--lora-rank must be >= 0, got {self.lora_rank}")
 
 
 def training_holes(files: dict[str, str]) -> dict[str, list[Hole]]:
@@ -136,7 +143,12 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     pad_id = tok.token_id("<|dlm_pad|>")
     pad_id = mcfg.pad_token_id if pad_id is None else pad_id
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if cfg.lora_rank:
+        from training.lora import add_lora
+
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0}
     if (ckpt / "state.json").exists():
         state = load_checkpoint(ckpt, model, opt)
@@ -164,7 +176,7 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
             loss, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         state["step"] += 1
         state["tokens"] += int(sum(len(ids) for ids, _, _ in batch))
@@ -182,8 +194,14 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
                "holes": {k: len(v) for k, v in holes.items()}, "steps": state["step"],
                "tokens": state["tokens"], "minutes": round(state["elapsed"] / 60, 2),
                "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),
-               "config": asdict(cfg)}
-    write_model_folder(model, base, out, summary)
+               "trained_parameters": sum(p.numel() for p in trained), "config": asdict(cfg)}
+    if cfg.lora_rank:
+        from training.lora import save_adapter
+
+        save_adapter(model, out, str(base), cfg.lora_rank, cfg.lora_alpha)
+        (out / "personalize.json").write_text(json.dumps(summary, indent=2))
+    else:
+        write_model_folder(model, base, out, summary)
     return summary
 
 

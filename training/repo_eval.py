@@ -82,8 +82,9 @@ def completion_for(engine, hole: Hole, index: RepoIndex | None) -> str:
 
 
 def score(engine, bench: Benchmark, sandbox, with_context: bool, progress=None,
-          label: str = "") -> dict:
-    """pass@1 and exact match per hole kind for one (model, context) configuration."""
+          label: str = "", records: list | None = None) -> dict:
+    """pass@1 and exact match per hole kind for one (model, context) configuration; one record
+    per hole is appended to ``records`` when given."""
     index = RepoIndex(bench.repo, bench.exclude) if with_context else None
     results: dict = {}
     seen: dict[tuple[str, str], bool] = {}
@@ -99,6 +100,10 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, progress=None,
             passed += seen[key]
             exact += middle.strip() == hole.middle.strip()
             done += 1
+            if records is not None:
+                records.append({"config": label, "hole": hole.key, "kind": kind,
+                                "completion": middle, "reference": hole.middle,
+                                "passed": seen[key]})
             if progress is not None:
                 progress(label, done, total, passed)
         n = len(holes)

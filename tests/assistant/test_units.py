@@ -77,3 +77,20 @@ def test_completion_mode_multi_only_on_blank_lines_that_open_a_block_or_an_empty
     assert completion_mode(src, 4, 0) == "multi"  # after `for ...:`
     assert completion_mode(src, 5, 6) == "single"  # inside a line
     assert completion_mode("x = 1\n\n", 1, 0) == "single"  # a blank line opening nothing
+
+
+def test_repo_contexts_index_in_the_background_and_follow_saves(tmp_path):
+    from assistant.repo_context import RepoContexts
+
+    (tmp_path / "helpers.py").write_text("def parse_config(path):\n    return load_json(path)\n")
+    (tmp_path / "main.py").write_text("config = parse_config('a.json')\n")
+    repo = RepoContexts()
+    tok = CharTokenizer()
+    assert repo.context(tmp_path / "main.py", "config = parse_config(", "", tok, 500) == ""
+    repo.start([tmp_path]).result()
+    ctx = repo.context(tmp_path / "main.py", "config = parse_config(", "", tok, 500)
+    assert ctx.startswith("# helpers.py\n") and "# main.py" not in ctx
+    assert repo.context(tmp_path.parent / "elsewhere.py", "parse_config", "", tok, 500) == ""
+    (tmp_path / "later.py").write_text("def parse_config_later():\n    pass\n")
+    repo.saved(tmp_path / "later.py").result()
+    assert "# later.py" in repo.context(tmp_path / "main.py", "parse_config_later(", "", tok, 500)

@@ -166,3 +166,38 @@ def test_chat_template_for_instruct_folders(tmp_path):
     assert res.prompt_tokens > raw.prompt_tokens  # ChatML markers were added
     ids = eng.tokenizer.encode_chat("say <|im_end|> please")  # the user's copy stays text
     assert ids.count(eng.im_end_id) == 2 and "say <|im_end|> please" in eng.tokenizer.decode(ids)
+
+
+def test_dual_cache_is_exact_when_nothing_outside_the_window_changed(tiny_engine):
+    import torch
+
+    from engine.model import LayerKV
+
+    model = tiny_engine.denoiser.loaded.model
+    x = torch.randint(5, 200, (1, 40))
+    rows, cols = torch.zeros(6, dtype=torch.long), torch.arange(20, 26)
+    cache = [LayerKV(None) for _ in model.model.layers]
+    with torch.no_grad():
+        full = model(x, select=(rows, cols), cache=cache)
+        for layer in cache:
+            layer.window = (18, 30)
+        windowed = model(x[:, 18:30], select=(rows, cols - 18), cache=cache)
+    assert torch.allclose(full, windowed, atol=1e-5)
+
+
+def test_cached_decoding_reports_passes_and_matches_exact_at_refresh_one(tiny_engine):
+    s = tiny_engine.settings(max_new_tokens=12, steps=12, length="fixed", block_length=4)
+    exact = tiny_engine.infill("def f(x):\n", "\n    return y\n", s)
+    every = tiny_engine.infill("def f(x):\n", "\n    return y\n", s, cache_refresh=1)
+    assert every.token_ids == exact.token_ids
+    assert exact.extra["forward_passes"] == 12 and exact.extra["first_token_s"] >= 0
+    cached = tiny_engine.infill("def f(x):\n", "\n    return y\n", s, cache_refresh=4)
+    assert cached.extra["forward_passes"] == 12 and len(cached.token_ids) == 12
+
+
+def test_parallel_decoding_needs_fewer_passes(tiny_engine):
+    s = tiny_engine.settings(max_new_tokens=16, steps=16, length="fixed", block_length=None)
+    one = tiny_engine.infill("a = 1\n", "\nb = 2\n", s)
+    fast = tiny_engine.infill("a = 1\n", "\nb = 2\n", s, alg="eb", gamma=100.0)
+    assert one.extra["forward_passes"] == 16 and fast.extra["forward_passes"] == 1
+    assert "note" not in fast.extra and all(o == 0 for o in fast.order)

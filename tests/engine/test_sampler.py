@@ -161,3 +161,50 @@ def test_non_finite_probabilities_fall_back_to_argmax_like_upstream(alg_temp):
     x = torch.tensor([[7, 3, 3]])
     confidence_step(x, x == 3, logits, 1, s, 3, gen)
     assert (x == 3).sum() == 1
+
+
+class Peaked:
+    """A denoiser whose slot j (counted from the first masked one) predicts token 5 with a
+    fixed probability: confidences known in advance (0.95, 0.3, 0.95, 0.3, ...)."""
+
+    def __init__(self, first: int, vocab: int = 20):
+        self.first, self.vocab = first, vocab
+
+    def logits(self, x, attention_mask, position_ids):
+        import math
+
+        out = torch.zeros(*x.shape, self.vocab)
+        for j in range(x.shape[1]):
+            p = 0.95 if (j + 1 - self.first) % 2 == 0 else 0.3  # row j predicts slot j + 1
+            rest = (1 - p) / (self.vocab - 1)
+            out[:, j, 5] = math.log(p / rest)
+        return out
+
+
+def test_confidence_threshold_commits_every_confident_slot_in_one_pass():
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 8), 1)], dim=1)
+    steps = list(denoise(Peaked(first=2), x, 1, SamplerSettings(alg="confidence_threshold",
+                                                                threshold=0.9)))
+    first = steps[0].decoded[0, 2:].tolist()
+    assert first == [True, False] * 4  # the four 0.95 slots at once, none of the 0.3 ones
+    assert all(int(st.decoded.sum()) >= 1 for st in steps) and (x != 1).all()
+    assert len(steps) == 5  # 4 confident at once, then the rest one per pass (0.3 < 0.9)
+
+
+def test_eb_sampler_bounds_the_entropy_committed_per_pass():
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 8), 1)], dim=1)
+    one = list(denoise(Peaked(first=2), x.clone(), 1, SamplerSettings(alg="eb", gamma=0.0)))
+    assert [int(st.decoded.sum()) for st in one] == [1] * 8  # gamma 0: one slot per pass
+    every = list(denoise(Peaked(first=2), x.clone(), 1, SamplerSettings(alg="eb", gamma=100.0)))
+    assert len(every) == 1 and int(every[0].decoded.sum()) == 8
+    some = list(denoise(Peaked(first=2), x.clone(), 1, SamplerSettings(alg="eb", gamma=1.0)))
+    assert 1 < len(some) < 8
+
+
+def test_parallel_rules_respect_blocks_left_to_right():
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 8), 1)], dim=1)
+    at = torch.full(x.shape, -1)
+    for st in denoise(Peaked(first=2), x, 1, SamplerSettings(alg="eb", gamma=100.0,
+                                                             block_length=4)):
+        at[st.decoded] = st.step
+    assert at[0, 2:].tolist() == [0] * 4 + [1] * 4

@@ -83,9 +83,9 @@ class RawClient:
     def response(self, rid: int, timeout: float = 30.0) -> dict:
         return self.wait_for(lambda m: m.get("id") == rid and "method" not in m, timeout)
 
-    def initialize(self, options: dict | None = None) -> dict:
+    def initialize(self, options: dict | None = None, root_uri: str | None = None) -> dict:
         self.seen = []
-        rid = self.request("initialize", {"processId": None, "rootUri": None,
+        rid = self.request("initialize", {"processId": None, "rootUri": root_uri,
                                           "capabilities": {"window": {"workDoneProgress": True}},
                                           "initializationOptions": options or {}})
         result = self.response(rid)["result"]

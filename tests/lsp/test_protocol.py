@@ -26,8 +26,8 @@ def client(tiny_model):
         c.proc.kill()
 
 
-def ready(client, options=None):
-    caps = client.initialize(options)
+def ready(client, options=None, root_uri=None):
+    caps = client.initialize(options, root_uri)
     client.wait_for(lambda m: m.get("method") == "$/progress"
                     and m["params"]["value"].get("kind") == "end")
     return caps
@@ -149,3 +149,34 @@ def test_fill_selection_action(client):
     assert text_edit["range"] == {"start": {"line": 6, "character": 8},
                                   "end": {"line": 6, "character": 18}}
     assert "error" not in client.response(rid)
+
+
+def test_workspace_is_indexed_in_the_background_and_saves_update_it(tmp_path):
+    from tests.conftest import make_tiny_folder
+
+    model = make_tiny_folder(tmp_path / "m", max_position_embeddings=2048)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "helpers.py").write_text("def parse_config(path):\n    return load_json(path)\n")
+    edited = ws / "main.py"
+    edited.write_text("def main():\n    config = parse_config('a.json')\n")
+    c = RawClient("--model", str(model))
+    try:
+        ready(c, root_uri=edited.parent.as_uri())
+        uri = edited.as_uri()
+        c.open(uri, "def main():\n    config = parse_config('a.json')\n    \n")
+        stats = {}
+        for _ in range(50):  # indexing is in the background: completions never wait for it
+            c.response(inline(c, uri=uri, line=2, character=4))
+            stats = c.response(c.request("unmask/stats", {}))["result"]
+            if stats["with_context"]:
+                break
+            time.sleep(0.1)
+        assert stats["with_context"] >= 1
+        (ws / "new_module.py").write_text("def parse_config_twice(path):\n    return 2\n")
+        c.notify("textDocument/didSave", {"textDocument": {"uri": (ws / "new_module.py").as_uri()}})
+        assert "items" in c.response(inline(c, uri=uri, line=2, character=4))["result"]
+        assert c.close() == 0
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()

@@ -205,3 +205,32 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode != 0 and "does not pass on the unmodified repository" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo, tiny_model,
+                                                                          tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.api import Engine
+    from engine.loading import load_model
+    from training.personalize import PersonalizeConfig, personalize
+
+    out = tmp_path / "adapter"
+    summary = personalize(PersonalizeConfig(repo=str(repo), out=str(out), base=str(tiny_model),
+                                            minutes=0.03, batch_size=2, seq_len=192,
+                                            lora_rank=4, lr=5e-2))
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4
+    assert cfg["base_model_name_or_path"] == str(tiny_model)
+    names = list(load_file(str(out / "adapter_model.safetensors")))
+    assert all(n.startswith("base_model.model.model.layers.") for n in names)
+    assert summary["trained_parameters"] < 0.5 * sum(
+        p.numel() for p in load_model(tiny_model, "cpu", "float32").model.parameters())
+    base = load_model(tiny_model, "cpu", "float32").model
+    merged = load_model(out, "cpu", "float32").model
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base.state_dict()[q], merged.state_dict()[q])  # the update is in
+    eng = Engine.load(str(out), device="cpu", dtype="float32")
+    assert eng.tokenizer.token_id("<|mask|>") == eng.mask_id and eng.defaults
+    assert eng.infill("def f(x):\n", "\n", max_new_tokens=4, steps=2).canvas_len <= 4

@@ -90,6 +90,7 @@ class UnmaskApp(App):
         if self.path.is_file():
             self.open_file(self.path)
         self.service.start()
+        self.service.repo.start([self.path if self.path.is_dir() else self.path.parent])
 
     @property
     def engine(self):
@@ -183,6 +184,7 @@ class UnmaskApp(App):
             return
         self.saved_text = self.editor.text
         self.sub_title = self.display_name
+        self.service.repo.saved(self.file)
         self.notify(f"Saved {self.file.name}")
 
     def action_quit_app(self) -> None:
@@ -262,7 +264,7 @@ class UnmaskApp(App):
                 result = self.service.generate(job, request.prompt, seed, on_frame)
             else:
                 result = self.service.fill(job, request.plan.prefix, request.plan.suffix, seed,
-                                           on_frame)
+                                           on_frame, self.file)
         except UnmaskError as err:
             self.call_from_thread(self._failed, str(err))
             return

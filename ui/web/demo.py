@@ -82,7 +82,7 @@ def render(run: Run, upto: int | None = None) -> str:
     return "".join(parts)
 
 
-def _settings(engine, steps, max_tokens, alg, temperature, alg_temp, seed):
+def _settings(engine, steps, max_tokens, alg, temperature, alg_temp, seed, **fast):
     """``Engine.settings``: the model's generation_config (decoding order included) under the
     values on the page, as in every other front end."""
     import gradio as gr
@@ -94,7 +94,7 @@ def _settings(engine, steps, max_tokens, alg, temperature, alg_temp, seed):
         return engine.settings(max_new_tokens=max_tokens, steps=steps,
                                alg=None if alg == MODEL_DEFAULT else alg,
                                temperature=float(temperature),
-                               alg_temp=float(alg_temp) or None, seed=int(seed or 0))
+                               alg_temp=float(alg_temp) or None, seed=int(seed or 0), **fast)
     except UnmaskError as err:
         raise gr.Error(str(err)) from err
 
@@ -113,20 +113,24 @@ def _stream(engine, mode: str, code: str, settings):
 
 
 def denoise_frames(engines: Engines, model, mode, code, steps, max_tokens, alg, temperature,
-                   alg_temp, seed):
-    """Yield (canvas html, run, completion, metrics) after every denoising step."""
+                   alg_temp, seed, fast: dict | None = None):
+    """Yield (canvas html, run, completion, metrics) after every denoising step; ``fast``
+    adds fast-decoding settings (parallel unmasking, the context cache)."""
     import gradio as gr
 
     from engine.api import Completion
 
     try:
         engine = engines.get(model)
-        settings = _settings(engine, steps, max_tokens, alg, temperature, alg_temp, seed)
+        settings = _settings(engine, steps, max_tokens, alg, temperature, alg_temp, seed,
+                             **(fast or {}))
         before, after, stream = _stream(engine, mode, code, settings)
+        run = Run([], [], [], settings.steps, before[-1500:], after[:800])
         for item in stream:
             if isinstance(item, Completion):
                 run.texts = engine.tokenizer.token_texts(item.token_ids)
-                metrics = {"steps": item.steps, "canvas": item.canvas_len, **(
+                metrics = {"steps": item.steps, "canvas": item.canvas_len,
+                           "forward passes": item.extra.get("forward_passes"), **(
                                {"note": item.extra["note"]} if "note" in item.extra else {}),
                            "seconds": round(item.elapsed_s, 3),
                            "tokens/s": round(item.tokens_per_s, 1), **ar_ness_report(item.order)}
@@ -164,18 +168,31 @@ def sweep(engines: Engines, model, mode, code, steps, max_tokens, alg, temps_tex
     return long, df.round(3)
 
 
-def side_by_side(engines: Engines, model, mode, code, max_tokens, alg, steps_a, steps_b):
-    """Run A to the end, then B (each timed alone), streaming both canvases."""
+FAST = {
+    "confidence threshold 0.9, blocks of 32, cache": {
+        "alg": "confidence_threshold", "threshold": 0.9, "block_length": 32, "cache_refresh": 4},
+    "EB-sampler gamma 0.1, blocks of 32, cache": {
+        "alg": "eb", "gamma": 0.1, "block_length": 32, "cache_refresh": 4},
+    "context cache only": {"cache_refresh": 8},
+}
+"""Fast-decoding presets for the side-by-side tab (benchmarks/decode_speed.py measures them)."""
+
+
+def side_by_side(engines: Engines, model, mode, code, max_tokens, fast):
+    """Vanilla decoding (the model's defaults, one token per pass) to the end, then the fast
+    preset, each timed alone, streaming both canvases with their forward passes."""
     outs = ["", "", "", ""]
-    for i, steps in enumerate((steps_a, steps_b)):
+    for i, preset in enumerate((None, FAST.get(fast, {}))):
         start = time.perf_counter()
-        for frame_html, _, _, metrics in denoise_frames(engines, model, mode, code, steps,
-                                                        max_tokens, alg, 0.0, 0, 0):
+        for frame_html, _, _, metrics in denoise_frames(engines, model, mode, code, max_tokens,
+                                                        max_tokens, MODEL_DEFAULT, 0.0, 0, 0,
+                                                        preset):
             outs[i] = frame_html
             if "tokens/s" in metrics:
-                outs[2 + i] = (f"{int(max_tokens) / int(steps):.1f} tokens/step · "
-                               f"{time.perf_counter() - start:.2f} s · "
-                               f"{metrics['tokens/s']} tokens/s · local@1 {metrics['local@1']}")
+                outs[2 + i] = (f"**{'vanilla' if preset is None else fast}**: "
+                               f"{metrics['forward passes']} forward passes · engine "
+                               f"{metrics['seconds']:.2f} s, {metrics['tokens/s']} tokens/s · "
+                               f"on screen {time.perf_counter() - start:.2f} s")
             yield tuple(outs)
 
 
@@ -221,9 +238,8 @@ def build_demo(default_model: str | None = None, device: str = "auto"):
                                label="Mean AR-ness against temperature")
             table = gr.Dataframe(label="Every run")
         with gr.Tab("Side by side"):
-            with gr.Row():
-                steps_a = gr.Slider(1, MAX_STEPS, value=32, step=1, label="A: steps")
-                steps_b = gr.Slider(1, MAX_STEPS, value=8, step=1, label="B: steps")
+            fast = gr.Dropdown(list(FAST), value=next(iter(FAST)),
+                               label="Fast decoding, against vanilla (one token per pass)")
             sbs_btn = gr.Button("Run both")
             with gr.Row():
                 with gr.Column():
@@ -245,7 +261,7 @@ def build_demo(default_model: str | None = None, device: str = "auto"):
                         [model, mode, code, steps, max_tokens, alg, temps, samples],
                         [plot, table], api_name="sweep", concurrency_limit=1)
         sbs_btn.click(lambda *a: (yield from side_by_side(engines, *a)),
-                      [model, mode, code, max_tokens, alg, steps_a, steps_b],
+                      [model, mode, code, max_tokens, fast],
                       [canvas_a, canvas_b, info_a, info_b], api_name="side_by_side",
                       concurrency_limit=1)
     demo.queue(max_size=8, default_concurrency_limit=1)

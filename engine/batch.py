@@ -1,0 +1,95 @@
+"""Several infills denoised together in one batch: one forward pass per step for all of them.
+
+Rows are laid out so that every canvas occupies the same columns: ``[pads][prefix][canvas]
+[suffix][pads]``; the pads are hidden from attention and skipped by the positions with Dream's
+batch padding mask (``sampler.padding_inputs``, as upstream ``_sample`` builds it), so each row
+computes what it would alone. Aligned canvases of one size make every row's schedule the same,
+so the one sampler serves the batch unchanged. Canvases are fixed-size here (the adaptive probe
+would give each row its own size); a row whose stop string has settled keeps its result while
+the others finish.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from engine.sampler import denoise, padding_inputs
+from engine.window import infill_ids
+
+
+@dataclass
+class BatchStep:
+    """The canvases after one step, one list of ids per request."""
+
+    step: int
+    steps: int
+    canvases: list[list[int]]
+    done: list[bool]
+    """Rows whose result is final (their stop settled)."""
+
+
+def infill_batch(engine, holes: list[tuple[str, str, str]], settings
+                 ) -> Iterator[BatchStep | list]:
+    """Denoise ``holes`` ((prefix, suffix, context) each) together with ``settings`` (fixed
+    canvas of ``max_new_tokens``); yields a ``BatchStep`` per step, then a list of
+    ``Completion`` in the order of ``holes``. Closing the generator cancels between steps."""
+    from engine.api import Completion
+
+    start = time.perf_counter()
+    n = settings.max_new_tokens
+    room = engine._room(n)
+    pres, sufs, notes = [], [], []
+    for prefix, suffix, context in holes:
+        pre, suf, note = infill_ids(engine.tokenizer, prefix, suffix, context, room)
+        pres.append(engine._start(pre))
+        sufs.append(suf)
+        notes.append(note)
+    P, S = max(map(len, pres)), max(map(len, sufs))
+    rows, keep = [], []
+    for pre, suf in zip(pres, sufs):
+        left, right = P - len(pre), S - len(suf)
+        rows.append([engine.eos_id] * left + pre + [engine.mask_id] * n + suf +
+                    [engine.eos_id] * right)
+        keep.append([0] * left + [1] * (len(pre) + n + len(suf)) + [0] * right)
+    x = torch.tensor(rows, dtype=torch.long, device=engine.device)  # (B, L)
+    attn, pos = padding_inputs(torch.tensor(keep, device=engine.device))
+    gen = torch.Generator(device=engine.device if engine.device.type != "mps" else "cpu")
+    gen.manual_seed(settings.seed)
+    B = len(holes)
+    final: list[list[int] | None] = [None] * B
+    orders = [[-1] * n for _ in range(B)]
+    steps_at = [0] * B
+    for st in denoise(engine.denoiser, x, engine.mask_id, settings.sampler(settings.steps), gen,
+                      attn.to(engine.device) if attn is not None else None,
+                      pos.to(engine.device) if pos is not None else None):
+        canvases = st.x[:, P:P + n].tolist()
+        for b in range(B):
+            if final[b] is not None:
+                continue
+            for j in st.decoded[b, P:P + n].nonzero(as_tuple=True)[0].tolist():
+                orders[b][j] = st.step
+            steps_at[b] = st.step + 1
+            if (engine.mask_id not in canvases[b]) or (settings.stop and _settled_stop(
+                    engine, canvases[b], settings.stop)):
+                final[b] = canvases[b]
+        yield BatchStep(st.step, st.steps, canvases, [f is not None for f in final])
+        if all(f is not None for f in final):
+            break
+    elapsed = time.perf_counter() - start
+    out = []
+    for b in range(B):
+        ids = final[b] if final[b] is not None else x[b, P:P + n].tolist()
+        extra = {"forward_passes": steps_at[b], "batch": B, **({"note": notes[b]} if notes[b]
+                                                                else {})}
+        out.append(Completion(engine.tokenizer.decode(engine.trim(ids)), ids, orders[b],
+                              steps_at[b], n, elapsed, len(pres[b]) + len(sufs[b]), extra))
+    yield out
+
+
+def _settled_stop(engine, canvas: list[int], stop: tuple[str, ...]) -> bool:
+    done = canvas.index(engine.mask_id) if engine.mask_id in canvas else len(canvas)
+    return done > 0 and engine._stops(canvas[:done], stop, False)
