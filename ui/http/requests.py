@@ -87,7 +87,9 @@ def _stops(body: dict) -> tuple[str, ...]:
     raise BadRequest("field 'stop' must be a string or a list of at most 16 strings")
 
 
-def _sampling(body: dict, tokens_key: str, default_tokens: int) -> dict:
+def _sampling(body: dict, tokens_key: str, default_tokens: int) -> tuple[dict, tuple[str, ...]]:
+    """Engine settings from the request's sampling fields, and its stop strings (which also end
+    denoising early once they are settled)."""
     n = _get(body, tokens_key, int, default_tokens, lambda v: 1 <= v <= MAX_NEW_TOKENS,
              f"an integer in 1..{MAX_NEW_TOKENS}")
     out = {"max_new_tokens": n, "steps": n, "length": "fixed",
@@ -99,7 +101,10 @@ def _sampling(body: dict, tokens_key: str, default_tokens: int) -> dict:
     out["top_k"] = top_k or None  # llama.cpp: 0 disables top-k
     if out["top_p"] == 1.0:
         out["top_p"] = None
-    return out
+    stops = _stops(body)
+    if stops:
+        out["stop"] = stops
+    return out, stops
 
 
 def parse_infill(body: dict) -> InfillRequest:
@@ -111,10 +116,7 @@ def parse_infill(body: dict) -> InfillRequest:
         raise BadRequest("field 'input_extra' must be a list of {\"filename\", \"text\"} objects")
     # llama.cpp puts `prompt` right after the prefix: the start of the middle already typed
     prefix = _text(body, "input_prefix") + _text(body, "prompt")
-    stops = _stops(body)
-    settings = _sampling(body, "n_predict", 32)
-    if stops:
-        settings["stop"] = stops
+    settings, stops = _sampling(body, "n_predict", 32)
     return InfillRequest(prefix, _text(body, "input_suffix"), settings,
                          _get(body, "stream", bool, False, what="a boolean"),
                          _get(body, "model", str, None), stops,
@@ -133,10 +135,7 @@ def parse_completion(body: dict) -> InfillRequest:
                          413)
     if _get(body, "n", int, 1) != 1:
         raise BadRequest("field 'n' must be 1")
-    stops = _stops(body)
-    settings = _sampling(body, "max_tokens", 16)
-    if stops:
-        settings["stop"] = stops
+    settings, stops = _sampling(body, "max_tokens", 16)
     return InfillRequest(prompt, _text(body, "suffix"), settings,
                          _get(body, "stream", bool, False, what="a boolean"),
                          _get(body, "model", str, None), stops)
