@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,8 +106,8 @@ def sample_holes(holes: list[Hole], n: int, seed: int = 0) -> list[Hole]:
 
 
 def verify_holes(sandbox, holes: list[Hole], want: int, progress=None) -> list[Hole]:
-    """The first ``want`` holes whose blanking makes the test suite fail (the suite must pass
-    as it is, else SandboxError-free ValueError naming the failure)."""
+    """The first ``want`` holes whose blanking makes the test suite fail. The suite must pass
+    on the unmodified copy first; else ValueError naming how it failed."""
     base = sandbox.run()
     if not base.passed:
         raise ValueError(f"the test suite does not pass on the unmodified repository "
@@ -131,9 +130,3 @@ def save_holes(path: Path, holes: list[Hole]) -> None:
 
 def load_holes(path: Path) -> list[Hole]:
     return [Hole(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def shuffled(items: list, seed: int) -> list:
-    out = list(items)
-    random.Random(seed).shuffle(out)
-    return out
