@@ -358,16 +358,20 @@ class Engine:
             # the consumer's time (a UI rendering each frame) is not the engine's
             paused += time.perf_counter() - handed
             if settings.stop:
-                done = canvas.index(self.mask_id) if self.mask_id in canvas else n_canvas
-                if done > settled and self._stops(canvas[:done], settings.stop, instruct):
+                left = self.settled(canvas)
+                if len(left) > settled and self._stops(left, settings.stop, instruct):
                     break
-                settled = done
+                settled = len(left)
         canvas_ids = x[0, lo:hi].tolist()
         text = self.tokenizer.decode(self.trim(canvas_ids, instruct))
         extra["forward_passes"] = steps_done + int("expected_len" in extra)  # + the probe
         extra["first_token_s"] = round(first_token_s, 4) if first_token_s is not None else None
         yield Completion(text, canvas_ids, order, steps_done, n_canvas,
                          time.perf_counter() - start - paused, len(pre) + len(suf), extra)
+
+    def settled(self, canvas: list[int]) -> list[int]:
+        """The canvas left of its first still-masked slot: what can no longer change order."""
+        return canvas[:canvas.index(self.mask_id)] if self.mask_id in canvas else canvas
 
     def _stops(self, settled: list[int], stop: tuple[str, ...], instruct: bool) -> bool:
         ends = {self.eos_id, self.pad_id} | ({self.im_end_id} if instruct else set())

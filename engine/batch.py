@@ -73,8 +73,8 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
             for j in st.decoded[b, P:P + n].nonzero(as_tuple=True)[0].tolist():
                 orders[b][j] = st.step
             steps_at[b] = st.step + 1
-            if (engine.mask_id not in canvases[b]) or (settings.stop and _settled_stop(
-                    engine, canvases[b], settings.stop)):
+            if (engine.mask_id not in canvases[b]) or (settings.stop and engine._stops(
+                    engine.settled(canvases[b]), settings.stop, False)):
                 final[b] = canvases[b]
         yield BatchStep(st.step, st.steps, canvases, [f is not None for f in final])
         if all(f is not None for f in final):
@@ -89,7 +89,3 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
                               steps_at[b], n, elapsed, len(pres[b]) + len(sufs[b]), extra))
     yield out
 
-
-def _settled_stop(engine, canvas: list[int], stop: tuple[str, ...]) -> bool:
-    done = canvas.index(engine.mask_id) if engine.mask_id in canvas else len(canvas)
-    return done > 0 and engine._stops(canvas[:done], stop, False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.errors import ConfigError
 from engine.repo import RepoIndex, context_budget, python_files
+from training.evaluate import task_settings
 from training.holes import Hole, candidate_holes, load_holes, sample_holes, save_holes, \
     verify_holes
 
@@ -73,8 +74,7 @@ def completion_for(engine, hole: Hole, index: RepoIndex | None) -> str:
     """The model's text for a hole: the first line for single-line holes (an editor's
     single-line completion), the whole canvas for blocks."""
     single = hole.kind == "line"
-    settings = engine.settings(max_new_tokens=32 if single else 96, steps=32 if single else 96,
-                               temperature=0.0, stop=("\n",) if single else None)
+    settings = task_settings(engine, single)  # HumanEval's infilling settings, same canvases
     context = index.context(hole.prefix, hole.suffix, engine.tokenizer,
                             context_budget(engine.context), path=hole.path) if index else ""
     text = engine.infill(hole.prefix, hole.suffix, settings, context=context).completion

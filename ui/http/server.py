@@ -123,8 +123,7 @@ async def finished(ticket: Ticket, request):
 
 def settled_text(engine, canvas: list[int]) -> str:
     """The text of the canvas left of its first still-masked slot (what can be shown)."""
-    done = canvas.index(engine.mask_id) if engine.mask_id in canvas else len(canvas)
-    return engine.tokenizer.decode(engine.trim(canvas[:done]))
+    return engine.tokenizer.decode(engine.trim(engine.settled(canvas)))
 
 
 def infill_body(engine, completion, req: InfillRequest, started: float) -> dict:
