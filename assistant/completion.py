@@ -123,7 +123,7 @@ class CompletionService:
         self.cache = SuggestionCache()
         self.stats = Stats()
         self.repo = RepoContexts()
-        """Workspace folders indexed for repository context (``start_indexing``)."""
+        """Workspace folders indexed for repository context (``repo.start(roots)``)."""
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unmask-denoise")
         self._latest: dict[str, Job] = {}
         self._lock = threading.Lock()
