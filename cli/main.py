@@ -42,6 +42,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-refresh", type=int, default=None,
                    help="reuse prefix/suffix keys and values, recomputed every N passes "
                         "(torch; 0 = exact)")
+    g.add_argument("--max-repeats", type=int, default=None,
+                   help="never let a unit of 1-8 tokens repeat more than N times in a row "
+                        "(stops greedy loops; 0 = off)")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
                         "0 = one block (default: the model's generation_config)")
@@ -102,7 +105,7 @@ def settings_from(args, engine, **request):
              "alg_temp": args.alg_temp, "temperature": args.temperature, "top_p": args.top_p,
              "top_k": args.top_k, "length": args.length, "block_length": args.block_length,
              "seed": args.seed, "threshold": args.threshold, "gamma": args.gamma,
-             "cache_refresh": args.cache_refresh}
+             "cache_refresh": args.cache_refresh, "max_repeats": args.max_repeats}
     return engine.settings(**{**flags, **request})
 
 

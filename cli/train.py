@@ -38,6 +38,32 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--lora-rank", type=int, default=0,
                    help="train a rank-R LoRA adapter (peft format) instead of every weight")
+    r = tsub.add_parser("grpo", help="coupled-GRPO with your repository's tests as the reward")
+    r.add_argument("--repo", type=Path, required=True, help="the repository's root folder")
+    r.add_argument("--out", type=Path, required=True, help="where the trained model goes")
+    r.add_argument("--init", default=None,
+                   help="model to start from and stay close to (default: embedded; a "
+                        "personalized model is the usual start)")
+    r.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="a path or glob relative to the root that is never read (repeatable)")
+    r.add_argument("--test-cmd", default="python -m pytest -x -q")
+    r.add_argument("--test-timeout", type=float, default=120.0)
+    r.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    r.add_argument("--max-rounds", type=int, default=0, help="stop after N rollout rounds")
+    r.add_argument("--group", type=int, default=4, help="completions per task, G (default 4)")
+    r.add_argument("--tasks", type=int, default=2, help="tasks per round per process")
+    r.add_argument("--iterations", type=int, default=2, help="updates per round, mu")
+    r.add_argument("--beta", type=float, default=0.01, help="KL weight (default 0.01)")
+    r.add_argument("--epsilon", type=float, default=0.5, help="PPO clip range (default 0.5)")
+    r.add_argument("--lr", type=float, default=1e-5)
+    r.add_argument("--temperature", type=float, default=1.2)
+    r.add_argument("--canvas", type=int, default=24, help="completion slots per rollout")
+    r.add_argument("--holes", type=int, default=24, help="verified holes to mine")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--lora-rank", type=int, default=0,
+                   help="train a rank-R LoRA adapter (peft format) instead of every weight")
+    r.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="how often the resumable checkpoint is written (after a round)")
     e = tsub.add_parser("export", help="write a run's checkpoint as a Dream model folder")
     e.add_argument("--run", type=Path, default=Path("runs/embedded"))
     e.add_argument("--tokenizer", type=Path, default=DATA / "tokenizer")
@@ -74,6 +100,7 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--threshold", type=float, default=None)
     ev.add_argument("--gamma", type=float, default=None)
     ev.add_argument("--cache-refresh", type=int, default=None)
+    ev.add_argument("--max-repeats", type=int, default=None)
     ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--jobs", type=int, default=1,
@@ -113,6 +140,8 @@ def run_train_command(args: argparse.Namespace) -> int:
         return _export(args)
     if cmd == "personalize":
         return _personalize(args)
+    if cmd == "grpo":
+        return _grpo(args)
     raise ConfigError(f"unknown train command {cmd!r}")
 
 
@@ -136,7 +165,8 @@ def _eval(args) -> int:
         settings = ev.task_settings(engine, single, max_new_tokens=args.max_new_tokens,
                                     steps=args.steps, alg=args.alg,
                                     block_length=args.block_length, threshold=args.threshold,
-                                    gamma=args.gamma, cache_refresh=args.cache_refresh)
+                                    gamma=args.gamma, cache_refresh=args.cache_refresh,
+                                    max_repeats=args.max_repeats)
     with EvalProgress(args.task) as progress:
         if single is None:
             records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
@@ -149,10 +179,10 @@ def _eval(args) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
     table = Table(title=f"HumanEval {args.task}")
-    for col in ("model", "length", "tasks", "passed", "pass@1"):
+    for col in ("model", "length", "tasks", "passed", "pass@1", "looping"):
         table.add_column(col)
     table.add_row(str(summary["model"]), str(summary["length"]), str(summary["n"]),
-                  str(summary["passed"]), f"{summary['pass@1']:.3f}")
+                  str(summary["passed"]), f"{summary['pass@1']:.3f}", str(summary["looping"]))
     Console().print(table)
     print(json.dumps(summary), file=sys.stderr)
     return 0
@@ -205,6 +235,35 @@ def _personalize(args) -> int:
         summary = personalize(cfg, progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"personalized model: {args.out} (use --model {args.out})", file=sys.stderr)
+    return 0
+
+
+def _grpo(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from training.grpo import GrpoConfig, grpo
+
+    cfg = GrpoConfig(repo=str(args.repo), out=str(args.out), init=args.init,
+                     exclude=args.exclude, test_cmd=args.test_cmd,
+                     test_timeout=args.test_timeout, minutes=args.minutes,
+                     max_rounds=args.max_rounds, group=args.group, tasks=args.tasks,
+                     iterations=args.iterations, beta=args.beta, epsilon=args.epsilon,
+                     lr=args.lr, temperature=args.temperature, canvas=args.canvas,
+                     holes=args.holes, seed=args.seed, lora_rank=args.lora_rank,
+                     checkpoint_seconds=args.checkpoint_seconds)
+    with Progress(TextColumn("grpo"), BarColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
+        task = bar.add_task("grpo", total=cfg.minutes * 60, info="mining test-verified holes")
+
+        def progress(rec: dict) -> None:
+            bar.update(task, completed=rec["elapsed_s"], info=f"round {rec['round']} reward "
+                       f"{rec['reward']:.2f} kl {rec['kl']:.4f} clip {rec['clip_fraction']:.2f}")
+
+        summary = grpo(cfg, progress)
+    if summary:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+        print(f"trained model: {args.out} (use --model {args.out}); log: {args.out}/log.jsonl, "
+              f"curve: {args.out}/reward.png", file=sys.stderr)
     return 0
 
 

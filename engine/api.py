@@ -38,7 +38,7 @@ from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
 
 SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
-                "block_length", "eps", "threshold", "gamma", "cache_refresh")
+                "block_length", "eps", "threshold", "gamma", "cache_refresh", "max_repeats")
 
 
 def known_defaults(raw: dict) -> dict:
@@ -106,7 +106,8 @@ class GenerationSettings(SamplerSettings):
         return SamplerSettings(steps=steps or self.steps, alg=self.alg, alg_temp=self.alg_temp,
                                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                eps=self.eps, block_length=self.block_length,
-                               threshold=self.threshold, gamma=self.gamma)
+                               threshold=self.threshold, gamma=self.gamma,
+                               max_repeats=self.max_repeats)
 
 
 @dataclass

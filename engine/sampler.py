@@ -69,6 +69,10 @@ class SamplerSettings:
     gamma: float = 0.01
     """eb: commit the most certain slots while their summed entropy, less the largest, stays
     within gamma nats (EB-sampler, Ben-Hamu et al. 2025); always at least one."""
+    max_repeats: int = 0
+    """> 0: never commit a token that would make a unit of 1-8 tokens appear more than this
+    many times in a row right before it (greedy loops such as ``1, 1, 1, ...``); the slot takes
+    its next best token. 0: off, as upstream Dream."""
 
     def __post_init__(self) -> None:
         from engine.errors import ConfigError
@@ -91,6 +95,8 @@ class SamplerSettings:
             raise ConfigError(f"--threshold must be in (0, 1], got {self.threshold}")
         if self.gamma < 0:
             raise ConfigError(f"--gamma must be >= 0, got {self.gamma}")
+        if self.max_repeats < 0:
+            raise ConfigError(f"--max-repeats must be >= 0, got {self.max_repeats}")
 
 
 @dataclass
@@ -200,6 +206,37 @@ def masked_logits(denoiser: Denoiser, x: torch.Tensor, mask_index: torch.Tensor,
         return shifted_logits(denoiser, x, attention_mask, position_ids)[mask_index]
     rows, cols = mask_index.nonzero(as_tuple=True)
     return at(x, (rows, (cols - 1).clamp(min=0)), attention_mask, position_ids)
+
+
+LONGEST_UNIT = 8
+"""The longest repeating unit (in tokens) ``ban_repeats`` looks for."""
+
+
+def ban_repeats(x: torch.Tensor, mask_index: torch.Tensor, mlogits: torch.Tensor, n: int,
+                mask_id: int) -> torch.Tensor:
+    """``mlogits`` (M, V, rows in ``mask_index`` order) with every token banned that would
+    complete the (n+1)-th consecutive copy of a unit of p <= LONGEST_UNIT tokens: the settled
+    tokens just left of the slot are periodic with period p over p * (n + 1) - 1 positions, and
+    the token p positions back would continue the period. Only slots whose left neighbours are
+    settled can be judged (always the case left to right)."""
+    rows, cols = mask_index.nonzero(as_tuple=True)
+    grid = x.tolist()
+    banned: list[tuple[int, int]] = []
+    for m, (b, i) in enumerate(zip(rows.tolist(), cols.tolist())):
+        row = grid[b]
+        for p in range(1, LONGEST_UNIT + 1):
+            lo = i - p * (n + 1) + 1
+            if lo < 0 or mask_id in row[lo:i]:
+                break  # a longer unit needs a longer settled window: no more to judge
+            window = row[lo:i]
+            if all(window[k] == window[k + p] for k in range(len(window) - p)):
+                banned.append((m, row[i - p]))
+    if not banned:
+        return mlogits
+    ban = torch.zeros(mlogits.shape, dtype=torch.bool, device=mlogits.device)
+    idx = torch.tensor(banned, device=mlogits.device)
+    ban[idx[:, 0], idx[:, 1]] = True
+    return mlogits.masked_fill(ban, torch.finfo(mlogits.dtype).min)
 
 
 def origin_step(x, mask_index, mlogits, p_transfer, s, mask_id, gen):
@@ -334,6 +371,8 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, mask_id: int, settings: Sampler
                 counts = even_counts(int(mask_index.sum(1).float().mean()), blk.steps)
             before = mask_index.clone()
             mlogits = masked_logits(denoiser, x, mask_index, attention_mask, position_ids)
+            if s.max_repeats:
+                mlogits = ban_repeats(x, mask_index, mlogits, s.max_repeats, mask_id)
             t, s_next = timesteps[j], timesteps[j + 1]
             last = j == blk.steps - 1
             if s.alg == "origin":
@@ -363,6 +402,8 @@ def _denoise_parallel(denoiser, x, mask_id, s: SamplerSettings, generator, atten
                 break
             before = mask_index.clone()
             mlogits = masked_logits(denoiser, x, mask_index, attention_mask, position_ids)
+            if s.max_repeats:
+                mlogits = ban_repeats(x, mask_index, mlogits, s.max_repeats, mask_id)
             parallel_step(x, mask_index, mlogits, s, generator)
             yield DenoiseStep(i, most, x.clone(), before & (x != mask_id))
             i += 1

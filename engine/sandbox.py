@@ -10,7 +10,9 @@ repository's own test suite the same way, on a temporary copy of the repository.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +57,21 @@ def run_python(program: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ru
                            file_mb=1, what="the sandboxed interpreter", keep_stdout=False)
 
 
+@functools.lru_cache(maxsize=1)
+def network_jail() -> tuple[str, ...]:
+    """``unshare -rn`` where the system allows it: the child then runs in a new, empty network
+    namespace (no interface up, not even loopback), so generated code cannot open sockets.
+    Empty where unavailable (the time, memory and file limits still apply)."""
+    exe = shutil.which("unshare")
+    if not exe or not sys.platform.startswith("linux"):
+        return ()
+    try:
+        ok = subprocess.run([exe, "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return (exe, "-rn") if ok else ()
+
+
 def run_limited(argv: list[str], cwd, env: dict, timeout_s: float, memory_mb: int,
                 file_mb: int, what: str, keep_stdout: bool = True) -> RunResult:
     """Run ``argv`` in its own process group under the limits; the last output line explains a
@@ -62,7 +79,7 @@ def run_limited(argv: list[str], cwd, env: dict, timeout_s: float, memory_mb: in
     run (a program, a repository's test suite) goes through here."""
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([*network_jail(), *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out if keep_stdout else subprocess.DEVNULL,
                                     stderr=out,
                                     preexec_fn=_limits(memory_mb, int(timeout_s) + 1, file_mb))
@@ -93,13 +110,14 @@ class RepoSandbox:
 
     The user's tree is only read (copied once); every run writes the given file texts into the
     copy, runs the test command there under time and memory limits with a minimal environment
-    (``src/`` layouts importable), and restores the copy's files afterwards.
+    (``src/`` layouts importable) and no network (``network_jail``), and restores the copy's
+    files afterwards: the ones it wrote, and any other file the run deleted or changed (code
+    under test that removes files must not spoil the next run).
     """
 
     def __init__(self, root, test_cmd: str = "python -m pytest -x -q", timeout_s: float = 60.0,
                  memory_mb: int = 2048) -> None:
         import shlex
-        import shutil
         from pathlib import Path
 
         self.source = Path(root)
@@ -118,18 +136,52 @@ class RepoSandbox:
         self.env = {"PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin",
                     "HOME": str(Path(self.tmp.name)), "PYTHONPATH": ":".join(paths),
                     "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+        # a second copy to repair from, in a folder the child is never told about
+        self.spare = tempfile.TemporaryDirectory(prefix="unmask-pristine-")
+        self.pristine = Path(self.spare.name) / "repo"
+        shutil.copytree(self.root, self.pristine, symlinks=True)
+        self.manifest = self._stat_all()
+        self.restored = 0
+        """Files a run deleted or changed and that were put back (for the caller's report)."""
+
+    def _stat_all(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                out[os.path.relpath(path, self.root)] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def _repair(self, written: dict) -> None:
+        """Put back every original file a run deleted or changed (and the ``written`` ones),
+        from the pristine copy."""
+        for rel, stamp in self.manifest.items():
+            path = self.root / rel
+            try:
+                st = os.lstat(path)
+                if (st.st_size, st.st_mtime_ns) == stamp:
+                    continue
+            except OSError:
+                pass
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.pristine / rel, path, follow_symlinks=False)
+            self.restored += rel not in written
 
     def run(self, files: dict[str, str] | None = None) -> RunResult:
         """Run the suite with ``files`` ({relative path: text}) in place of the copy's own."""
         files = files or {}
-        saved = {rel: (self.root / rel).read_text(encoding="utf-8") for rel in files}
         try:
             for rel, text in files.items():
                 (self.root / rel).write_text(text, encoding="utf-8")
             return self._run()
         finally:
-            for rel, text in saved.items():
-                (self.root / rel).write_text(text, encoding="utf-8")
+            self._repair(files)
 
     def _run(self) -> RunResult:
         return run_limited(self.argv, self.root, self.env, self.timeout_s, self.memory_mb,
@@ -137,6 +189,7 @@ class RepoSandbox:
 
     def close(self) -> None:
         self.tmp.cleanup()
+        self.spare.cleanup()
 
     def __enter__(self) -> "RepoSandbox":
         return self

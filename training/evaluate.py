@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -166,16 +167,17 @@ def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
     problems = spread(human_eval_problems(), limit)
 
     def work(p: dict) -> dict:
-        body = ""
+        body = generated = ""
         if engine is not None:
             try:
-                body = truncate_function(engine.generate(p["prompt"], settings, raw=True).completion)
+                generated = engine.generate(p["prompt"], settings, raw=True).completion
             except ConfigError as err:
                 return {"task_id": p["task_id"], "passed": False, "status": f"error: {err}",
-                        "completion": ""}
+                        "completion": "", "generated": ""}
+            body = truncate_function(generated)
         r = run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
         return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
-                "completion": body}
+                "completion": body, "generated": generated}
 
     return _pool(problems, work, jobs, progress)
 
@@ -217,8 +219,18 @@ def eval_loss(model: str | None, val: Path, limit: int = 0, device: str = "auto"
     return out
 
 
+LOOP = re.compile(r"(.{2,24}?)\1{3,}", re.DOTALL)
+
+
+def loops(text: str) -> bool:
+    """Does ``text`` hold a degenerate loop: a unit of 2-24 characters with a letter or digit in
+    it, four or more times in a row (``1, 1, 1, 1, ``; not ``))))`` or indentation)?"""
+    return any(any(c.isalnum() for c in m.group(1)) for m in LOOP.finditer(text))
+
+
 def summarize(records: list[dict], task: str, model: str, length: str | None) -> dict:
     n = len(records)
     passed = sum(r["passed"] for r in records)
+    looping = sum(loops(r.get("generated", r.get("completion", ""))) for r in records)
     return {"task": task, "model": model, "length": length, "n": n, "passed": passed,
-            "pass@1": round(passed / n, 4) if n else 0.0}
+            "pass@1": round(passed / n, 4) if n else 0.0, "looping": looping}

@@ -105,13 +105,21 @@ def sample_holes(holes: list[Hole], n: int, seed: int = 0) -> list[Hole]:
     return ordered[:n]
 
 
-def verify_holes(sandbox, holes: list[Hole], want: int, progress=None) -> list[Hole]:
-    """The first ``want`` holes whose blanking makes the test suite fail. The suite must pass
-    on the unmodified copy first; else ValueError naming how it failed."""
+def require_passing(sandbox) -> None:
+    """ConfigError unless the test suite passes on the unmodified copy (else no hole can be
+    verified: every blanking would "fail")."""
+    from engine.errors import ConfigError
+
     base = sandbox.run()
     if not base.passed:
-        raise ValueError(f"the test suite does not pass on the unmodified repository "
-                         f"({base.status}: {base.detail}); fix it or pass --test-cmd")
+        raise ConfigError(f"the test suite does not pass on the unmodified repository "
+                          f"({base.status}: {base.detail}); fix it or pass --test-cmd")
+
+
+def verify_holes(sandbox, holes: list[Hole], want: int, progress=None) -> list[Hole]:
+    """The first ``want`` holes whose blanking makes the test suite fail. The suite must pass
+    on the unmodified copy first (``require_passing``)."""
+    require_passing(sandbox)
     kept: list[Hole] = []
     for n, hole in enumerate(holes, 1):
         if not sandbox.run({hole.path: hole.prefix + hole.suffix}).passed:
@@ -121,6 +129,19 @@ def verify_holes(sandbox, holes: list[Hole], want: int, progress=None) -> list[H
         if len(kept) >= want:
             break
     return kept
+
+
+def mine(sandbox, files: dict[str, str], wants: dict[str, int], progress=None) -> list[Hole]:
+    """Test-verified holes of ``files`` ({relative path: text}): per kind, the first ``want``
+    verified among 4 x ``want`` sampled candidates. ``progress(label, done, total, kept)``."""
+    found: list[Hole] = []
+    for kind, want in wants.items():
+        cands = [h for rel, text in files.items() for h in candidate_holes(rel, text, (kind,))]
+        label = f"verifying {kind} holes"
+        found += verify_holes(sandbox, sample_holes(cands, 4 * want), want,
+                              (lambda n, t, k, lab=label: progress(lab, n, t, k))
+                              if progress else None)
+    return found
 
 
 def save_holes(path: Path, holes: list[Hole]) -> None:

@@ -26,7 +26,7 @@ from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.window import infill_ids
 from training.holes import KINDS, Hole, candidate_holes
 from training.objectives import masked_diffusion_loss
-from training.pretrain import load_checkpoint, save_checkpoint
+from training.pretrain import find_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 KIND_WEIGHTS = {"line": 0.5, "block": 0.3, "body": 0.2}
@@ -150,8 +150,8 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0}
-    if (ckpt / "state.json").exists():
-        state = load_checkpoint(ckpt, model, opt)
+    if (found := find_checkpoint(ckpt)) is not None:
+        state = load_checkpoint(found, model, opt)
         log.info("resumed %s at step %d", ckpt, state["step"])
     model.train()
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])
@@ -205,7 +205,8 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     return summary
 
 
-def write_model_folder(model, base: Path, out: Path, summary: dict) -> None:
+def write_model_folder(model, base: Path, out: Path, summary: dict,
+                       summary_name: str = "personalize.json") -> None:
     """``out`` becomes a model folder that ``--model out`` loads: weights in the base's dtype,
     the base's config, tokenizer and generation_config, and the run's summary."""
     from training.export import save_model_folder
@@ -215,4 +216,4 @@ def write_model_folder(model, base: Path, out: Path, summary: dict) -> None:
         gen = json.loads((base / "generation_config.json").read_text())
     model.eval()
     save_model_folder(model, base, out, dtype=torch.bfloat16, generation=gen)
-    (out / "personalize.json").write_text(json.dumps(summary, indent=2))
+    (out / summary_name).write_text(json.dumps(summary, indent=2))

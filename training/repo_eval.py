@@ -16,8 +16,8 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.repo import RepoIndex, context_budget, python_files
 from training.evaluate import task_settings
-from training.holes import Hole, candidate_holes, load_holes, sample_holes, save_holes, \
-    verify_holes
+from training.holes import Hole, load_holes, require_passing, save_holes
+from training.holes import mine as mine_holes
 
 
 @dataclass
@@ -43,10 +43,7 @@ def mine(repo: Path, exclude: list[str], sandbox, n_line: int = 60, n_block: int
     """Verified holes of the held-out files (cached by the files' content and the test command)."""
     held = held_out_files(repo, exclude)
     texts = {rel: (repo / rel).read_text(encoding="utf-8") for rel in held}
-    base = sandbox.run()
-    if not base.passed:
-        raise ConfigError(f"the test suite does not pass on the unmodified repository "
-                          f"({base.status}: {base.detail}); fix it or pass --test-cmd")
+    require_passing(sandbox)
     everything = [(repo / p).read_bytes().decode("utf-8", "replace") for p in python_files(repo)]
     key = hashlib.sha256("\0".join([*exclude, " ".join(sandbox.argv[1:]), str(n_line),
                                     str(n_block)] + everything).encode())
@@ -54,13 +51,7 @@ def mine(repo: Path, exclude: list[str], sandbox, n_line: int = 60, n_block: int
     if cached is not None and cached.exists():
         all_holes = load_holes(cached)
     else:
-        all_holes = []
-        for kind, want in (("line", n_line), ("block", n_block)):
-            cands = [h for rel in held for h in candidate_holes(rel, texts[rel], (kind,))]
-            label = f"verifying {kind} holes"
-            all_holes += verify_holes(sandbox, sample_holes(cands, 4 * want), want,
-                                      (lambda n, t, k, lab=label: progress(lab, n, t, k))
-                                      if progress else None)
+        all_holes = mine_holes(sandbox, texts, {"line": n_line, "block": n_block}, progress)
         if cached is not None:
             save_holes(cached, all_holes)
     by_kind = {k: [h for h in all_holes if h.kind == k] for k in ("line", "block")}

@@ -208,3 +208,53 @@ def test_parallel_rules_respect_blocks_left_to_right():
                                                              block_length=4)):
         at[st.decoded] = st.step
     assert at[0, 2:].tolist() == [0] * 4 + [1] * 4
+
+
+class Looping:
+    """A denoiser stuck in a loop: it always prefers the token after its input's previous
+    one in the cycle 5, 6 (then 7 as a second choice), as a greedy model falls into
+    ``1, 1, 1, ...``."""
+
+    def logits(self, x, attention_mask, position_ids):
+        out = torch.zeros(*x.shape, 12)
+        nxt = torch.where(x == 5, 6, 5)  # row j predicts slot j + 1 from token j
+        out.scatter_(-1, nxt[..., None], 4.0)
+        out[..., 7] = 2.0
+        return out
+
+
+def longest_run(ids: list[int], p: int) -> int:
+    """Most consecutive copies of any p-token unit in ``ids``."""
+    best = 1
+    for a in range(len(ids) - p + 1):
+        n = 1
+        while ids[a + n * p:a + (n + 1) * p] == ids[a:a + p]:
+            n += 1
+        best = max(best, n)
+    return best
+
+
+@pytest.mark.parametrize("alg,block", [("entropy", 1), ("confidence_threshold", 4)])
+def test_max_repeats_stops_greedy_loops(alg, block):
+    # left to right (the embedded model's order, and blocks) every slot is judged; in Dream's
+    # any-order mode a slot whose left neighbour is still masked cannot be
+    x = torch.cat([torch.full((1, 2), 9), torch.full((1, 24), 1)], dim=1)
+    free = x.clone()
+    for _ in denoise(Looping(), free, 1, SamplerSettings(steps=24, alg=alg, block_length=block)):
+        pass
+    assert max(longest_run(free[0, 2:].tolist(), p) for p in (1, 2)) >= 6  # the loop
+    for n in (2, 3):
+        guarded = x.clone()
+        for _ in denoise(Looping(), guarded, 1, SamplerSettings(steps=24, alg=alg,
+                                                                 block_length=block,
+                                                                 max_repeats=n)):
+            pass
+        canvas = guarded[0].tolist()
+        assert 1 not in canvas
+        assert all(longest_run(canvas, p) <= n for p in (1, 2, 3))
+        assert 7 in canvas  # the next best token broke the loop
+
+
+def test_max_repeats_is_validated():
+    with pytest.raises(ConfigError, match="max-repeats"):
+        SamplerSettings(max_repeats=-1)

@@ -137,7 +137,7 @@ def test_a_hanging_or_failing_suite_is_reported_not_waited_for(repo):
     (repo / "tests" / "test_hang.py").write_text("def test_hang():\n    while True:\n        pass\n")
     with RepoSandbox(repo, timeout_s=3) as sandbox:
         assert sandbox.run().status == "timeout"
-        with pytest.raises(ValueError, match="does not pass on the unmodified repository"):
+        with pytest.raises(ConfigError, match="does not pass on the unmodified repository"):
             verify_holes(sandbox, [], 1)
 
 

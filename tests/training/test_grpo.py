@@ -1,0 +1,305 @@
+"""Coupled-GRPO: the estimator and loss against hand computation, clipping and KL at their
+boundaries, complementary masks, resume after a kill, 2-process DDP against one process, and
+the bad inputs (no verifiable hole, a completion that attacks the sandbox)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.errors import ConfigError
+from training.coupled import (coupled_masks, coupled_scores, grpo_loss, leave_one_out,
+                              mask_ratio, mask_uniforms)
+from training.grpo import Group, policy_update
+
+from .test_personalize import SHAPES, TESTS, tree_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_dream(seed: int = 0, vocab: int = 40):
+    from engine.model import DreamConfig, DreamModel
+
+    torch.manual_seed(seed)
+    cfg = DreamConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64, mask_token_id=1, pad_token_id=2,
+                      eos_token_id=0)
+    model = DreamModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def groups_for_test(n_groups: int, G: int = 3, L: int = 12, seed: int = 5) -> list[Group]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(n_groups):
+        ids = torch.randint(3, 40, (G, L), generator=gen)
+        completion = torch.zeros(G, L, dtype=torch.bool)
+        completion[:, 5:9] = True
+        completion[0, 8] = False  # rows score different numbers of tokens
+        adv = leave_one_out(torch.rand(G, generator=gen))
+        out.append(Group(ids, completion, adv, list(range(k * G, k * G + G))))
+    return out
+
+
+def test_masks_are_complementary_and_cover_every_completion_token_once():
+    completion = torch.zeros(4, 30, dtype=torch.bool)
+    completion[:, 10:25] = True
+    u = mask_uniforms(7, [0, 1, 2, 3], 30)
+    t = mask_ratio(7)
+    assert 0.2 <= t <= 0.8
+    m1, m2 = coupled_masks(completion, t, u)
+    assert not (m1 & m2).any()
+    assert torch.equal(m1 | m2, completion)  # every completion token exactly once
+    assert not ((m1 | m2) & ~completion).any()  # the prompt is never masked
+    assert 0 < int(m1.sum()) < int(completion.sum())
+    # a rollout's draw depends on (seed, uid) only: the same whichever batch scores it
+    assert torch.equal(mask_uniforms(7, [2], 30)[0], u[2])
+
+
+def test_coupled_scores_equal_a_hand_computation_over_three_views():
+    model = tiny_dream().eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18, 19, 20]])
+    completion = torch.zeros_like(ids, dtype=torch.bool)
+    completion[:, 3:6] = True
+    t = 0.3
+    u = torch.tensor([[0.9, 0.9, 0.9, 0.1, 0.5, 0.2, 0.9, 0.9],
+                      [0.9, 0.9, 0.9, 0.7, 0.05, 0.6, 0.9, 0.9]])
+    with torch.no_grad():
+        got = coupled_scores(model, ids, completion, t, u, mask_id=1)
+        want = torch.zeros(2, 8)
+        for b in range(2):
+            full = ids[b].clone()
+            full[3:6] = 1
+            v1, v2 = ids[b].clone(), ids[b].clone()
+            for k in range(3, 6):
+                if u[b, k] < t:
+                    v1[k] = 1
+                else:
+                    v2[k] = 1
+            lps = [torch.log_softmax(model(v[None])[0], -1) for v in (full, v1, v2)]
+            for k in range(3, 6):
+                lp0, lp1, lp2 = (lp[k - 1, ids[b, k]] for lp in lps)  # i-1 predicts i
+                want[b, k] = (lp0 + (lp1 / t if u[b, k] < t else lp2 / (1 - t))) / 2
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (got[~completion] == 0).all()
+
+
+def test_loss_equals_a_hand_computed_value():
+    scores = torch.tensor([[0.0, -1.0, -2.0]])
+    old = torch.tensor([[0.0, -1.1, -1.5]])
+    ref = torch.tensor([[0.0, -0.9, -2.0]])
+    weight = torch.tensor([[0.0, 1.0, 1.0]])
+    loss, stats = grpo_loss(scores, old, ref, torch.tensor([2.0]), weight, epsilon=0.2,
+                            beta=0.1, denominator=2.0)
+    # token 1: ratio e^0.1 = 1.105 inside [0.8, 1.2] -> objective 2 * 1.105
+    # token 2: ratio e^-0.5 = 0.607 < 0.8 with A > 0 -> min(0.607 * 2, 0.8 * 2) = 1.213
+    r1, r2 = math.exp(0.1), math.exp(-0.5)
+    kl1 = math.exp(0.1) - 0.1 - 1  # ref - scores = 0.1
+    want = (-(2 * r1) + 0.1 * kl1 - (2 * r2)) / 2.0
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+    assert stats["clipped"] == 0.0  # low side clipped only counts when A < 0
+    assert stats["tokens"] == 2.0
+    assert stats["kl_sum"] == pytest.approx(kl1, abs=1e-6)  # float32
+
+
+def test_clipping_and_kl_at_their_boundaries():
+    eps = 0.5
+
+    def grad_of(delta: float, adv: float, beta: float = 0.0, ref_delta: float = 0.0):
+        s = torch.tensor([[delta]], requires_grad=True)
+        loss, stats = grpo_loss(s, torch.zeros(1, 1), torch.tensor([[ref_delta]]),
+                                torch.tensor([adv]), torch.ones(1, 1), eps, beta, 1.0)
+        loss.backward()
+        return float(s.grad), stats
+
+    inside = math.log(1 + eps) - 1e-4
+    beyond = math.log(1 + eps) + 1e-3
+    g_in, st_in = grad_of(inside, 1.0)
+    g_out, st_out = grad_of(beyond, 1.0)
+    assert g_in < 0 and st_in["clipped"] == 0  # still pushed up just inside the range
+    assert g_out == 0 and st_out["clipped"] == 1  # no push once clipped
+    g_low, st_low = grad_of(math.log(1 - eps) - 1e-3, -1.0)
+    assert g_low == 0 and st_low["clipped"] == 1
+    # a ratio below 1 - eps with a positive advantage is not clipped: still pushed up
+    g_low_pos, st = grad_of(math.log(1 - eps) - 1e-3, 1.0)
+    assert g_low_pos < 0 and st["clipped"] == 0
+    # k3 KL: zero, with zero gradient, at the reference; positive and restoring away from it
+    g0, st0 = grad_of(0.0, 0.0, beta=1.0, ref_delta=0.0)
+    assert st0["kl_sum"] == 0.0 and g0 == 0.0
+    g1, st1 = grad_of(0.3, 0.0, beta=1.0, ref_delta=0.0)
+    assert st1["kl_sum"] > 0 and g1 > 0  # descending the loss lowers the score back
+
+
+def test_leave_one_out_advantages():
+    adv = leave_one_out(torch.tensor([1.0, 0.0, 0.0, 3.0]))
+    assert torch.allclose(adv, torch.tensor([0.0, -4 / 3, -4 / 3, 8 / 3]))
+    assert float(leave_one_out(torch.tensor([0.5, 0.5])).abs().sum()) == 0.0
+
+
+def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from training.grpo import GrpoConfig, global_tokens
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    model = tiny_dream()
+    ddp = DistributedDataParallel(model)
+    groups = groups_for_test(4)
+    mine = groups[rank * 2:(rank + 1) * 2]
+    cfg = GrpoConfig(repo=".", out=".", beta=0.05, epsilon=0.2, bf16=False)
+    old = [torch.zeros(g.ids.shape) - 3.0 for g in mine]
+    ref = [torch.zeros(g.ids.shape) - 2.5 for g in mine]
+    denom = global_tokens(mine, world) / world
+    policy_update(ddp, mine, old, ref, 11, cfg, 1, denom)
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    if rank == 0:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()
+                   if k != "lm_head.weight" or not model.config.tie_word_embeddings}, out)
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_gives_the_same_update_as_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from training.grpo import GrpoConfig, global_tokens
+
+    out = tmp_path / "ddp.safetensors"
+    mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'store'}", str(out)), nprocs=2,
+             join=True)
+    model = tiny_dream()
+    groups = groups_for_test(4)
+    cfg = GrpoConfig(repo=".", out=".", beta=0.05, epsilon=0.2, bf16=False)
+    old = [torch.zeros(g.ids.shape) - 3.0 for g in groups]
+    ref = [torch.zeros(g.ids.shape) - 2.5 for g in groups]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    policy_update(model, groups, old, ref, 11, cfg, 1, global_tokens(groups, 1))
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    from safetensors.torch import load_file
+
+    ddp = load_file(str(out))
+    moved = 0.0
+    for k, v in model.state_dict().items():
+        if k not in ddp:
+            continue
+        assert torch.allclose(ddp[k], v, atol=1e-6), k
+        moved += float((v - before[k]).abs().sum())
+    assert moved > 0  # the update did something
+
+
+@pytest.fixture
+def grpo_repo(tmp_path) -> Path:
+    root = tmp_path / "repo"
+    (root / "geometry").mkdir(parents=True)
+    (root / "geometry" / "__init__.py").write_text("")
+    (root / "geometry" / "shapes.py").write_text(SHAPES)
+    (root / "geometry" / "circles.py").write_text(
+        "import math\n\n\ndef area_of_circle(radius):\n    result = math.pi * radius * radius\n"
+        "    return result\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_geometry.py").write_text(TESTS)
+    return root
+
+
+def _grpo_cmd(repo: Path, model: Path | None, out: Path, rounds: int) -> list[str]:
+    """The command line; ``model`` None: the embedded model, whose completions sometimes parse
+    (reward 0.5) and sometimes not, so the groups have real advantages to learn from."""
+    init = ["--init", str(model)] if model else []
+    return [sys.executable, "-m", "cli.main", "train", "grpo", "--repo", str(repo), *init,
+            "--out", str(out), "--max-rounds", str(rounds), "--holes", "4",
+            "--group", "3", "--tasks", "2", "--canvas", "8", "--lr", "1e-3", "--minutes", "30",
+            "--checkpoint-seconds", "0"]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _rounds(state: Path) -> int:
+    try:
+        return json.loads(state.read_text())["round"]
+    except (OSError, ValueError):  # not written yet, or being swapped in
+        return -1
+
+
+def test_resume_after_a_kill_continues_the_same_run(grpo_repo, tmp_path):
+    from safetensors.torch import load_file
+
+    before = tree_hash(grpo_repo)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_grpo_cmd(grpo_repo, None, straight, 4), cwd=ROOT, env=_env(),
+                   check=True, capture_output=True)
+    proc = subprocess.Popen(_grpo_cmd(grpo_repo, None, killed, 4), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and _rounds(state) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= _rounds(state) < 4  # killed midway
+    subprocess.run(_grpo_cmd(grpo_repo, None, killed, 4), cwd=ROOT, env=_env(),
+                   check=True, capture_output=True)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(killed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (killed / "log.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in log_b] == list(range(1, 9))  # no round logged twice
+    assert any(r["zero_std_groups"] < 2 and r["grad_norm"] > 0 for r in log_a)  # it learned
+    assert [(r["reward"], r["loss"]) for r in log_a] == [(r["reward"], r["loss"]) for r in log_b]
+    assert (straight / "reward.png").read_bytes()[:4] == b"\x89PNG"
+    assert tree_hash(grpo_repo) == before  # the user's tree is never written
+
+
+def test_a_repository_without_verifiable_holes_is_refused(grpo_repo, tiny_model, tmp_path):
+    from training.grpo import GrpoConfig, grpo
+
+    (grpo_repo / "tests" / "test_geometry.py").write_text("def test_nothing():\n    pass\n")
+    with pytest.raises(ConfigError, match="no hole .* makes its test suite fail"):
+        grpo(GrpoConfig(repo=str(grpo_repo), out=str(tmp_path / "o"), init=str(tiny_model),
+                        holes=2, max_rounds=1))
+    run = subprocess.run(_grpo_cmd(grpo_repo, tiny_model, tmp_path / "o2", 1), cwd=ROOT,
+                         env=_env(), capture_output=True, text=True)
+    assert run.returncode == 2
+    errors = [x for x in run.stderr.splitlines() if x.startswith("unmask: error:")]
+    assert len(errors) == 1 and "no hole" in errors[0] and "Traceback" not in run.stderr
+
+
+def test_a_completion_that_deletes_files_or_opens_sockets_is_contained(grpo_repo):
+    from engine.sandbox import RepoSandbox, network_jail
+
+    before = tree_hash(grpo_repo)
+    attack = SHAPES.replace('    result = side * side\n', '''    import shutil, socket
+    shutil.rmtree("geometry", ignore_errors=True)
+    shutil.rmtree("tests", ignore_errors=True)
+    socket.create_connection(("127.0.0.1", 22), timeout=2)
+    result = side * side
+''')
+    with RepoSandbox(grpo_repo, timeout_s=30) as sandbox:
+        hit = sandbox.run({"geometry/shapes.py": attack})
+        assert not hit.passed
+        assert sandbox.restored >= 3  # the deleted files were put back in the copy
+        assert sandbox.run().passed  # so the next run sees the real repository
+        if network_jail():
+            probe = SHAPES + ("\nimport socket\ntry:\n    socket.create_connection(('127.0.0.1', "
+                              "9), timeout=2)\nexcept OSError as err:\n"
+                              "    assert err.errno == 101, err\n")
+            assert sandbox.run({"geometry/shapes.py": probe}).passed  # unreachable: no network
+    assert tree_hash(grpo_repo) == before

@@ -1,0 +1,444 @@
+"""``unmask train grpo``: coupled-GRPO (DiffuCoder, Gong et al. 2025) with the repository's own
+tests as the reward.
+
+Each round: take tasks (test-verified holes of the repository's non-excluded files, mined once by
+``training.holes``, the miner ``unmask eval repo`` uses); roll out G completions per task with
+the engine's own sampler (``engine.batch.infill_batch``, temperature 1.2, top-p 0.95);
+reward = 2.0 x (the suite passes with the completion, run in ``engine.sandbox.RepoSandbox``,
+cached by completion text) + 0.5 x (the filled file parses), the paper's weights; advantages
+leave-one-out within the group. Then ``iterations`` policy updates, each with its own mask seed:
+coupled per-token scores (``training.coupled``), PPO clipping, k3 KL to the frozen initial model.
+An explicit loop (no TRL), resumable after a kill (weights, optimizer, round; every random draw
+is a function of (seed, round), so a resumed run continues the same run), one JSONL line per
+update and a PNG reward curve in the output folder; data parallel under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import ConfigError
+from training.coupled import coupled_scores, grpo_loss, leave_one_out, mask_ratio, mask_uniforms
+from training.holes import Hole, load_holes, save_holes
+from training.holes import mine as mine_holes
+from training.pretrain import (find_checkpoint, load_checkpoint, save_checkpoint,
+                               setup_distributed)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GrpoConfig:
+    repo: str
+    """Repository root (only read; tests run on a temporary copy)."""
+    out: str
+    """Output folder: the trained model (or adapter), log.jsonl, reward.png, checkpoint/."""
+    init: str | None = None
+    """Model to start from (default: the embedded one); also the KL reference."""
+    exclude: list[str] = field(default_factory=list)
+    """Globs never read (hold out the files ``unmask eval repo`` scores)."""
+    test_cmd: str = "python -m pytest -x -q"
+    test_timeout: float = 120.0
+    minutes: float = 10.0
+    """Wall-clock budget, resumed runs included."""
+    max_rounds: int = 0
+    """If > 0, stop after this many rollout rounds (tests, smoke runs)."""
+    group: int = 4
+    """Completions per task, G (the paper: 10)."""
+    tasks: int = 2
+    """Tasks per round per process."""
+    iterations: int = 2
+    """Policy updates per round, mu, each with its own mask seed (the paper: 2)."""
+    beta: float = 0.01
+    epsilon: float = 0.5
+    lr: float = 1e-5
+    max_grad_norm: float = 0.2
+    temperature: float = 1.2
+    top_p: float = 0.95
+    canvas: int = 24
+    """Completion slots per rollout."""
+    window: int = 512
+    """Prompt tokens (prefix + suffix around the hole) per task."""
+    holes: int = 24
+    """Verified holes to mine (two thirds single lines, a third blocks)."""
+    code_weight: float = 2.0
+    format_weight: float = 0.5
+    seed: int = 0
+    lora_rank: int = 0
+    """0: train every weight (small models); r > 0: a rank-r LoRA adapter (7B)."""
+    lora_alpha: float = 16.0
+    checkpoint_seconds: float = 60.0
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.group < 2:
+            raise ConfigError(f"--group must be at least 2 (leave-one-out), got {self.group}")
+        if self.minutes <= 0 or self.tasks < 1 or self.iterations < 1:
+            raise ConfigError("--minutes, --tasks and --iterations must be positive")
+        if not 0 < self.epsilon < 1 or self.beta < 0:
+            raise ConfigError("--epsilon must be in (0, 1) and --beta non-negative")
+
+
+@dataclass
+class Group:
+    """G rollouts of one task, same length: what a policy update needs."""
+
+    ids: torch.Tensor
+    """(G, L) prompt + canvas + suffix."""
+    completion: torch.Tensor
+    """(G, L) bool: canvas slots up to and including the first end token (the scored ones)."""
+    advantages: torch.Tensor
+    """(G,)"""
+    uids: list[int]
+    """Stable ids of the rollouts: their mask draws depend on these only."""
+
+
+def parses(text: str) -> bool:
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+class Rewarder:
+    """2.0 x tests pass + 0.5 x parses, cached by (hole, completion text)."""
+
+    def __init__(self, sandbox, cfg: GrpoConfig) -> None:
+        self.sandbox, self.cfg = sandbox, cfg
+        self.cache: dict[tuple[str, str], tuple[bool, bool]] = {}
+        self.runs = 0
+        self.statuses: dict[str, int] = {}
+
+    def __call__(self, hole: Hole, text: str) -> tuple[float, bool, bool]:
+        key = (hole.key, text)
+        if key not in self.cache:
+            filled = hole.filled(text)
+            ok = parses(filled)
+            passed = False
+            if ok:  # a file that does not parse cannot pass: no test run
+                result = self.sandbox.run({hole.path: filled})
+                self.runs += 1
+                self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+                passed = result.passed
+            self.cache[key] = (passed, ok)
+        passed, ok = self.cache[key]
+        return self.cfg.code_weight * passed + self.cfg.format_weight * ok, passed, ok
+
+
+def completion_text(engine, hole: Hole, canvas: list[int]) -> str:
+    """What the editor would insert: the first line for a single-line hole, else the canvas."""
+    text = engine.tokenizer.decode(engine.trim(canvas))
+    return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else text
+
+
+def scored_slots(engine, canvas: list[int]) -> list[bool]:
+    """Canvas slots up to and including the first end token (``<|im_end|>``'s role upstream)."""
+    ends = {engine.eos_id, engine.pad_id}
+    n = next((i + 1 for i, tok in enumerate(canvas) if tok in ends), len(canvas))
+    return [i < n for i in range(len(canvas))]
+
+
+def rollout(engine, hole: Hole, cfg: GrpoConfig, seed: int, rewarder: Rewarder, uid0: int
+            ) -> tuple[Group, dict]:
+    """G completions of one hole, their rewards and the group ready for updates."""
+    from engine.batch import infill_batch
+    from engine.window import infill_ids
+
+    settings = engine.settings(temperature=cfg.temperature, top_p=cfg.top_p,
+                               max_new_tokens=cfg.canvas, steps=cfg.canvas, length="fixed",
+                               seed=seed)
+    *_, done = infill_batch(engine, [(hole.prefix, hole.suffix, "")] * cfg.group, settings)
+    pre, suf, _ = infill_ids(engine.tokenizer, hole.prefix, hole.suffix, "",
+                             engine._room(cfg.canvas))
+    pre = engine._start(pre)
+    rewards, passed, parsed, rows, comp = [], 0, 0, [], []
+    for c in done:
+        r, ok_tests, ok_parse = rewarder(hole, completion_text(engine, hole, c.token_ids))
+        rewards.append(r)
+        passed += ok_tests
+        parsed += ok_parse
+        rows.append(pre + list(c.token_ids) + suf)
+        comp.append([False] * len(pre) + scored_slots(engine, c.token_ids) + [False] * len(suf))
+    r = torch.tensor(rewards)
+    group = Group(torch.tensor(rows), torch.tensor(comp), leave_one_out(r),
+                  list(range(uid0, uid0 + cfg.group)))
+    return group, {"reward": float(r.mean()), "passed": passed, "parsed": parsed,
+                   "zero_std": bool(r.std() == 0)}
+
+
+@torch.no_grad()
+def fixed_scores(model, groups: list[Group], seed: int, mask_id: int, bf16: bool
+                 ) -> list[torch.Tensor]:
+    """Scores of ``groups`` under a model that does not move during the update (the rollout
+    policy's for the ratio, the reference's for the KL)."""
+    t = mask_ratio(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return [coupled_scores(model, g.ids, g.completion, t,
+                               mask_uniforms(seed, g.uids, g.ids.shape[1]), mask_id).float()
+                for g in groups]
+
+
+def policy_update(model, groups: list[Group], old: list[torch.Tensor], ref: list[torch.Tensor],
+                  seed: int, cfg: GrpoConfig, mask_id: int, denominator: float) -> dict:
+    """Accumulate the gradient of one update over ``groups`` (``model`` may be DDP-wrapped:
+    gradients are all-reduced once, at the last group). Returns summed statistics."""
+    t = mask_ratio(seed)
+    totals = {"loss": 0.0, "kl_sum": 0.0, "clipped": 0.0, "tokens": 0.0}
+    for i, g in enumerate(groups):
+        last = i == len(groups) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
+            else model.no_sync()
+        with sync:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                scores = coupled_scores(model, g.ids, g.completion, t,
+                                        mask_uniforms(seed, g.uids, g.ids.shape[1]), mask_id)
+            loss, stats = grpo_loss(scores.float(), old[i], ref[i], g.advantages,
+                                    g.completion.float(), cfg.epsilon, cfg.beta, denominator)
+            loss.backward()
+        totals["loss"] += float(loss.detach())
+        for k in ("kl_sum", "clipped", "tokens"):
+            totals[k] += stats[k]
+    return totals
+
+
+def global_tokens(groups: list[Group], world: int) -> float:
+    """Scored tokens in this update over every process."""
+    n = torch.tensor(float(sum(int(g.completion.sum()) for g in groups)))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(n)
+    return float(n)
+
+
+def seed_of(*parts) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def grpo(cfg: GrpoConfig, progress=None) -> dict:
+    """Train; returns the run's summary (also in ``out/grpo.json``)."""
+    from engine.api import Engine, SpecialIds, TorchDenoiser
+    from engine.loading import LoadedModel, load_model, resolve_model
+    from engine.repo import RepoIndex
+    from engine.sandbox import RepoSandbox
+    from engine.tokenizer import DreamTokenizer
+
+    try:
+        import matplotlib  # noqa: F401  (the reward curve; fail before training, not after)
+    except ModuleNotFoundError as err:
+        raise ConfigError("unmask train grpo draws its reward curve with matplotlib; "
+                          "pip install 'unmask[train]'") from err
+    rank, world, device = setup_distributed()
+    repo, out = Path(cfg.repo), Path(cfg.out)
+    ckpt = out / "checkpoint"
+    out.mkdir(parents=True, exist_ok=True)
+    files = RepoIndex(repo, cfg.exclude).files  # bad root / no files / vain exclude: ConfigError
+    base = resolve_model(cfg.init)
+    loaded = load_model(base, "cpu", "float32")
+    model = loaded.model
+    reference = copy.deepcopy(model).eval() if not cfg.lora_rank else None
+    if cfg.lora_rank:
+        from training.lora import add_lora
+
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.1)
+    state = {"round": 0, "update": 0, "elapsed": 0.0, "rollouts": 0, "rollout_s": 0.0}
+    if (found := find_checkpoint(ckpt)) is not None:
+        state = load_checkpoint(found, model, opt)
+        log.info("resumed %s at round %d", ckpt, state["round"])
+    model.to(device)
+    wrapped = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model)
+    tok = DreamTokenizer.from_folder(base)
+    mcfg = loaded.config
+    ids = SpecialIds(mcfg.mask_token_id, mcfg.eos_token_id, mcfg.pad_token_id,
+                     min(mcfg.max_position_embeddings, cfg.window + cfg.canvas + 1))
+    policy = Engine(base, tok, TorchDenoiser(LoadedModel(base, mcfg, model, device,
+                                                         torch.float32)), ids, device)
+    with RepoSandbox(repo, cfg.test_cmd, cfg.test_timeout) as sandbox:
+        holes = _tasks(sandbox, files, out, cfg, rank, world)
+        rewarder = Rewarder(sandbox, cfg)
+        budget, start = cfg.minutes * 60, time.time() - state["elapsed"]
+        last_save = time.time()
+        logfile = _open_log(out / "log.jsonl", state["round"]) if rank == 0 else None
+        while state["elapsed"] < budget and not (cfg.max_rounds and
+                                                 state["round"] >= cfg.max_rounds):
+            rnd = state["round"]
+            pick = random.Random(seed_of(cfg.seed, "tasks", rnd))
+            chosen = [pick.choice(holes) for _ in range(cfg.tasks * world)]
+            mine = chosen[rank * cfg.tasks:(rank + 1) * cfg.tasks]
+            # 1. rollouts with the current policy
+            model.eval()
+            began = time.time()
+            groups, infos = [], []
+            for j, hole in enumerate(mine):
+                k = rank * cfg.tasks + j
+                g, info = rollout(policy, hole, cfg, seed_of(cfg.seed, "rollout", rnd, k) % 2**31,
+                                  rewarder, uid0=(rnd * cfg.tasks * world + k) * cfg.group)
+                groups.append(g)
+                infos.append(info)
+            state["rollout_s"] += time.time() - began
+            state["rollouts"] += len(mine) * cfg.group * world
+            # 2. the rollout policy's and the reference's scores, one mask seed per update
+            seeds = [seed_of(cfg.seed, "mask", rnd, i) % 4096 for i in range(cfg.iterations)]
+            old = [fixed_scores(model, groups, s, mcfg.mask_token_id, cfg.bf16) for s in seeds]
+            with _reference(model, reference) as ref_model:
+                ref = [fixed_scores(ref_model, groups, s, mcfg.mask_token_id, cfg.bf16)
+                       for s in seeds]
+            denominator = global_tokens(groups, world) / world
+            # 3. mu policy updates
+            model.train()
+            for i, s in enumerate(seeds):
+                opt.zero_grad(set_to_none=True)
+                totals = policy_update(wrapped, groups, old[i], ref[i], s, cfg,
+                                       mcfg.mask_token_id, max(denominator, 1.0))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm))
+                opt.step()
+                state["update"] += 1
+                record = _record(state, rnd, i, infos, totals, grad_norm, rewarder, start)
+                if logfile:
+                    logfile.write(json.dumps(record) + "\n")
+                    logfile.flush()
+                if progress is not None and rank == 0:
+                    progress(dict(record, budget_s=budget))
+            state["round"] += 1
+            state["elapsed"] = time.time() - start
+            if rank == 0 and time.time() - last_save >= cfg.checkpoint_seconds:
+                save_checkpoint(ckpt, model, opt, state)
+                last_save = time.time()
+        if logfile:
+            logfile.close()
+    summary = {}
+    if rank == 0:
+        save_checkpoint(ckpt, model, opt, state)
+        summary = _finish(model, base, out, cfg, state, len(holes))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return summary
+
+
+def _tasks(sandbox, files: dict[str, str], out: Path, cfg: GrpoConfig, rank: int,
+           world: int) -> list[Hole]:
+    """The run's verified holes: mined once (rank 0) and kept in ``out/holes.jsonl``."""
+    path = out / "holes.jsonl"
+    if rank == 0 and not path.exists():
+        n_line = max(1, round(cfg.holes * 2 / 3))
+        found = mine_holes(sandbox, files, {"line": n_line, "block": cfg.holes - n_line})
+        if not found:
+            raise ConfigError(f"no hole in {cfg.repo} makes its test suite fail when blanked, so "
+                              "no reward can be verified; point --repo at a repository whose "
+                              "tests cover its code")
+        save_holes(path, found)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return load_holes(path)
+
+
+def _open_log(path: Path, rounds_done: int):
+    """The log for appending, without the lines of a round a kill interrupted (the resumed run
+    redoes that round from the checkpoint)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["round"] < rounds_done]
+        path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")
+
+
+@contextlib.contextmanager
+def _reference(model, reference):
+    """The frozen initial model: a copy, or for LoRA the same model with its adapters off."""
+    if reference is not None:
+        yield reference
+        return
+    from training.lora import LoRALinear
+
+    scales = {m: m.scale for m in model.modules() if isinstance(m, LoRALinear)}
+    try:
+        for m in scales:
+            m.scale = 0.0
+        yield model
+    finally:
+        for m, s in scales.items():
+            m.scale = s
+
+
+def _record(state: dict, rnd: int, i: int, infos: list[dict], totals: dict, grad_norm: float,
+            rewarder: Rewarder, start: float) -> dict:
+    tokens = max(totals["tokens"], 1.0)
+    elapsed = time.time() - start
+    return {"update": state["update"], "round": rnd, "iteration": i,
+            "reward": round(sum(x["reward"] for x in infos) / len(infos), 4),
+            "tests_passed": sum(x["passed"] for x in infos),
+            "parsed": sum(x["parsed"] for x in infos),
+            "zero_std_groups": sum(x["zero_std"] for x in infos),
+            "loss": round(totals["loss"], 6), "kl": round(totals["kl_sum"] / tokens, 6),
+            "clip_fraction": round(totals["clipped"] / tokens, 4),
+            "grad_norm": round(grad_norm, 4), "test_runs": rewarder.runs,
+            "elapsed_s": round(elapsed, 1), "rounds_per_min": round((rnd + 1) / elapsed * 60, 3),
+            "rollouts_per_s": round(state["rollouts"] / max(state["rollout_s"], 1e-9), 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def _finish(model, base: Path, out: Path, cfg: GrpoConfig, state: dict, n_holes: int) -> dict:
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    summary = {"base": str(base), "repo": str(Path(cfg.repo).resolve()), "holes": n_holes,
+               "rounds": state["round"], "updates": state["update"],
+               "minutes": round(state["elapsed"] / 60, 2),
+               "rollouts_per_s": round(state["rollouts"] / max(state["rollout_s"], 1e-9), 3),
+               "first_rewards": [r["reward"] for r in records[:4]],
+               "last_rewards": [r["reward"] for r in records[-4:]], "config": asdict(cfg)}
+    plot_rewards(records, out / "reward.png")
+    if cfg.lora_rank:
+        from training.lora import save_adapter
+
+        save_adapter(model, out, str(base), cfg.lora_rank, cfg.lora_alpha)
+        (out / "grpo.json").write_text(json.dumps(summary, indent=2))
+    else:
+        from training.personalize import write_model_folder
+
+        write_model_folder(model, base, out, summary, "grpo.json")
+    return summary
+
+
+def plot_rewards(records: list[dict], path: Path) -> None:
+    """Mean reward per round (and its running mean) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_round: dict[int, float] = {}
+    for r in records:
+        per_round[r["round"]] = r["reward"]
+    xs, ys = list(per_round), list(per_round.values())
+    run = [sum(ys[max(0, i - 9):i + 1]) / len(ys[max(0, i - 9):i + 1]) for i in range(len(ys))]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(xs, ys, ".", alpha=0.5, label="round")
+    ax.plot(xs, run, "-", label="mean of last 10")
+    ax.set_xlabel("round")
+    ax.set_ylabel("reward (2 x tests + 0.5 x parses)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
