@@ -2,7 +2,7 @@
 over several GRPO seeds, side by side in one run.
 
     .venv/bin/python benchmarks/grpo_heldout.py --repo PATH --exclude GLOB [--exclude ...]
-        --personalized DIR --grpo DIR [DIR ...] [--holes 30] [--test-cmd CMD]
+        --personalized DIR --grpo DIR [DIR ...] [--holes 60] [--score N] [--test-cmd CMD]
 
 The holes are ``unmask eval repo``'s (test-verified single lines and blocks of the ``--exclude``d
 files, which neither personalization nor GRPO ever read), scored the same way: greedy
@@ -30,7 +30,10 @@ def main() -> None:
     ap.add_argument("--exclude", action="append", required=True)
     ap.add_argument("--personalized", required=True)
     ap.add_argument("--grpo", nargs="+", required=True)
-    ap.add_argument("--holes", type=int, default=30)
+    ap.add_argument("--holes", type=int, default=60,
+                    help="single-line holes mined (blocks: half), as unmask eval repo --holes")
+    ap.add_argument("--score", type=int, default=0,
+                    help="score only the first N single-line and N/2 block holes (0: all)")
     ap.add_argument("--test-cmd", default="python -m pytest -x -q")
     ap.add_argument("--test-timeout", type=float, default=120.0)
     args = ap.parse_args()
@@ -39,6 +42,9 @@ def main() -> None:
     with RepoSandbox(repo, args.test_cmd, args.test_timeout) as sandbox:
         bench = repo_eval.mine(repo, args.exclude, sandbox, args.holes, args.holes // 2,
                                cache=cache_dir() / "holes")
+        if args.score:
+            bench.holes = {"line": bench.holes.get("line", [])[:args.score],
+                           "block": bench.holes.get("block", [])[:args.score // 2]}
         for label, folder in [("personalized", args.personalized)] + \
                 [(f"+ grpo ({Path(g).name})", g) for g in args.grpo]:
             began = time.perf_counter()

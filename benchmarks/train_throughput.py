@@ -2,7 +2,7 @@
 by side in one run.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--warmup 10] [--batch 8]
-        [--seq 512] [--threads 2] [--phase diffusion|causal]
+        [--seq 512] [--threads 2] [--phase diffusion|causal] [--profile]
 
 Each configuration runs the real ``training.pretrain.train`` loop in its own process (so peak
 memory is its own), continuing the embedded model at batch x seq tokens per step in bf16
@@ -68,7 +68,23 @@ def child(args: argparse.Namespace) -> None:
                           eval_batches=1, threads=args.threads, checkpoint_minutes=1e9,
                           compile=args.compile)
         records: list[dict] = []
-        train(cfg, progress=records.append)
+        profiler = None
+
+        def progress(record: dict) -> None:
+            nonlocal profiler
+            records.append(record)
+            if args.profile and record["step"] == args.warmup:
+                from torch.profiler import ProfilerActivity, profile
+
+                profiler = profile(activities=[ProfilerActivity.CPU])
+                profiler.__enter__()
+            elif profiler is not None and record["step"] == args.warmup + 3:
+                profiler.__exit__(None, None, None)
+                print(profiler.key_averages().table(sort_by="self_cpu_time_total",
+                                                    row_limit=12), file=sys.stderr)
+                profiler = None
+
+        train(cfg, progress=progress)
     warm = records[args.warmup - 1]
     last = records[-1]
     seconds = (last["elapsed_min"] - warm["elapsed_min"]) * 60
@@ -79,6 +95,13 @@ def child(args: argparse.Namespace) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def _table(stderr: str) -> str:
+    """The profiler's table out of the child's stderr."""
+    lines = stderr.splitlines()
+    start = next((i for i, x in enumerate(lines) if x.startswith("---")), len(lines))
+    return "\n".join(lines[start:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40)
@@ -87,6 +110,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--phase", choices=("diffusion", "causal"), default="diffusion")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print torch.profiler's table of 3 steps after the warm-up "
+                         "(those steps then run slower)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -100,17 +126,20 @@ def main() -> None:
         print(f"{args.phase} steps of {args.batch} x {args.seq} tokens, bf16 autocast, "
               f"{args.threads} threads; timed over steps {args.warmup + 1}-{args.steps} "
               f"(data: {data})\n")
-        print(f"| loop | tokens/s | ms/step | warm-up s | peak RSS MB |\n|---|---:|---:|---:|---:|")
+        print("| loop | tokens/s | ms/step | warm-up s | peak RSS MB |\n|---|---:|---:|---:|---:|")
         base = None
         for name, opts in CONFIGS.items():
             cmd = [sys.executable, __file__, "--child", "--data", str(data), "--steps",
                    str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
                    "--seq", str(args.seq), "--threads", str(args.threads), "--phase", args.phase]
             cmd += ["--compile"] if opts["compile"] else []
+            cmd += ["--profile"] if args.profile else []
             run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if run.returncode:
                 sys.exit(f"{name} failed:\n{run.stderr[-2000:]}")
             r = json.loads(run.stdout.strip().splitlines()[-1])
+            if args.profile:
+                print(f"\n{name}:\n{_table(run.stderr)}", file=sys.stderr)
             base = base or r["tok_per_s"]
             print(f"| {name} | {r['tok_per_s']:,.0f} ({r['tok_per_s'] / base:.2f}x) | "
                   f"{r['ms_per_step']:.0f} | {r['warmup_s']:.0f} | {r['peak_rss_mb']:.0f} |",

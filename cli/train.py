@@ -55,7 +55,7 @@ def add_train_parsers(sub) -> None:
     r.add_argument("--iterations", type=int, default=2, help="updates per round, mu")
     r.add_argument("--beta", type=float, default=0.01, help="KL weight (default 0.01)")
     r.add_argument("--epsilon", type=float, default=0.5, help="PPO clip range (default 0.5)")
-    r.add_argument("--lr", type=float, default=1e-5)
+    r.add_argument("--lr", type=float, default=5e-5)
     r.add_argument("--temperature", type=float, default=1.2)
     r.add_argument("--canvas", type=int, default=24, help="completion slots per rollout")
     r.add_argument("--holes", type=int, default=24, help="verified holes to mine")
@@ -217,30 +217,20 @@ class EvalProgress:
 
 
 def _personalize(args) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from training.personalize import PersonalizeConfig, personalize
 
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
                             base=args.base, minutes=args.minutes, seed=args.seed,
                             lora_rank=args.lora_rank)
-    with Progress(TextColumn("personalize"), BarColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
-        task = bar.add_task("personalize", total=cfg.minutes * 60, info="")
-
-        def progress(rec: dict) -> None:
-            bar.update(task, completed=rec["elapsed_s"], info=f"step {rec['step']} loss "
-                       f"{rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s")
-
-        summary = personalize(cfg, progress)
+    summary = _with_bar("personalize", cfg.minutes * 60, "", lambda rec: (
+        f"step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),
+        lambda progress: personalize(cfg, progress))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"personalized model: {args.out} (use --model {args.out})", file=sys.stderr)
     return 0
 
 
 def _grpo(args) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from training.grpo import GrpoConfig, grpo
 
     cfg = GrpoConfig(repo=str(args.repo), out=str(args.out), init=args.init,
@@ -251,20 +241,25 @@ def _grpo(args) -> int:
                      lr=args.lr, temperature=args.temperature, canvas=args.canvas,
                      holes=args.holes, seed=args.seed, lora_rank=args.lora_rank,
                      checkpoint_seconds=args.checkpoint_seconds)
-    with Progress(TextColumn("grpo"), BarColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
-        task = bar.add_task("grpo", total=cfg.minutes * 60, info="mining test-verified holes")
-
-        def progress(rec: dict) -> None:
-            bar.update(task, completed=rec["elapsed_s"], info=f"round {rec['round']} reward "
-                       f"{rec['reward']:.2f} kl {rec['kl']:.4f} clip {rec['clip_fraction']:.2f}")
-
-        summary = grpo(cfg, progress)
+    summary = _with_bar("grpo", cfg.minutes * 60, "mining test-verified holes", lambda rec: (
+        f"round {rec['round']} reward {rec['reward']:.2f} kl {rec['kl']:.4f} "
+        f"clip {rec['clip_fraction']:.2f}"), lambda progress: grpo(cfg, progress))
     if summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
         print(f"trained model: {args.out} (use --model {args.out}); log: {args.out}/log.jsonl, "
               f"curve: {args.out}/reward.png", file=sys.stderr)
     return 0
+
+
+def _with_bar(label: str, total_s: float, first: str, describe, run):
+    """``run(progress)`` under a time-budget progress bar on stderr; ``progress(record)`` moves
+    it to ``record["elapsed_s"]`` and shows ``describe(record)``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
+        task = bar.add_task(label, total=total_s, info=first)
+        return run(lambda rec: bar.update(task, completed=rec["elapsed_s"], info=describe(rec)))
 
 
 def _eval_repo(args) -> int:
@@ -380,10 +375,12 @@ def _export(args) -> int:
     from engine.loading import read_config
     from engine.model import DreamModel
     from training.export import save_model_folder
+    from training.pretrain import find_checkpoint
 
-    ckpt = args.run / "last"
-    if not (ckpt / "model.safetensors").exists():
-        raise ConfigError(f"no checkpoint in {ckpt}; run `unmask train pretrain` first")
+    ckpt = find_checkpoint(args.run / "last")
+    if ckpt is None:
+        raise ConfigError(f"no checkpoint in {args.run / 'last'}; run `unmask train pretrain` "
+                          "first")
     cfg = read_config(ckpt)
     model = DreamModel(cfg)
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)

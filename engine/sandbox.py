@@ -79,7 +79,8 @@ def run_limited(argv: list[str], cwd, env: dict, timeout_s: float, memory_mb: in
     run (a program, a repository's test suite) goes through here."""
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen([*network_jail(), *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([*network_jail(), *argv], cwd=cwd, env=env,
+                                    stdin=subprocess.DEVNULL,
                                     stdout=out if keep_stdout else subprocess.DEVNULL,
                                     stderr=out,
                                     preexec_fn=_limits(memory_mb, int(timeout_s) + 1, file_mb))

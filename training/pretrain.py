@@ -203,6 +203,16 @@ def save_checkpoint(path: Path, model: DreamModel, opt, state: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def resumed_log(path: Path, key: str, done: int):
+    """The JSONL log opened for appending, without the lines a killed run wrote after its last
+    checkpoint (``record[key] > done``: the resumed run writes them again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get(key, 0) <= done]
+        path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")
+
+
 def find_checkpoint(path: Path) -> Path | None:
     """The complete checkpoint to resume from: ``path``, or the previous one when a kill came
     between the two renames of ``save_checkpoint``; None for a new run."""
@@ -277,7 +287,7 @@ def train(cfg: TrainConfig, progress=None) -> Path:
     autocast = device.type if device.type in ("cpu", "cuda") else "cpu"
     t0, last_save = time.time() - state["elapsed"], time.time()
     out.mkdir(parents=True, exist_ok=True)
-    logfile = open(out / "log.jsonl", "a") if rank == 0 else None
+    logfile = resumed_log(out / "log.jsonl", "step", state["step"]) if rank == 0 else None
     while True:
         elapsed = time.time() - t0
         if elapsed >= budget or (cfg.max_steps and state["step"] >= cfg.max_steps):

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import ConfigError
 from training.coupled import (coupled_masks, coupled_scores, grpo_loss, leave_one_out,
                               mask_ratio, mask_uniforms)
 from training.grpo import Group, policy_update
 
-from .test_personalize import SHAPES, TESTS, tree_hash
+from .repos import SHAPES, tree_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -203,20 +202,6 @@ def test_two_process_ddp_gives_the_same_update_as_one_process(tmp_path):
     assert moved > 0  # the update did something
 
 
-@pytest.fixture
-def grpo_repo(tmp_path) -> Path:
-    root = tmp_path / "repo"
-    (root / "geometry").mkdir(parents=True)
-    (root / "geometry" / "__init__.py").write_text("")
-    (root / "geometry" / "shapes.py").write_text(SHAPES)
-    (root / "geometry" / "circles.py").write_text(
-        "import math\n\n\ndef area_of_circle(radius):\n    result = math.pi * radius * radius\n"
-        "    return result\n")
-    (root / "tests").mkdir()
-    (root / "tests" / "test_geometry.py").write_text(TESTS)
-    return root
-
-
 def _grpo_cmd(repo: Path, model: Path | None, out: Path, rounds: int) -> list[str]:
     """The command line; ``model`` None: the embedded model, whose completions sometimes parse
     (reward 0.5) and sometimes not, so the groups have real advantages to learn from."""
@@ -238,14 +223,14 @@ def _rounds(state: Path) -> int:
         return -1
 
 
-def test_resume_after_a_kill_continues_the_same_run(grpo_repo, tmp_path):
+def test_resume_after_a_kill_continues_the_same_run(repo, tmp_path):
     from safetensors.torch import load_file
 
-    before = tree_hash(grpo_repo)
+    before = tree_hash(repo)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_grpo_cmd(grpo_repo, None, straight, 4), cwd=ROOT, env=_env(),
+    subprocess.run(_grpo_cmd(repo, None, straight, 4), cwd=ROOT, env=_env(),
                    check=True, capture_output=True)
-    proc = subprocess.Popen(_grpo_cmd(grpo_repo, None, killed, 4), cwd=ROOT, env=_env(),
+    proc = subprocess.Popen(_grpo_cmd(repo, None, killed, 4), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "checkpoint" / "state.json"
     deadline = time.time() + 120
@@ -254,7 +239,7 @@ def test_resume_after_a_kill_continues_the_same_run(grpo_repo, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 2 <= _rounds(state) < 4  # killed midway
-    subprocess.run(_grpo_cmd(grpo_repo, None, killed, 4), cwd=ROOT, env=_env(),
+    subprocess.run(_grpo_cmd(repo, None, killed, 4), cwd=ROOT, env=_env(),
                    check=True, capture_output=True)
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(killed / "model.safetensors"))
@@ -265,34 +250,31 @@ def test_resume_after_a_kill_continues_the_same_run(grpo_repo, tmp_path):
     assert any(r["zero_std_groups"] < 2 and r["grad_norm"] > 0 for r in log_a)  # it learned
     assert [(r["reward"], r["loss"]) for r in log_a] == [(r["reward"], r["loss"]) for r in log_b]
     assert (straight / "reward.png").read_bytes()[:4] == b"\x89PNG"
-    assert tree_hash(grpo_repo) == before  # the user's tree is never written
+    assert tree_hash(repo) == before  # the user's tree is never written
 
 
-def test_a_repository_without_verifiable_holes_is_refused(grpo_repo, tiny_model, tmp_path):
-    from training.grpo import GrpoConfig, grpo
-
-    (grpo_repo / "tests" / "test_geometry.py").write_text("def test_nothing():\n    pass\n")
-    with pytest.raises(ConfigError, match="no hole .* makes its test suite fail"):
-        grpo(GrpoConfig(repo=str(grpo_repo), out=str(tmp_path / "o"), init=str(tiny_model),
-                        holes=2, max_rounds=1))
-    run = subprocess.run(_grpo_cmd(grpo_repo, tiny_model, tmp_path / "o2", 1), cwd=ROOT,
+def test_a_repository_without_verifiable_holes_is_refused(repo, tiny_model, tmp_path):
+    (repo / "tests" / "test_geometry.py").write_text("def test_nothing():\n    pass\n")
+    run = subprocess.run(_grpo_cmd(repo, tiny_model, tmp_path / "o", 1), cwd=ROOT,
                          env=_env(), capture_output=True, text=True)
     assert run.returncode == 2
     errors = [x for x in run.stderr.splitlines() if x.startswith("unmask: error:")]
-    assert len(errors) == 1 and "no hole" in errors[0] and "Traceback" not in run.stderr
+    assert len(errors) == 1 and "Traceback" not in run.stderr
+    assert "no hole" in errors[0] and "makes its test suite fail" in errors[0]
+    assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
-def test_a_completion_that_deletes_files_or_opens_sockets_is_contained(grpo_repo):
+def test_a_completion_that_deletes_files_or_opens_sockets_is_contained(repo):
     from engine.sandbox import RepoSandbox, network_jail
 
-    before = tree_hash(grpo_repo)
+    before = tree_hash(repo)
     attack = SHAPES.replace('    result = side * side\n', '''    import shutil, socket
     shutil.rmtree("geometry", ignore_errors=True)
     shutil.rmtree("tests", ignore_errors=True)
     socket.create_connection(("127.0.0.1", 22), timeout=2)
     result = side * side
 ''')
-    with RepoSandbox(grpo_repo, timeout_s=30) as sandbox:
+    with RepoSandbox(repo, timeout_s=30) as sandbox:
         hit = sandbox.run({"geometry/shapes.py": attack})
         assert not hit.passed
         assert sandbox.restored >= 3  # the deleted files were put back in the copy
@@ -302,4 +284,4 @@ def test_a_completion_that_deletes_files_or_opens_sockets_is_contained(grpo_repo
                               "9), timeout=2)\nexcept OSError as err:\n"
                               "    assert err.errno == 101, err\n")
             assert sandbox.run({"geometry/shapes.py": probe}).passed  # unreachable: no network
-    assert tree_hash(grpo_repo) == before
+    assert tree_hash(repo) == before

@@ -3,7 +3,6 @@ sandboxed test runs, the fine-tuning loop (resume, outputs) and the bad inputs."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -14,62 +13,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.repo import RepoIndex, python_files
 
-SHAPES = '''"""Shapes."""
-
-
-def area_of_square(side):
-    """Area of a square."""
-    result = side * side
-    return result
-
-
-def perimeter_of_square(side):
-    total = 4 * side
-    return total
-'''
-CIRCLES = '''import math
-
-
-def area_of_circle(radius):
-    result = math.pi * radius * radius
-    return result
-'''
-TESTS = '''from geometry.shapes import area_of_square, perimeter_of_square
-from geometry.circles import area_of_circle
-
-
-def test_square():
-    assert area_of_square(3) == 9
-    assert perimeter_of_square(2) == 8
-
-
-def test_circle():
-    assert round(area_of_circle(1), 2) == 3.14
-'''
-
-
-@pytest.fixture
-def repo(tmp_path) -> Path:
-    root = tmp_path / "repo"
-    (root / "geometry").mkdir(parents=True)
-    (root / "geometry" / "__init__.py").write_text("")
-    (root / "geometry" / "shapes.py").write_text(SHAPES)
-    (root / "geometry" / "circles.py").write_text(CIRCLES)
-    (root / "tests").mkdir()
-    (root / "tests" / "test_geometry.py").write_text(TESTS)
-    (root / "generated").mkdir()
-    (root / "generated" / "junk.py").write_text("def junk():\n    return 1\n")
-    (root / ".gitignore").write_text("generated/\n")
-    return root
-
-
-def tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts:
-            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
-    return h.hexdigest()
-
+from .repos import SHAPES, TESTS, tree_hash
 
 def test_files_honour_gitignore_and_exclude_and_refuse_bad_input(repo, tmp_path):
     files = [p.as_posix() for p in python_files(repo, ["geometry/circles.py"])]
