@@ -55,7 +55,8 @@ def completions(engine, n: int, window: int = 384) -> list[tuple[torch.Tensor, t
 
 def main() -> None:
     from engine.api import Engine
-    from training.coupled import mask_ratio, mask_uniforms, view_logps
+    from training.coupled import (coupled_masks, full_mask_scores, mask_ratio, mask_uniforms,
+                                  masked_only_scores, view_logps)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None)
@@ -86,30 +87,21 @@ def main() -> None:
 
                 def coupled():
                     t = mask_ratio(seed)
-                    m1 = comp & (mask_uniforms(seed, [0], ids.shape[1]) < t)
-                    m2 = comp & ~m1
+                    m1, m2 = coupled_masks(comp, t, mask_uniforms(seed, [0], ids.shape[1]))
                     views = torch.cat([ids.masked_fill(m1, mask_id), ids.masked_fill(m2, mask_id)])
                     lp = view_logps(model, views, ids, comp).float()  # (2, M)
                     return torch.where(m1[comp], lp[0] / t, lp[1] / (1 - t)) / 2
 
                 def random_pair():
-                    est = []
-                    for j in (1, 2):
-                        t = mask_ratio(seed * 7 + j)
-                        m = comp & (mask_uniforms(seed * 7 + j, [0], ids.shape[1]) < t)
-                        lp = view_logps(model, ids.masked_fill(m, mask_id), ids, comp)[0].float()
-                        est.append(torch.where(m[comp], lp / t, torch.zeros_like(lp)))
+                    est = [masked_only_scores(model, ids, comp, mask_ratio(seed * 7 + j),
+                                              mask_uniforms(seed * 7 + j, [0], ids.shape[1]),
+                                              mask_id)[comp] for j in (1, 2)]
                     return (est[0] + est[1]) / 2
 
                 def d1():
                     gen = torch.Generator().manual_seed(seed)
-                    est = []
-                    for _ in range(2):
-                        prompt = ~comp
-                        prompt[:, 0] = False
-                        hide = comp | (prompt & (torch.rand(ids.shape, generator=gen) < 0.15))
-                        est.append(view_logps(model, ids.masked_fill(hide, mask_id), ids,
-                                              comp)[0].float())
+                    est = [full_mask_scores(model, ids, comp, mask_id, 0.15, gen)[comp]
+                           for _ in range(2)]
                     return (est[0] + est[1]) / 2
 
                 rows["coupled"].append(timed("coupled", coupled))
