@@ -400,6 +400,7 @@ def _record(state: dict, rnd: int, i: int, infos: list[dict], totals: dict, grad
             "loss": round(totals["loss"], 6), "kl": round(totals["kl_sum"] / tokens, 6),
             "clip_fraction": round(totals["clipped"] / tokens, 4),
             "grad_norm": round(grad_norm, 4), "test_runs": rewarder.runs,
+            "test_statuses": dict(rewarder.statuses),  # timeouts and kills show up here
             "elapsed_s": round(elapsed, 1), "rounds_per_min": round((rnd + 1) / elapsed * 60, 3),
             "rollouts_per_s": round(state["rollouts"] / max(state["rollout_s"], 1e-9), 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}

@@ -248,6 +248,7 @@ def test_resume_after_a_kill_continues_the_same_run(repo, tmp_path):
     log_b = [json.loads(x) for x in (killed / "log.jsonl").read_text().splitlines()]
     assert [r["update"] for r in log_b] == list(range(1, 9))  # no round logged twice
     assert any(r["zero_std_groups"] < 2 and r["grad_norm"] > 0 for r in log_a)  # it learned
+    assert sum(log_a[-1]["test_statuses"].values()) == log_a[-1]["test_runs"]
     assert [(r["reward"], r["loss"]) for r in log_a] == [(r["reward"], r["loss"]) for r in log_b]
     assert (straight / "reward.png").read_bytes()[:4] == b"\x89PNG"
     assert tree_hash(repo) == before  # the user's tree is never written
