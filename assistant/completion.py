@@ -178,7 +178,8 @@ class CompletionService:
         return self.holder.engine.settings(
             max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,
             length=length, seed=seed, stop=("\n",) if mode == "single" else None,
-            cache_refresh=s.cache_refresh)
+            cache_refresh=s.cache_refresh, stop_loops=s.stop_loops,
+            reuse_context=s.reuse_context and s.cache_refresh > 0)
 
     def context(self, path, prefix: str, suffix: str) -> str:
         """Repository context for a hole in ``path`` (empty when off, not indexed yet, or no

@@ -46,6 +46,12 @@ class AssistantSettings:
     cache_refresh: int = 8
     """Editor fast path: reuse the prefix's and suffix's keys/values, recomputed every this
     many passes (0: exact, everything recomputed each pass); see benchmarks/decode_speed.py."""
+    reuse_context: bool = True
+    """With the context cache: start each request from the keys of the previous one for the
+    part of the file above the cursor that did not change (engine.reuse)."""
+    stop_loops: bool = True
+    """End a suggestion at a loop (a unit repeated 4+ times) and keep its first copy: a
+    looping suggestion is never what the user wants (engine.repetition)."""
 
     def __post_init__(self) -> None:
         for name in ("max_tokens_line", "max_tokens_block", "prefix_tokens"):

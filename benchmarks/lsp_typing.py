@@ -1,7 +1,7 @@
 """Replay a scripted typing session against `unmask lsp` and print latency and cache numbers.
 
     .venv/bin/python benchmarks/lsp_typing.py [--model M] [--cps 8] [--debounce-ms 200]
-        [--modes exact:0,fast:8]
+        [--modes exact:0,cache:8:off,reuse:8:on]
 
 A person types ``examples/typing_session.py`` character by character at ``--cps`` characters
 per second. After each keystroke the client sends didChange; like Neovim 0.12 it sends an
@@ -9,9 +9,10 @@ automatic inlineCompletion request once typing pauses for the debounce (every ke
 0), and never cancels the previous one (the server supersedes stale work itself). Printed:
 p50/p95 latency from keystroke to answer (answered requests with a suggestion, and all),
 the share of requests served from the suggestion cache, and the denoising steps that
-superseded/cancelled requests ran for nothing. Each mode (a ``cacheRefresh`` setting: 0 is
-exact decoding, N the context cache refreshed every N passes) replays the same session against
-a fresh server, one after the other, and the table shows them side by side.
+superseded/cancelled requests ran for nothing. Each mode (``label:cacheRefresh[:reuseContext]``:
+cacheRefresh 0 is exact decoding, N the context cache refreshed every N passes; reuseContext on
+or off keeps keys from one request to the next, the server's default being on) replays the same
+session against a fresh server, one after the other, and the table shows them side by side.
 """
 
 from __future__ import annotations
@@ -46,13 +47,16 @@ def main() -> None:
     ap.add_argument("--cps", type=float, default=8.0, help="typing speed, characters per second")
     ap.add_argument("--debounce-ms", type=float, default=200.0)
     ap.add_argument("--session", type=Path, default=ROOT / "examples" / "typing_session.py")
-    ap.add_argument("--modes", default="exact:0,fast:8",
-                    help="label:cacheRefresh pairs, run one after the other")
+    ap.add_argument("--modes", default="exact:0,cache:8:off,reuse:8:on",
+                    help="label:cacheRefresh[:reuseContext on|off], run one after the other")
     args = ap.parse_args()
     results = {}
     for mode in args.modes.split(","):
-        label, refresh = mode.split(":")
-        results[label] = replay(args, {"cacheRefresh": int(refresh)})
+        label, refresh, *reuse = mode.split(":")
+        options = {"cacheRefresh": int(refresh)}
+        if reuse:
+            options["reuseContext"] = reuse[0] == "on"
+        results[label] = replay(args, options)
     table = Table(title=f"LSP typing replay ({len(args.session.read_text())} keystrokes at "
                         f"{args.cps} cps, debounce {args.debounce_ms:.0f} ms)")
     table.add_column("metric")

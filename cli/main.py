@@ -45,6 +45,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-repeats", type=int, default=None,
                    help="never let a unit of 1-8 tokens repeat more than N times in a row "
                         "(stops greedy loops; 0 = off)")
+    g.add_argument("--reuse-context", action="store_true", default=None,
+                   help="with --cache-refresh: start each request from the previous one's keys "
+                        "for the tokens they share (batch mode; approximate)")
+    g.add_argument("--stop-loops", action="store_true", default=None,
+                   help="end a completion at a repeated unit (2-80 characters, 4+ times in a "
+                        "row) and keep its first copy")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
                         "0 = one block (default: the model's generation_config)")
@@ -105,7 +111,8 @@ def settings_from(args, engine, **request):
              "alg_temp": args.alg_temp, "temperature": args.temperature, "top_p": args.top_p,
              "top_k": args.top_k, "length": args.length, "block_length": args.block_length,
              "seed": args.seed, "threshold": args.threshold, "gamma": args.gamma,
-             "cache_refresh": args.cache_refresh, "max_repeats": args.max_repeats}
+             "cache_refresh": args.cache_refresh, "max_repeats": args.max_repeats,
+             "stop_loops": args.stop_loops, "reuse_context": args.reuse_context}
     return engine.settings(**{**flags, **request})
 
 

@@ -101,6 +101,10 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--gamma", type=float, default=None)
     ev.add_argument("--cache-refresh", type=int, default=None)
     ev.add_argument("--max-repeats", type=int, default=None)
+    ev.add_argument("--reuse-context", action="store_true", default=None,
+                    help="with --cache-refresh: keys kept from the previous task (approximate)")
+    ev.add_argument("--stop-loops", action="store_true", default=None,
+                    help="end a completion at a loop and keep its first copy")
     ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--jobs", type=int, default=1,
@@ -166,7 +170,9 @@ def _eval(args) -> int:
                                     steps=args.steps, alg=args.alg,
                                     block_length=args.block_length, threshold=args.threshold,
                                     gamma=args.gamma, cache_refresh=args.cache_refresh,
-                                    max_repeats=args.max_repeats)
+                                    max_repeats=args.max_repeats,
+                                    stop_loops=args.stop_loops,
+                                    reuse_context=args.reuse_context)
     with EvalProgress(args.task) as progress:
         if single is None:
             records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
@@ -179,10 +185,11 @@ def _eval(args) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
     table = Table(title=f"HumanEval {args.task}")
-    for col in ("model", "length", "tasks", "passed", "pass@1", "looping"):
+    for col in ("model", "length", "tasks", "passed", "pass@1", "looping", "passes/task"):
         table.add_column(col)
     table.add_row(str(summary["model"]), str(summary["length"]), str(summary["n"]),
-                  str(summary["passed"]), f"{summary['pass@1']:.3f}", str(summary["looping"]))
+                  str(summary["passed"]), f"{summary['pass@1']:.3f}", str(summary["looping"]),
+                  str(summary["passes"] if summary["passes"] is not None else "-"))
     Console().print(table)
     print(json.dumps(summary), file=sys.stderr)
     return 0

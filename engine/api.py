@@ -33,6 +33,8 @@ import torch
 from engine.choices import BACKENDS, LENGTH_STRATEGIES, PARALLEL_ALGORITHMS
 from engine.errors import ConfigError, ModelLoadError
 from engine.loading import LoadedModel, base_folder, load_model, resolve_model
+from engine.repetition import cut_loop, find_loop
+from engine.reuse import ContextReuse
 from engine.sampler import SamplerSettings, denoise, masked_logits, planned_steps
 from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
@@ -92,6 +94,14 @@ class GenerationSettings(SamplerSettings):
     cache_refresh: int = 0
     """Torch back end: reuse the prefix's and suffix's keys/values, recomputed every this many
     passes (Fast-dLLM's dual cache); 0 computes everything every pass (exact)."""
+    reuse_context: bool = False
+    """Torch back end, with ``cache_refresh``: start from the keys and values of the previous
+    request's full pass for the tokens the two share at the start (``engine.reuse``); an
+    approximation like the dual cache, for editors whose consecutive requests share a prefix."""
+    stop_loops: bool = False
+    """End denoising once the committed left part of the canvas holds a loop
+    (``engine.repetition``) and keep the text up to the end of the unit's first copy; a loop
+    committed elsewhere is cut from the final text. False: as upstream Dream."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +111,9 @@ class GenerationSettings(SamplerSettings):
             raise ConfigError(f"unknown length strategy {self.length!r}; use adaptive or fixed")
         if self.cache_refresh < 0:
             raise ConfigError(f"--cache-refresh must be >= 0, got {self.cache_refresh}")
+        if self.reuse_context and not self.cache_refresh:
+            raise ConfigError("--reuse-context works with the context cache; add "
+                              "--cache-refresh N (N >= 1)")
 
     def sampler(self, steps: int | None = None) -> SamplerSettings:
         return SamplerSettings(steps=steps or self.steps, alg=self.alg, alg_temp=self.alg_temp,
@@ -163,13 +176,19 @@ class CachedDenoiser(TorchDenoiser):
     """Fast-dLLM's dual cache over one run's canvas (Wu et al. 2025): every ``refresh`` passes a
     full forward stores every layer's keys and values; the passes between compute only the
     canvas window (plus the position before it, whose hidden state predicts the first slot)
-    and reuse the prefix's and suffix's stored keys. Exact when ``refresh`` is 1."""
+    and reuse the prefix's and suffix's stored keys. Exact when ``refresh`` is 1. With
+    ``reuse`` (``engine.reuse``) the first full pass starts from the keys kept from the previous
+    request (or this request's length probe) for the shared start of the prefix, and keeps its
+    own for the next request: an all-mask canvas, as the next request's first pass will see."""
 
-    def __init__(self, loaded: LoadedModel, window: tuple[int, int], refresh: int) -> None:
+    def __init__(self, loaded: LoadedModel, window: tuple[int, int], refresh: int,
+                 reuse: ContextReuse | None = None) -> None:
         super().__init__(loaded)
-        self.window, self.refresh = window, refresh
+        self.window, self.refresh, self.reuse = window, refresh, reuse
         self.cache: list | None = None
         self.passes = 0
+        self.reused = 0
+        """Positions the first pass took from the previous request instead of computing."""
 
     @torch.inference_mode()
     def logits_at(self, x, select, attention_mask=None, position_ids=None) -> torch.Tensor:
@@ -180,8 +199,12 @@ class CachedDenoiser(TorchDenoiser):
         if attention_mask is not None or position_ids is not None:  # batches: exact path
             return super().logits_at(x, select, attention_mask, position_ids)
         if self.cache is None or self.passes % self.refresh == 0:
-            self.cache = [LayerKV(None) for _ in self.loaded.model.model.layers]
-            out = self.loaded.model(x.to(dev), select=(rows, cols), cache=self.cache)
+            if self.reuse is not None and self.cache is None:
+                out, self.cache, self.reused = self.reuse.full_pass(x, (rows, cols),
+                                                                    self.window[0])
+            else:
+                self.cache = [LayerKV(None) for _ in self.loaded.model.model.layers]
+                out = self.loaded.model(x.to(dev), select=(rows, cols), cache=self.cache)
             for layer in self.cache:
                 layer.window = self.window
         else:
@@ -204,6 +227,9 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = ids.pad if ids.pad is not None else ids.eos
         self.im_end_id = tokenizer.token_id("<|im_end|>")
+        self.reuse = ContextReuse(denoiser.loaded.model, denoiser.loaded.device) \
+            if isinstance(denoiser, TorchDenoiser) else None
+        """Keys kept across requests (torch only), used when a request asks for reuse_context."""
         self.defaults = known_defaults(defaults if defaults is not None
                                        else generation_defaults(folder))
         """The model's sampler defaults (generation_config.json), read once at load."""
@@ -304,25 +330,34 @@ class Engine:
         self._check_fits(len(pre) + len(suf), settings.max_new_tokens)
         canvas, steps, extra = settings.max_new_tokens, settings.steps, {}
         if settings.length == "adaptive":
-            canvas, extra = self.probe_length(pre, suf, settings.max_new_tokens)
+            canvas, extra = self.probe_length(pre, suf, settings.max_new_tokens,
+                                              settings.reuse_context)
             steps = max(1, math.ceil(settings.steps * canvas / settings.max_new_tokens))
         if note:
             extra["note"] = note
         yield from self._run(pre, canvas, suf, settings, steps, extra=extra, started=started)
 
-    def probe_length(self, pre: list[int], suf: list[int], max_new: int) -> tuple[int, dict]:
+    def probe_length(self, pre: list[int], suf: list[int], max_new: int,
+                     reuse: bool = False) -> tuple[int, dict]:
         """Expected hole length from one forward pass over a full canvas: the sum over slots of
-        P(not pad/eos), plus a safety margin (too short is fatal, too long only costs steps)."""
+        P(not pad/eos), plus a safety margin (too short is fatal, too long only costs steps).
+        ``reuse``: the pass starts from the previous request's keys (``engine.reuse``)."""
         x = torch.tensor([pre + [self.mask_id] * max_new + suf], dtype=torch.long,
                          device=self.device)
-        logits = masked_logits(self.denoiser, x, x == self.mask_id)  # (N, V)
+        extra: dict = {}
+        if reuse and self.reuse is not None:
+            rows, cols = (x == self.mask_id).nonzero(as_tuple=True)
+            logits, _, extra["reused_positions"] = self.reuse.full_pass(
+                x, (rows, (cols - 1).clamp(min=0)), len(pre) - 1)
+        else:
+            logits = masked_logits(self.denoiser, x, x == self.mask_id)  # (N, V)
         probs = torch.softmax(logits.float(), dim=-1)  # (N, V)
         # a set: Dream Base models pad with eos, and P(eos) must not count twice
         ends = sorted({self.pad_id, self.eos_id})
         p_end = probs[:, ends].sum(-1)  # (N,)
         expected = float((1 - p_end).sum())
         canvas = min(max_new, max(4, math.ceil(expected * 1.5) + 4))
-        return canvas, {"expected_len": round(expected, 2), "probe_canvas": canvas}
+        return canvas, {"expected_len": round(expected, 2), "probe_canvas": canvas, **extra}
 
     def _run(self, pre: list[int], n_canvas: int, suf: list[int], settings: GenerationSettings,
              steps: int, instruct: bool = False, extra: dict | None = None,
@@ -345,7 +380,8 @@ class Engine:
         denoiser, first_token_s, paused = self.denoiser, None, 0.0
         if settings.cache_refresh and isinstance(denoiser, TorchDenoiser):
             denoiser = CachedDenoiser(denoiser.loaded, (max(lo - 1, 0), hi),
-                                      settings.cache_refresh)
+                                      settings.cache_refresh,
+                                      self.reuse if settings.reuse_context else None)
         for st in denoise(denoiser, x, self.mask_id, settings.sampler(steps), gen):
             newly = st.decoded[0, lo:hi].nonzero(as_tuple=True)[0].tolist()
             for j in newly:
@@ -358,13 +394,15 @@ class Engine:
             yield Frame(st.step, st.steps, canvas, list(order), newly)
             # the consumer's time (a UI rendering each frame) is not the engine's
             paused += time.perf_counter() - handed
-            if settings.stop:
+            if settings.stop or settings.stop_loops:
                 left = self.settled(canvas)
-                if len(left) > settled and self._stops(left, settings.stop, instruct):
+                if len(left) > settled and self._stops(left, settings, instruct):
                     break
                 settled = len(left)
         canvas_ids = x[0, lo:hi].tolist()
-        text = self.tokenizer.decode(self.trim(canvas_ids, instruct))
+        text = self.text_of(canvas_ids, settings, instruct, extra)
+        if isinstance(denoiser, CachedDenoiser) and denoiser.reuse is not None:
+            extra["reused_positions"] = extra.get("reused_positions", 0) + denoiser.reused
         extra["forward_passes"] = steps_done + int("expected_len" in extra)  # + the probe
         extra["first_token_s"] = round(first_token_s, 4) if first_token_s is not None else None
         yield Completion(text, canvas_ids, order, steps_done, n_canvas,
@@ -374,10 +412,23 @@ class Engine:
         """The canvas left of its first still-masked slot: what can no longer change order."""
         return canvas[:canvas.index(self.mask_id)] if self.mask_id in canvas else canvas
 
-    def _stops(self, settled: list[int], stop: tuple[str, ...], instruct: bool) -> bool:
+    def _stops(self, settled: list[int], settings: GenerationSettings, instruct: bool) -> bool:
         ends = {self.eos_id, self.pad_id} | ({self.im_end_id} if instruct else set())
-        return bool(ends & set(settled)) or any(
-            s in self.tokenizer.decode(self.trim(settled, instruct)) for s in stop)
+        if ends & set(settled):
+            return True
+        text = self.tokenizer.decode(self.trim(settled, instruct))
+        return any(s in text for s in settings.stop) or (
+            settings.stop_loops and find_loop(text) is not None)
+
+    def text_of(self, canvas: list[int], settings: GenerationSettings, instruct: bool,
+                extra: dict) -> str:
+        """The completion's text; with ``stop_loops`` cut after a loop's first copy (the number
+        of characters cut goes to ``extra["loop_cut_chars"]``)."""
+        text = self.tokenizer.decode(self.trim(canvas, instruct))
+        if settings.stop_loops and (cut := cut_loop(text)) != text:
+            extra["loop_cut_chars"] = len(text) - len(cut)
+            return cut
+        return text
 
     def trim(self, ids: list[int], instruct: bool = False) -> list[int]:
         """The completion's tokens: everything before the first eos, pad (and <|im_end|> for

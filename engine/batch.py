@@ -73,8 +73,9 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
             for j in st.decoded[b, P:P + n].nonzero(as_tuple=True)[0].tolist():
                 orders[b][j] = st.step
             steps_at[b] = st.step + 1
-            if (engine.mask_id not in canvases[b]) or (settings.stop and engine._stops(
-                    engine.settled(canvases[b]), settings.stop, False)):
+            if (engine.mask_id not in canvases[b]) or (
+                    (settings.stop or settings.stop_loops)
+                    and engine._stops(engine.settled(canvases[b]), settings, False)):
                 final[b] = canvases[b]
         yield BatchStep(st.step, st.steps, canvases, [f is not None for f in final])
         if all(f is not None for f in final):
@@ -85,7 +86,7 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
         ids = final[b] if final[b] is not None else x[b, P:P + n].tolist()
         extra = {"forward_passes": steps_at[b], "batch": B, **({"note": notes[b]} if notes[b]
                                                                 else {})}
-        out.append(Completion(engine.tokenizer.decode(engine.trim(ids)), ids, orders[b],
+        out.append(Completion(engine.text_of(ids, settings, False, extra), ids, orders[b],
                               steps_at[b], n, elapsed, len(pres[b]) + len(sufs[b]), extra))
     yield out
 

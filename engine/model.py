@@ -182,8 +182,11 @@ class LayerKV:
             self.k, self.v = k, v
             return k, v
         a, b = self.window
-        return (torch.cat([self.k[:, :, :a], k, self.k[:, :, b:]], dim=2),
-                torch.cat([self.v[:, :, :a], v, self.v[:, :, b:]], dim=2))
+        # kept whole: the next windowed pass reads the same positions outside its window, and
+        # engine.reuse hands the whole sequence's keys to the next request
+        self.k = torch.cat([self.k[:, :, :a], k, self.k[:, :, b:]], dim=2)
+        self.v = torch.cat([self.v[:, :, :a], v, self.v[:, :, b:]], dim=2)
+        return self.k, self.v
 
 
 class Backbone(nn.Module):

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.repetition import find_loop
 from engine.sandbox import run_python
 from training.decontam import human_eval_problems
 
@@ -153,6 +153,7 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
             if not single and middle and not middle.endswith("\n"):
                 middle += "\n"
             extra = {"canvas_len": res.canvas_len, "steps": res.steps,
+                     "forward_passes": res.extra.get("forward_passes"),
                      "elapsed_s": round(res.elapsed_s, 4)}
         r = run_python(program(task.prefix, middle, task.suffix, task.test, task.entry_point))
         return {"task_id": task.task_id, "passed": r.passed, "status": r.status,
@@ -168,16 +169,19 @@ def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
 
     def work(p: dict) -> dict:
         body = generated = ""
+        extra: dict = {}
         if engine is not None:
             try:
-                generated = engine.generate(p["prompt"], settings, raw=True).completion
+                res = engine.generate(p["prompt"], settings, raw=True)
             except ConfigError as err:
                 return {"task_id": p["task_id"], "passed": False, "status": f"error: {err}",
                         "completion": "", "generated": ""}
+            generated = res.completion
             body = truncate_function(generated)
+            extra = {"forward_passes": res.extra.get("forward_passes")}
         r = run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
         return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
-                "completion": body, "generated": generated}
+                "completion": body, "generated": generated, **extra}
 
     return _pool(problems, work, jobs, progress)
 
@@ -219,18 +223,17 @@ def eval_loss(model: str | None, val: Path, limit: int = 0, device: str = "auto"
     return out
 
 
-LOOP = re.compile(r"(.{2,24}?)\1{3,}", re.DOTALL)
-
-
 def loops(text: str) -> bool:
-    """Does ``text`` hold a degenerate loop: a unit of 2-24 characters with a letter or digit in
-    it, four or more times in a row (``1, 1, 1, 1, ``; not ``))))`` or indentation)?"""
-    return any(any(c.isalnum() for c in m.group(1)) for m in LOOP.finditer(text))
+    """Does ``text`` hold a degenerate loop (``engine.repetition``: a unit of 2-80 characters with
+    a letter or digit, four or more times in a row)?"""
+    return find_loop(text) is not None
 
 
 def summarize(records: list[dict], task: str, model: str, length: str | None) -> dict:
     n = len(records)
     passed = sum(r["passed"] for r in records)
     looping = sum(loops(r.get("generated", r.get("completion", ""))) for r in records)
+    passes = [r["forward_passes"] for r in records if r.get("forward_passes") is not None]
     return {"task": task, "model": model, "length": length, "n": n, "passed": passed,
-            "pass@1": round(passed / n, 4) if n else 0.0, "looping": looping}
+            "pass@1": round(passed / n, 4) if n else 0.0, "looping": looping,
+            "passes": round(sum(passes) / len(passes), 1) if passes else None}

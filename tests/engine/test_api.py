@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from engine.api import Completion, Engine, Frame, GenerationSettings
@@ -201,3 +203,37 @@ def test_parallel_decoding_needs_fewer_passes(tiny_engine):
     fast = tiny_engine.infill("a = 1\n", "\nb = 2\n", s, alg="eb", gamma=100.0)
     assert one.extra["forward_passes"] == 16 and fast.extra["forward_passes"] == 1
     assert "note" not in fast.extra and all(o == 0 for o in fast.order)
+
+
+class _Repeats:
+    """A denoiser that writes one token into every slot: a greedy loop."""
+
+    def __init__(self, vocab: int, token: int) -> None:
+        self.vocab, self.token = vocab, token
+
+    def logits(self, x, attention_mask=None, position_ids=None):
+        import torch
+
+        out = torch.zeros(*x.shape, self.vocab)
+        out[..., self.token] = 5.0
+        return out
+
+
+def test_stop_loops_ends_denoising_at_a_loop_and_keeps_one_copy(tiny_engine):
+    from engine.api import SpecialIds
+
+    e = tiny_engine
+    token = next(i for i in range(e.tokenizer.vocab_size)
+                 if len(w := e.tokenizer.decode([i])) >= 2 and w.isalpha())
+    word = e.tokenizer.decode([token])
+    looping = Engine(e.folder, e.tokenizer, _Repeats(e.tokenizer.vocab_size, token),
+                     SpecialIds(e.mask_id, e.eos_id, e.pad_id, e.context), e.device)
+    s = looping.settings(max_new_tokens=24, steps=24, alg="entropy", block_length=1,
+                         temperature=0.0)
+    plain = looping.generate("def f(x):\n", s, raw=True)
+    assert plain.completion == word * 24 and plain.extra["forward_passes"] == 24
+    cut = looping.generate("def f(x):\n", replace(s, stop_loops=True), raw=True)
+    assert cut.completion == word
+    # left to right, the fourth copy settles the loop: no pass is spent after it
+    assert cut.extra["forward_passes"] == 4
+    assert cut.extra["loop_cut_chars"] == 3 * len(word)
