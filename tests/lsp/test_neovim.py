@@ -104,7 +104,9 @@ local function finish(err)
 end
 vim.cmd('edit ' .. path)
 local buf = vim.api.nvim_get_current_buf()
-local cid = vim.lsp.start({ name = 'unmask', cmd = CMD, root_dir = ROOT_DIR })
+-- the random tiny model's body must change the line: a loop cut to its first copy may not
+local cid = vim.lsp.start({ name = 'unmask', cmd = CMD, root_dir = ROOT_DIR,
+                            init_options = { stopLoops = false } })
 local client = vim.lsp.get_client_by_id(cid)
 local function titles(line)
   local r = client:request_sync('textDocument/codeAction', {
