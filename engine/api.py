@@ -35,7 +35,13 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.loading import LoadedModel, base_folder, load_model, resolve_model
 from engine.repetition import cut_loop, find_loop
 from engine.reuse import ContextReuse
-from engine.sampler import SamplerSettings, denoise, masked_logits, planned_steps
+from engine.sampler import (
+    SamplerSettings,
+    denoise,
+    masked_logits,
+    planned_steps,
+    predicting_positions,
+)
 from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
 
@@ -346,9 +352,8 @@ class Engine:
                          device=self.device)
         extra: dict = {}
         if reuse and self.reuse is not None:
-            rows, cols = (x == self.mask_id).nonzero(as_tuple=True)
             logits, _, extra["reused_positions"] = self.reuse.full_pass(
-                x, (rows, (cols - 1).clamp(min=0)), len(pre) - 1)
+                x, predicting_positions(x == self.mask_id), len(pre) - 1)
         else:
             logits = masked_logits(self.denoiser, x, x == self.mask_id)  # (N, V)
         probs = torch.softmax(logits.float(), dim=-1)  # (N, V)

@@ -5,10 +5,10 @@ above the cursor. ``ContextReuse`` keeps every layer's keys and values of the la
 pass; the next full pass whose tokens start with the same ``MIN_SHARED`` or more tokens (at the
 same positions) computes only the positions from the first difference on and attends to the kept
 keys for the shared part (less its last ``RECOMPUTED`` tokens), as llama.cpp's server reuses its
-KV cache for llama.vim. With
-bidirectional attention this is an approximation of the same kind as Fast-dLLM's dual cache
-(``engine.api.CachedDenoiser``): the kept keys were computed next to the previous request's text
-after them. ``benchmarks/context_reuse.py`` measures its speed and how often outputs change.
+KV cache for llama.vim. With bidirectional attention this is an approximation of the same kind
+as Fast-dLLM's dual cache (``engine.api.CachedDenoiser``): the kept keys were computed next to
+the previous request's text after them. ``benchmarks/context_reuse.py`` measures its speed and
+how often outputs change.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ MIN_SHARED = 32
 RECOMPUTED = 32
 """The last shared tokens before the first difference are computed again: their keys are the
 ones the edit changed most (on retyped lines of this repository, 32 kept 94 % of single-line
-completions identical to no reuse where reusing everything kept 71 %; benchmarks/context_reuse.py)."""
+completions identical to no reuse where reusing everything kept 71 %;
+benchmarks/context_reuse.py)."""
 
 
 def shared_prefix(a: list[int], b: list[int], limit: int) -> int:

@@ -204,8 +204,14 @@ def masked_logits(denoiser: Denoiser, x: torch.Tensor, mask_index: torch.Tensor,
     at = getattr(denoiser, "logits_at", None)
     if at is None:
         return shifted_logits(denoiser, x, attention_mask, position_ids)[mask_index]
+    return at(x, predicting_positions(mask_index), attention_mask, position_ids)
+
+
+def predicting_positions(mask_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the hidden states whose logits predict the ``mask_index`` slots: the
+    position before each (Dream's shift; position 0 predicts itself)."""
     rows, cols = mask_index.nonzero(as_tuple=True)
-    return at(x, (rows, (cols - 1).clamp(min=0)), attention_mask, position_ids)
+    return rows, (cols - 1).clamp(min=0)
 
 
 LONGEST_UNIT = 8
