@@ -185,11 +185,13 @@ def _eval(args) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
     table = Table(title=f"HumanEval {args.task}")
-    for col in ("model", "length", "tasks", "passed", "pass@1", "looping", "passes/task"):
+    for col in ("model", "length", "tasks", "passed", "pass@1", "looping", "passes/task",
+                "length error"):
         table.add_column(col)
     table.add_row(str(summary["model"]), str(summary["length"]), str(summary["n"]),
                   str(summary["passed"]), f"{summary['pass@1']:.3f}", str(summary["looping"]),
-                  str(summary["passes"] if summary["passes"] is not None else "-"))
+                  *(str(summary[k] if summary[k] is not None else "-")
+                    for k in ("passes", "length_error")))
     Console().print(table)
     print(json.dumps(summary), file=sys.stderr)
     return 0

@@ -153,6 +153,8 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
             if not single and middle and not middle.endswith("\n"):
                 middle += "\n"
             extra = {"canvas_len": res.canvas_len, "steps": res.steps,
+                     "expected_len": res.extra.get("expected_len"),  # the probe's estimate
+                     "reference_len": len(engine.tokenizer.encode(task.middle)),
                      "forward_passes": res.extra.get("forward_passes"),
                      "elapsed_s": round(res.elapsed_s, 4)}
         r = run_python(program(task.prefix, middle, task.suffix, task.test, task.entry_point))
@@ -234,6 +236,10 @@ def summarize(records: list[dict], task: str, model: str, length: str | None) ->
     passed = sum(r["passed"] for r in records)
     looping = sum(loops(r.get("generated", r.get("completion", ""))) for r in records)
     passes = [r["forward_passes"] for r in records if r.get("forward_passes") is not None]
+    # how far the length probe's estimate is from the reference's token count, relative
+    errors = [abs(r["expected_len"] - r["reference_len"]) / max(1, r["reference_len"])
+              for r in records if r.get("expected_len") is not None]
     return {"task": task, "model": model, "length": length, "n": n, "passed": passed,
             "pass@1": round(passed / n, 4) if n else 0.0, "looping": looping,
-            "passes": round(sum(passes) / len(passes), 1) if passes else None}
+            "passes": round(sum(passes) / len(passes), 1) if passes else None,
+            "length_error": round(sum(errors) / len(errors), 3) if errors else None}

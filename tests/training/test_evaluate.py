@@ -71,3 +71,15 @@ def test_parallel_jobs_give_the_same_records_as_one(tmp_path):
                      for line in out.read_text().splitlines()])
     assert len(outs[0]) == 4 and outs[0] == outs[1]
     assert "4/4 done" in r.stdout + r.stderr  # progress lines off a terminal
+
+
+def test_summary_reports_the_probes_relative_length_error():
+    from training.evaluate import summarize
+
+    records = [{"passed": True, "completion": "x = 1\n", "expected_len": 15.0,
+                "reference_len": 10},
+               {"passed": False, "completion": "", "expected_len": 5.0, "reference_len": 10},
+               {"passed": False, "completion": ""}]  # a fixed canvas: no estimate
+    s = summarize(records, "infill-single", "m", "adaptive")
+    assert s["length_error"] == 0.5 and s["passed"] == 1 and s["n"] == 3
+    assert summarize(records[2:], "infill-single", "m", "fixed")["length_error"] is None
