@@ -347,6 +347,7 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
     if world > 1:
         import torch.distributed as dist
 
+        dist.barrier()  # a rank that leaves while rank 0 still writes aborts gloo (SIGABRT)
         dist.destroy_process_group()
     return summary
 

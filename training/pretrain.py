@@ -347,6 +347,7 @@ def train(cfg: TrainConfig, progress=None) -> Path:
     if world > 1:
         import torch.distributed as dist
 
+        dist.barrier()  # a rank that leaves while rank 0 still writes aborts gloo (SIGABRT)
         dist.destroy_process_group()
     return ckpt
 

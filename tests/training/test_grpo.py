@@ -171,6 +171,7 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()
                    if k != "lm_head.weight" or not model.config.tie_word_embeddings}, out)
+    dist.barrier()  # as training does: no rank leaves while rank 0 still writes
     dist.destroy_process_group()
 
 
