@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from engine.sampler import masked_logits  # noqa: E402
-from engine.window import infill_ids  # noqa: E402
 from training.holes import candidate_holes, sample_holes  # noqa: E402
 
 CANVAS = {"line": 32, "block": 96}
@@ -57,12 +56,6 @@ def sources(corpus: Path | None) -> dict[str, str]:
             for p in sorted((ROOT / d).rglob("*.py"))}
 
 
-def ids(engine, hole, canvas: int) -> tuple[list[int], list[int]]:
-    pre, suf, _ = infill_ids(engine.tokenizer, hole.prefix, hole.suffix, "",
-                             engine._room(canvas))
-    return engine._start(pre), suf
-
-
 def confidence(engine, pre: list[int], suf: list[int], n: int) -> float:
     """CAL's first-step score of a canvas of ``n`` masks: mean top-1 probability."""
     x = torch.tensor([pre + [engine.mask_id] * n + suf], device=engine.device)
@@ -74,7 +67,7 @@ def measure(engine, holes) -> list[dict]:
     rows = []
     for hole in holes:
         canvas = CANVAS[hole.kind]
-        pre, suf = ids(engine, hole, canvas)
+        pre, suf, _ = engine.infill_prompt(hole.prefix, hole.suffix, canvas)
         t = time.perf_counter()
         probe_canvas, info = engine.probe_length(pre, suf, canvas)
         probe_ms = (time.perf_counter() - t) * 1000

@@ -310,6 +310,14 @@ class Engine:
         # Position 0 is never predicted (the shift reuses its own logits): give it a real token.
         return ids if ids else [self.eos_id]
 
+    def infill_prompt(self, prefix: str, suffix: str, n_canvas: int, context: str = ""
+                      ) -> tuple[list[int], list[int], str | None]:
+        """Token ids before and after a canvas of ``n_canvas`` slots, exactly as an infill
+        builds them (cut to the context, a real first token), and the windowing note if any."""
+        pre, suf, note = infill_ids(self.tokenizer, prefix, suffix, context,
+                                    self._room(n_canvas))
+        return self._start(pre), suf, note
+
     # -- streams -----------------------------------------------------------------------------
     def generate_stream(self, prompt: str, settings: GenerationSettings,
                         raw: bool = False) -> Iterator[Frame | Completion]:
@@ -330,9 +338,7 @@ class Engine:
         """Fill the hole between ``prefix`` and ``suffix``; ``context`` (repository chunks from
         ``engine.repo``) goes before the prefix."""
         started = time.perf_counter()  # the probe's pass counts towards latency
-        pre, suf, note = infill_ids(self.tokenizer, prefix, suffix, context,
-                                    self._room(settings.max_new_tokens))
-        pre = self._start(pre)
+        pre, suf, note = self.infill_prompt(prefix, suffix, settings.max_new_tokens, context)
         self._check_fits(len(pre) + len(suf), settings.max_new_tokens)
         canvas, steps, extra = settings.max_new_tokens, settings.steps, {}
         if settings.length == "adaptive":

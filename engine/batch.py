@@ -18,7 +18,6 @@ from typing import Iterator
 import torch
 
 from engine.sampler import denoise, padding_inputs
-from engine.window import infill_ids
 
 
 @dataclass
@@ -41,11 +40,10 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
 
     start = time.perf_counter()
     n = settings.max_new_tokens
-    room = engine._room(n)
     pres, sufs, notes = [], [], []
     for prefix, suffix, context in holes:
-        pre, suf, note = infill_ids(engine.tokenizer, prefix, suffix, context, room)
-        pres.append(engine._start(pre))
+        pre, suf, note = engine.infill_prompt(prefix, suffix, n, context)
+        pres.append(pre)
         sufs.append(suf)
         notes.append(note)
     P, S = max(map(len, pres)), max(map(len, sufs))

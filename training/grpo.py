@@ -157,16 +157,13 @@ def rollout(engine, hole: Hole, cfg: GrpoConfig, seed: int, rewarder: Rewarder, 
             ) -> tuple[Group, dict]:
     """G completions of one hole, their rewards and the group ready for updates."""
     from engine.batch import infill_batch
-    from engine.window import infill_ids
 
     settings = engine.settings(temperature=cfg.temperature, top_p=cfg.top_p,
                                max_new_tokens=cfg.canvas, steps=cfg.canvas, length="fixed",
                                seed=seed)
     with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         *_, done = infill_batch(engine, [(hole.prefix, hole.suffix, "")] * cfg.group, settings)
-    pre, suf, _ = infill_ids(engine.tokenizer, hole.prefix, hole.suffix, "",
-                             engine._room(cfg.canvas))
-    pre = engine._start(pre)
+    pre, suf, _ = engine.infill_prompt(hole.prefix, hole.suffix, cfg.canvas)
     rewards, passed, parsed, rows, comp = [], 0, 0, [], []
     for c in done:
         r, ok_tests, ok_parse = rewarder(hole, completion_text(engine, hole, c.token_ids))
