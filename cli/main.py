@@ -84,6 +84,8 @@ def build_parser() -> Parser:
                    help="with --repo: a path or glob relative to it never read (repeatable)")
     add_model_flags(i)
     sub.add_parser("models", help="list the models Unmask can find offline")
+    d = sub.add_parser("doctor", help="what this machine has for Unmask, and what to fix")
+    d.add_argument("--model", default=None, help="the model to check (default: embedded)")
     sub.add_parser("lsp", help="language server over stdio (inline completion, code actions)",
                    add_help=False)
     sub.add_parser("tui", help="terminal coding session with live denoising", add_help=False)
@@ -143,10 +145,14 @@ def relative_to_repo(args, file: Path | None) -> str | None:
         return None
 
 
-def say_note(res) -> None:
-    """A completion's note (context cut, steps changed) as one line on stderr."""
-    if res is not None and res.extra.get("note"):
-        sys.stderr.write(f"unmask: note: {res.extra['note']}\n")
+def say_note(res, said: set | None = None) -> None:
+    """A completion's note (context cut, steps changed) as one line on stderr; with ``said``
+    (a batch run) each distinct note once, the records keep theirs."""
+    note = res.extra.get("note") if res is not None else None
+    if note and (said is None or note not in said):
+        sys.stderr.write(f"unmask: note: {note}\n")
+        if said is not None:
+            said.add(note)
 
 
 def completion_record(res) -> dict:
@@ -220,7 +226,7 @@ def cmd_batch(args, engine) -> int:
         lines = args.jsonl.read_text().splitlines()
     except OSError as err:
         raise ConfigError(f"cannot read --jsonl {args.jsonl}: {err.strerror}") from err
-    failures = 0
+    failures, noted, said = 0, 0, set()
     with open(args.out, "w") as out:
         for n, line in enumerate(lines, start=1):
             if not line.strip():
@@ -244,14 +250,16 @@ def cmd_batch(args, engine) -> int:
                         args, engine, pre, suf, path))
                 else:
                     raise ValueError('needs "prompt", or "prefix"/"suffix" strings')
-                say_note(res)
+                say_note(res, said)
+                noted += bool(res.extra.get("note"))
                 out.write(json.dumps({"id": rid, **completion_record(res)}) + "\n")
             except (ValueError, UnmaskError, TypeError) as err:
                 failures += 1
                 out.write(json.dumps({"id": rid, "line": n,
                                       "error": f"line {n}: {str(err).splitlines()[0]}"}) + "\n")
     sys.stderr.write(f"{len([l for l in lines if l.strip()]) - failures} done, {failures} failed "
-                     f"-> {args.out}\n")
+                     f"-> {args.out}" + (f" ({noted} with a note in their record)" if noted else "")
+                     + "\n")
     return 1 if failures else 0
 
 
@@ -286,14 +294,32 @@ def run_front_end(name: str, argv: list[str]) -> int:
     return entry(argv)
 
 
+def show_first_run_steps() -> None:
+    """The one-time work behind a first run (converting the pretrained base) says what it does
+    on stderr; the engine itself only logs."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("unmask: %(message)s"))
+    for name in ("engine.gguf_base",):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in FRONT_ENDS:  # their own flags (lsp must never print to stdout)
         return run_front_end(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    show_first_run_steps()
     try:
         if args.command == "models":
             return cmd_models()
+        if args.command == "doctor":
+            from cli.doctor import run
+
+            return run(args.model)
         if args.command in ("train", "eval", "export"):
             from cli.train import run_train_command
 

@@ -28,6 +28,9 @@ def add_train_parsers(sub) -> None:
     p = tsub.add_parser("pretrain", help="causal pretraining then diffusion adaptation")
     p.add_argument("--config", type=Path, required=True, help="TOML file (training/configs/)")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
+    a = tsub.add_parser("adapt", help="adapt a pretrained AR model to masked diffusion (LoRA)")
+    a.add_argument("--config", type=Path, required=True, help="TOML file (training/configs/)")
+    a.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
     z = tsub.add_parser("personalize", help="fine-tune a model on your repository's own code")
     z.add_argument("--repo", type=Path, required=True, help="the repository's root folder")
     z.add_argument("--out", type=Path, required=True, help="where the personalized model goes")
@@ -110,6 +113,9 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--jobs", type=int, default=1,
                     help="tasks run in parallel (threads; torch threads are split among them)")
     ev.add_argument("--empty", action="store_true", help="score an empty completion (the floor)")
+    ev.add_argument("--decode", default="diffusion", choices=["diffusion", "ar"],
+                    help="ar: the model as its autoregressive parent (causal mask, greedy, "
+                         "prefix only, healed): the baseline a diffusion model must beat")
     ev.add_argument("--out", type=Path, help="write per-task results as JSONL")
     ev.add_argument("--val", type=Path, default=DATA / "tokens" / "val.bin")
 
@@ -140,6 +146,8 @@ def run_train_command(args: argparse.Namespace) -> int:
         return _tokenizer(args)
     if cmd == "pretrain":
         return _pretrain(args)
+    if cmd == "adapt":
+        return _adapt(args)
     if cmd == "export":
         return _export(args)
     if cmd == "personalize":
@@ -173,14 +181,19 @@ def _eval(args) -> int:
                                     max_repeats=args.max_repeats,
                                     stop_loops=args.stop_loops,
                                     reuse_context=args.reuse_context)
+    label = "empty" if args.empty else (args.model or "default")
+    if args.decode == "ar":
+        if engine is None or engine.backend != "torch":
+            raise ConfigError("--decode ar needs a model on the torch back end (not --empty)")
+        engine, label = ev.ARParent(engine), f"{label} (AR, prefix only)"
     with EvalProgress(args.task) as progress:
         if single is None:
             records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
         else:
             records = ev.eval_infill(engine, settings, single, args.limit, args.length,
                                      args.jobs, progress)
-    summary = ev.summarize(records, args.task, "empty" if args.empty else (args.model or "default"),
-                           None if args.empty else args.length)
+    summary = ev.summarize(records, args.task, label,
+                           None if args.empty or args.decode == "ar" else args.length)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -341,7 +354,7 @@ def _tokenizer(args) -> int:
         tok = train_tokenizer(train, args.vocab_size)
     save_tokenizer_folder(tok, args.out, 2048)
     val = list(iter_texts(args.corpus / "val.jsonl"))
-    print(f"vocab {args.vocab_size}: {bytes_per_token(tok, val):.3f} bytes/token on validation")
+    print(f"vocab {tok.get_vocab_size()}: {bytes_per_token(tok, val):.3f} bytes/token on validation")
     args.tokens.mkdir(parents=True, exist_ok=True)
     for split in ("val", "train"):
         n = encode_to_shard(tok, args.corpus / f"{split}.jsonl", args.tokens / f"{split}.bin")
@@ -350,31 +363,44 @@ def _tokenizer(args) -> int:
 
 
 def _pretrain(args) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from training.pretrain import TrainConfig, train
 
+    return _run_training(args, TrainConfig, train, "pretrain",
+                         lambda rec: f"step {rec['step']} {rec['phase']} loss {rec['loss']:.3f} ")
+
+
+def _adapt(args) -> int:
+    from training.adapt import AdaptConfig, train
+
+    return _run_training(args, AdaptConfig, train, "adapt",
+                         lambda rec: f"step {rec['step']} attention {rec['attn_ratio']:.2f} "
+                                     f"loss {rec['loss']:.3f} ")
+
+
+def _run_training(args, config_cls, train, name: str, describe) -> int:
+    """Read the TOML config, check the data is there, run ``train`` under a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     try:
-        cfg = TrainConfig.from_toml(args.config)
+        cfg = config_cls.from_toml(args.config)
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(f"bad training config {args.config}: {err}") from err
     if args.max_steps is not None:
         cfg.max_steps = args.max_steps
-    for name in ("train.bin", "val.bin"):
-        if not (Path(cfg.data_dir) / name).exists():
-            raise ConfigError(f"{Path(cfg.data_dir) / name} not found; run `unmask train corpus` "
+    for part in ("train.bin", "val.bin"):
+        if not (Path(cfg.data_dir) / part).exists():
+            raise ConfigError(f"{Path(cfg.data_dir) / part} not found; run `unmask train corpus` "
                               "and `unmask train tokenizer` first")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), transient=False) as bar:
-        task = bar.add_task("pretrain", total=cfg.budget_minutes, info="")
+        task = bar.add_task(name, total=cfg.budget_minutes, info="")
 
         def progress(rec: dict) -> None:
-            info = f"step {rec['step']} {rec['phase']} loss {rec['loss']:.3f} " \
-                   f"{rec['tok_per_s']:.0f} tok/s"
+            info = describe(rec) + f"{rec['tok_per_s']:.0f} tok/s"
             bar.update(task, completed=rec["elapsed_min"], info=info)
 
-        ckpt = train(cfg, progress)
-    print(f"checkpoint: {ckpt}")
+        out = train(cfg, progress)
+    print(f"{'checkpoint' if name == 'pretrain' else 'model'}: {out}")
     return 0
 
 

@@ -43,6 +43,7 @@ from engine.sampler import (
     predicting_positions,
 )
 from engine.tokenizer import DreamTokenizer
+from engine.healing import NO_HEALING, Healing, plan_healing
 from engine.window import fit_prompt, infill_ids
 
 SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
@@ -262,8 +263,10 @@ class Engine:
         cfg = loaded.config
         ids = SpecialIds(cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id,
                          cfg.max_position_embeddings)
+        # an adapter's own generation_config (the shipped adapted model's) wins over its base's
+        defaults = generation_defaults(folder) or generation_defaults(base)
         return cls(folder, tok, TorchDenoiser(loaded), ids, loaded.device, "torch",
-                   str(loaded.dtype).replace("torch.", ""), defaults=generation_defaults(base))
+                   str(loaded.dtype).replace("torch.", ""), defaults=defaults)
 
     def settings(self, **overrides) -> "GenerationSettings":
         """The one place generation settings are built: dataclass defaults, then the model's
@@ -347,7 +350,8 @@ class Engine:
             steps = max(1, math.ceil(settings.steps * canvas / settings.max_new_tokens))
         if note:
             extra["note"] = note
-        yield from self._run(pre, canvas, suf, settings, steps, extra=extra, started=started)
+        yield from self._run(pre, canvas, suf, settings, steps, extra=extra, started=started,
+                             heal=plan_healing(self.tokenizer, prefix, suffix))
 
     def probe_length(self, pre: list[int], suf: list[int], max_new: int,
                      reuse: bool = False) -> tuple[int, dict]:
@@ -372,11 +376,14 @@ class Engine:
 
     def _run(self, pre: list[int], n_canvas: int, suf: list[int], settings: GenerationSettings,
              steps: int, instruct: bool = False, extra: dict | None = None,
-             started: float | None = None):
+             started: float | None = None, heal: Healing = NO_HEALING):
         start = started or time.perf_counter()
         extra = dict(extra or {})
         passes = planned_steps(n_canvas, steps, settings.block_length)
-        if passes != steps and settings.alg not in PARALLEL_ALGORITHMS:
+        # a note only where the caller's own step count changes: an adaptive canvas scales the
+        # steps itself, and saying so on every completion says nothing the user can act on
+        if passes != steps and settings.alg not in PARALLEL_ALGORITHMS \
+                and steps == settings.steps:
             why = "one per block at least" if passes > steps else "one per slot at most"
             extra["note"] = "; ".join(filter(None, [extra.get("note"), (
                 f"{passes} denoising steps instead of {steps} ({why}, with blocks of "
@@ -407,11 +414,11 @@ class Engine:
             paused += time.perf_counter() - handed
             if settings.stop or settings.stop_loops:
                 left = self.settled(canvas)
-                if len(left) > settled and self._stops(left, settings, instruct):
+                if len(left) > settled and self._stops(left, settings, instruct, heal):
                     break
                 settled = len(left)
         canvas_ids = x[0, lo:hi].tolist()
-        text = self.text_of(canvas_ids, settings, instruct, extra)
+        text = self.text_of(canvas_ids, settings, instruct, extra, heal)
         if isinstance(denoiser, CachedDenoiser) and denoiser.reuse is not None:
             extra["reused_positions"] = extra.get("reused_positions", 0) + denoiser.reused
         extra["forward_passes"] = steps_done + int("expected_len" in extra)  # + the probe
@@ -423,19 +430,21 @@ class Engine:
         """The canvas left of its first still-masked slot: what can no longer change order."""
         return canvas[:canvas.index(self.mask_id)] if self.mask_id in canvas else canvas
 
-    def _stops(self, settled: list[int], settings: GenerationSettings, instruct: bool) -> bool:
+    def _stops(self, settled: list[int], settings: GenerationSettings, instruct: bool,
+               heal: Healing = NO_HEALING) -> bool:
         ends = {self.eos_id, self.pad_id} | ({self.im_end_id} if instruct else set())
         if ends & set(settled):
             return True
-        text = self.tokenizer.decode(self.trim(settled, instruct))
+        text = heal.completion(self.tokenizer.decode(self.trim(settled, instruct)), final=False)
         return any(s in text for s in settings.stop) or (
             settings.stop_loops and find_loop(text) is not None)
 
     def text_of(self, canvas: list[int], settings: GenerationSettings, instruct: bool,
-                extra: dict) -> str:
-        """The completion's text; with ``stop_loops`` cut after a loop's first copy (the number
-        of characters cut goes to ``extra["loop_cut_chars"]``)."""
-        text = self.tokenizer.decode(self.trim(canvas, instruct))
+                extra: dict, heal: Healing = NO_HEALING) -> str:
+        """The completion's text (healed back to the user's cut, ``engine.healing``); with
+        ``stop_loops`` cut after a loop's first copy (the number of characters cut goes to
+        ``extra["loop_cut_chars"]``)."""
+        text = heal.completion(self.tokenizer.decode(self.trim(canvas, instruct)))
         if settings.stop_loops and (cut := cut_loop(text)) != text:
             extra["loop_cut_chars"] = len(text) - len(cut)
             return cut

@@ -40,7 +40,10 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
 
     start = time.perf_counter()
     n = settings.max_new_tokens
+    from engine.healing import plan_healing
+
     pres, sufs, notes = [], [], []
+    heals = [plan_healing(engine.tokenizer, prefix, suffix) for prefix, suffix, _ in holes]
     for prefix, suffix, context in holes:
         pre, suf, note = engine.infill_prompt(prefix, suffix, n, context)
         pres.append(pre)
@@ -73,7 +76,8 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
             steps_at[b] = st.step + 1
             if (engine.mask_id not in canvases[b]) or (
                     (settings.stop or settings.stop_loops)
-                    and engine._stops(engine.settled(canvases[b]), settings, False)):
+                    and engine._stops(engine.settled(canvases[b]), settings, False,
+                                      heals[b])):
                 final[b] = canvases[b]
         yield BatchStep(st.step, st.steps, canvases, [f is not None for f in final])
         if all(f is not None for f in final):
@@ -84,7 +88,8 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
         ids = final[b] if final[b] is not None else x[b, P:P + n].tolist()
         extra = {"forward_passes": steps_at[b], "batch": B, **({"note": notes[b]} if notes[b]
                                                                 else {})}
-        out.append(Completion(engine.text_of(ids, settings, False, extra), ids, orders[b],
-                              steps_at[b], n, elapsed, len(pres[b]) + len(sufs[b]), extra))
+        text = engine.text_of(ids, settings, False, extra, heals[b])
+        out.append(Completion(text, ids, orders[b], steps_at[b], n, elapsed,
+                              len(pres[b]) + len(sufs[b]), extra))
     yield out
 

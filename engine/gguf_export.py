@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.errors import BackendError, ConfigError
-from engine.loading import load_model
+from engine.loading import base_folder, load_model
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 GENERATION_KEY = "unmask.generation_config"
@@ -75,6 +75,13 @@ def bpe_vocab(folder: Path, vocab_size: int) -> tuple[list[str], list[int], list
     return tokens, types, merges
 
 
+def tokenizer_pre(folder: Path) -> str:
+    """llama.cpp's pre-tokenizer name: the one a converted GGUF base recorded, else Qwen2's."""
+    cfg = folder / "tokenizer_config.json"
+    raw = json.loads(cfg.read_text()) if cfg.exists() else {}
+    return raw.get("gguf_tokenizer_pre", "qwen2")
+
+
 def write_gguf(folder: Path, out: Path, quant: str = "f16") -> Path:
     """Export ``folder`` to ``out`` in f32/f16, or quantize through llama.cpp (q8_0, q4_k_m)."""
     import gguf
@@ -105,9 +112,10 @@ def write_gguf(folder: Path, out: Path, quant: str = "f16") -> Path:
     w.add_causal_attention(False)
     w.add_bool("diffusion.shift_logits", True)
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if quant == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-    tokens, types, merges = bpe_vocab(folder, cfg.vocab_size)
+    tok_folder = base_folder(folder)  # an adapter's tokenizer is its base's
+    tokens, types, merges = bpe_vocab(tok_folder, cfg.vocab_size)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
+    w.add_tokenizer_pre(tokenizer_pre(tok_folder))
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)

@@ -149,6 +149,10 @@ class LlamaCppDenoiser:
         L.llama_backend_init()
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = 0
+        # no CPU weight repacking: with llama-cpp-python 0.3.36 on this workplace's Xeon (AMX,
+        # avx512) a forward over repacked Q8_0 / Q4_1 weights segfaults; unpacked ones run fine
+        if hasattr(mp, "use_extra_bufts"):
+            mp.use_extra_bufts = False
         self.model = L.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load {path}; the file may be corrupt or "

@@ -3,7 +3,8 @@
 A model name resolves, in order: (1) a path on disk; (2) a folder shipped in the repository's
 ``models/``; (3) a Hugging Face repo id in the local HF cache (``$HF_HUB_CACHE``, the legacy
 ``$HUGGINGFACE_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``, in
-huggingface_hub's order), snapshot chosen by ``refs/main``. Nothing is downloaded and
+huggingface_hub's order), snapshot chosen by ``refs/main``; (4) ``gguf:<package>/<file>``, a
+pretrained llama GGUF that an installed package ships, converted once (``engine.gguf_base``). Nothing is downloaded and
 no remote code runs. Weights are read with safetensors on the meta device and assigned
 (no copy through a randomly initialised model); ``pytorch_model.bin`` folders are refused
 because unpickling runs arbitrary code.
@@ -79,6 +80,10 @@ def _cached_snapshot(repo_id: str) -> Path | None:
 def resolve_model(name: str | None) -> Path:
     """Model name -> folder (or .gguf file). Raises ModelLoadError naming where it looked."""
     name = name or DEFAULT_MODEL
+    if name.startswith("gguf:"):  # a pretrained llama GGUF, converted to Dream once
+        from engine.gguf_base import base_folder_for
+
+        return base_folder_for(name, cache_dir())
     path = Path(name).expanduser()
     if path.exists():
         return path.resolve()
@@ -111,7 +116,7 @@ def list_models() -> list[tuple[str, Path]]:
     found = []
     if REPO_MODELS.is_dir():
         found += [(p.name, p) for p in sorted(REPO_MODELS.iterdir())
-                  if (p / "config.json").exists()]
+                  if (p / "config.json").exists() or (p / "adapter_config.json").exists()]
     for cache in hf_cache_dirs():
         if not cache.is_dir():
             continue

@@ -5,6 +5,10 @@ An adapter folder holds ``adapter_config.json`` (``base_model_name_or_path``, ``
 with peft's tensor names (``base_model.model.<module>.lora_A.weight`` (r, in) and ``lora_B``
 (out, r)). Loading merges ``W += scale * B @ A`` once (Hu et al. 2021; scale = alpha / r, or
 alpha / sqrt(r) with rsLoRA), so inference runs at the base model's speed.
+Two more of peft's parts load, as an adapted diffusion model needs them: ``modules_to_save``
+(whole tensors such as the RMSNorm weights, ``base_model.model.<module>.weight``) and
+``trainable_token_indices`` (trained rows of the embedding, e.g. a new ``<|mask|>``, as
+``base_model.model.<embedding>.token_adapter.trainable_tokens_delta`` (n, C)).
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ def merge_adapter(model: torch.nn.Module, folder: Path) -> int:
     modules = dict(model.named_modules())
     scale, merged = lora_scale(cfg), 0
     for key, a in tensors.items():
+        if key.endswith(TOKEN_ROWS) or (key.endswith(".weight") and ".lora_" not in key):
+            merged += _replace_part(model, modules, key, a, cfg, folder)
+            continue
         if not key.endswith(".lora_A.weight"):
             continue
         name = key[len(PEFT_PREFIX):-len(".lora_A.weight")] if key.startswith(PEFT_PREFIX) \
@@ -80,3 +87,31 @@ def merge_adapter(model: torch.nn.Module, folder: Path) -> int:
     if merged == 0:
         raise ModelLoadError(f"{folder} holds no LoRA tensors (lora_A/lora_B)")
     return merged
+
+
+TOKEN_ROWS = ".token_adapter.trainable_tokens_delta"
+
+
+def _replace_part(model, modules: dict, key: str, value: torch.Tensor, cfg: dict,
+                  folder: Path) -> int:
+    """Copy a whole saved module weight, or the trained rows of an embedding, into ``model``."""
+    name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+    if name.endswith(TOKEN_ROWS):
+        module_name = name[:-len(TOKEN_ROWS)]
+        rows = (cfg.get("trainable_token_indices") or {}).get(module_name.rsplit(".", 1)[-1])
+        layer = modules.get(module_name)
+        if layer is None or rows is None or len(rows) != value.shape[0]:
+            raise ModelLoadError(f"{folder}: trained token rows {key} match no embedding and "
+                                 "trainable_token_indices of the base model")
+        with torch.no_grad():
+            layer.weight[torch.tensor(rows)] = value.to(layer.weight.dtype)
+        return 1
+    module_name = name[:-len(".weight")]
+    layer = modules.get(module_name)
+    if layer is None or getattr(layer, "weight", None) is None \
+            or layer.weight.shape != value.shape:
+        raise ModelLoadError(f"{folder}: saved tensor {key} matches no layer of the base model "
+                             "of that shape; the adapter was made for another model")
+    with torch.no_grad():
+        layer.weight.copy_(value.to(layer.weight.dtype))
+    return 1

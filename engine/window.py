@@ -9,6 +9,8 @@ Copilot's prompt assembly).
 
 from __future__ import annotations
 
+from engine.healing import plan_healing
+
 from dataclasses import dataclass
 
 BYTES_PER_TOKEN_BOUND = 8
@@ -118,7 +120,9 @@ def infill_ids(tokenizer, prefix: str, suffix: str, context: str, room: int
     """Token ids of the prompt around a hole, exactly as the engine and training build it:
     ``context + prefix`` (repository context first, encoded together) and ``suffix``, cut to
     ``room`` tokens. The nearby prefix and suffix come first; the context gets what is left, at
-    most half of the room (it was already sized to its own budget by ``engine.repo``)."""
+    most half of the room (it was already sized to its own budget by ``engine.repo``). The two
+    cuts are healed first (``engine.healing``) for tokenizers that merge across a newline."""
+    prefix, suffix = plan_healing(tokenizer, prefix, suffix).prompt(prefix, suffix)
     ctx = tokenizer.encode(context) if context else []
     if len(ctx) > room // 2:
         context, ctx = "", []  # never squeeze the code next to the hole for far-away context

@@ -97,6 +97,25 @@ def task_settings(engine, single: bool | None, **overrides):
     return engine.settings(temperature=0.0, stop=("\n",) if single else None, **given)
 
 
+class ARParent:
+    """``--decode ar``: the same weights decoding left to right with a causal mask, reading the
+    prefix only (``engine.autoregressive``); the eval functions call it as they call an engine."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.tokenizer = engine, engine.tokenizer
+
+    def infill(self, prefix: str, suffix: str, settings):
+        from engine.autoregressive import ar_completion
+
+        return ar_completion(self.engine, prefix, settings.max_new_tokens,
+                             tuple(settings.stop or ()))
+
+    def generate(self, prompt: str, settings, raw: bool = True):
+        from engine.autoregressive import ar_completion
+
+        return ar_completion(self.engine, prompt, settings.max_new_tokens, tuple(STOP))
+
+
 def spread(items: list, limit: int) -> list:
     """``limit`` items evenly spaced over ``items`` (all of them when limit is 0)."""
     if not limit or limit >= len(items):
@@ -194,13 +213,13 @@ def eval_loss(model: str | None, val: Path, limit: int = 0, device: str = "auto"
     import numpy as np
     import torch
 
-    from engine.loading import load_model, resolve_model
+    from engine.loading import base_folder, load_model, resolve_model
     from engine.tokenizer import DreamTokenizer
     from training.objectives import masked_ce_sum
 
     folder = resolve_model(model)
     loaded = load_model(folder, device, dtype)
-    tok = DreamTokenizer.from_folder(folder)
+    tok = DreamTokenizer.from_folder(base_folder(folder))  # an adapter reads its base's
     if not val.exists():
         raise ConfigError(f"{val} not found; run `unmask train corpus` and `unmask train "
                           "tokenizer` first, or pass --val")

@@ -142,7 +142,10 @@ class Rewarder:
 
 def completion_text(engine, hole: Hole, canvas: list[int]) -> str:
     """What the editor would insert: the first line for a single-line hole, else the canvas."""
-    text = engine.tokenizer.decode(engine.trim(canvas))
+    from engine.healing import plan_healing
+
+    text = plan_healing(engine.tokenizer, hole.prefix, hole.suffix).completion(
+        engine.tokenizer.decode(engine.trim(canvas)))
     return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else text
 
 

@@ -48,8 +48,11 @@ def add_lora(model: nn.Module, r: int, alpha: float) -> list[str]:
     return wrapped
 
 
-def save_adapter(model: nn.Module, out: Path, base: str, r: int, alpha: float) -> Path:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (peft's names)."""
+def save_adapter(model: nn.Module, out: Path, base: str, r: int, alpha: float,
+                 extra_tensors: dict | None = None, extra_config: dict | None = None,
+                 dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (peft's names);
+    ``extra_tensors`` / ``extra_config``: peft's ``modules_to_save`` and trainable token rows."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -58,10 +61,11 @@ def save_adapter(model: nn.Module, out: Path, base: str, r: int, alpha: float) -
         if isinstance(module, LoRALinear):
             for part in ("lora_A", "lora_B"):
                 tensors[f"base_model.model.{name}.{part}.weight"] = \
-                    getattr(module, part).weight.detach().float().contiguous()
+                    getattr(module, part).weight.detach().to(dtype).contiguous()
+    tensors.update(extra_tensors or {})
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "base_model_name_or_path": base, "r": r, "lora_alpha": alpha,
         "target_modules": list(TARGETS), "lora_dropout": 0.0, "bias": "none",
-        "task_type": "CAUSAL_LM"}, indent=2))
+        "task_type": "CAUSAL_LM", **(extra_config or {})}, indent=2))
     return out

@@ -60,9 +60,16 @@ def random_masking(x: torch.Tensor, sp: Specials, eps: float,
     return noisy, masked, t
 
 
-def line_starts(x_row: torch.Tensor, ends_line: torch.Tensor) -> torch.Tensor:
-    """Indices i such that token i-1 ends a line (so i begins one). x_row: (L,)."""
+def line_starts(x_row: torch.Tensor, ends_line: torch.Tensor,
+                at_newline: bool = False) -> torch.Tensor:
+    """Indices i such that token i-1 ends a line (so i begins one). x_row: (L,).
+
+    ``at_newline``: for tokenizers that merge a newline with the next line's indentation
+    (GPT-2-style BPE: "\n   " is one token), the line boundary is the newline token itself,
+    so the index i of each token that holds a newline (``ends_line`` = "holds a newline")."""
     ends = ends_line[x_row]  # (L,)
+    if at_newline:
+        return ends[1:].nonzero(as_tuple=True)[0] + 1
     return (ends[:-1].nonzero(as_tuple=True)[0] + 1)
 
 
@@ -83,7 +90,7 @@ def pick_hole(x_row: torch.Tensor, starts: torch.Tensor, max_middle: int,
 
 
 def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, max_middle: int,
-                   gen: torch.Generator, holes: int = 1
+                   gen: torch.Generator, holes: int = 1, at_newline: bool = False
                    ) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
     """Cut up to ``holes`` disjoint middles out of a window and pad each one: returns
     (sequence, [(canvas_start, canvas_len), ...]).
@@ -95,7 +102,7 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
     clean tokens separate two holes.
     """
     L = x_row.numel()
-    starts = line_starts(x_row, ends_line)
+    starts = line_starts(x_row, ends_line, at_newline)
     starts = starts[(starts > 8) & (starts < L - 16)]
     chosen: list[tuple[int, int]] = []
     for _ in range(holes):
@@ -117,16 +124,18 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
 
 
 def infill_batch(x: torch.Tensor, sp: Specials, ends_line: torch.Tensor, eps: float,
-                 max_middle: int, gen: torch.Generator, max_holes: int = 1):
+                 max_middle: int, gen: torch.Generator, max_holes: int = 1,
+                 at_newline: bool = False):
     """Infilling-shaped diffusion batch (1..max_holes holes per row): only canvas slots are
-    masked. Returns loss inputs."""
+    masked. Returns loss inputs. ``at_newline``: see ``line_starts``."""
     B, L = x.shape
     seqs, masked = x.clone(), torch.zeros(B, L, dtype=torch.bool)
     t = eps + (1 - eps) * torch.rand(B, generator=gen)  # (B,)
     eligible = torch.full((B,), L - 1, dtype=torch.float32)
     for b in range(B):
         ex = infill_example(x[b], sp, ends_line, max_middle, gen,
-                            holes=int(torch.randint(1, max_holes + 1, (1,), generator=gen)))
+                            holes=int(torch.randint(1, max_holes + 1, (1,), generator=gen)),
+                            at_newline=at_newline)
         if ex is None:
             masked[b] = torch.rand(L, generator=gen) < t[b]
             masked[b, 0] = False

@@ -175,10 +175,12 @@ def evaluate(model: DreamModel, val: TokenWindows, cfg: TrainConfig, sp: Special
     return out
 
 
-def save_checkpoint(path: Path, model: DreamModel, opt, state: dict) -> None:
+def save_checkpoint(path: Path, model: DreamModel, opt, state: dict,
+                    trainable_only: bool = False) -> None:
     """Resumable checkpoint: safetensors weights + optimizer state + loop state (JSON), written
     whole into a sibling folder and then swapped in, so a kill at any moment leaves one complete
-    checkpoint (this one or the previous: ``find_checkpoint``)."""
+    checkpoint (this one or the previous: ``find_checkpoint``). ``trainable_only``: only the
+    weights that train (LoRA adaptation over a frozen base the run rebuilds)."""
     import shutil
 
     from safetensors.torch import save_file
@@ -186,8 +188,10 @@ def save_checkpoint(path: Path, model: DreamModel, opt, state: dict) -> None:
     new, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only \
+        else set(model.state_dict())
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()
-               if not (k == "lm_head.weight" and model.config.tie_word_embeddings)},
+               if k in keep and not (k == "lm_head.weight" and model.config.tie_word_embeddings)},
               str(new / "model.safetensors"))
     opt_state = opt.state_dict()
     tensors = {f"{i}.{name}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()

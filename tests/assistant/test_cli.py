@@ -61,6 +61,20 @@ def test_batch_jsonl_reports_bad_line_and_runs_the_rest(tiny_model, tmp_path):
     assert r.returncode == 1
 
 
+def test_batch_says_a_repeated_note_once(tiny_model, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prefix": "def f(x):\n", "suffix": "\n"}) + "\n"
+                           for i in range(4)))
+    r = unmask("infill", "--model", str(tiny_model), "--jsonl", str(src), "--out",
+               str(tmp_path / "out.jsonl"), "--max-new-tokens", "8", "--block-length", "1",
+               "--steps", "4", "--length", "fixed")  # the user's 4 steps must become 8
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("unmask: note: 8 denoising steps instead of 4") == 1
+    assert "(4 with a note in their record)" in r.stderr
+    recs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert all("8 denoising steps instead of 4" in rec["note"] for rec in recs)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["generate", "--model", "/no/such/model", "--prompt", "x"], "not found"),
     (["generate", "--prompt", "x", "--steps", "0"], "--steps"),
@@ -114,3 +128,16 @@ def test_infill_on_a_1000_line_file_answers_and_says_what_it_kept(tiny_model, tm
                str(tmp_path / "out.jsonl"), "--max-new-tokens", "8", "--steps", "4")
     out = json.loads((tmp_path / "out.jsonl").read_text())
     assert r.returncode == 0 and "error" not in out and "nearest the hole" in out["note"]
+
+
+def test_doctor_reports_models_back_ends_and_what_to_fix(tiny_model):
+    import importlib.metadata as md
+
+    ok = unmask("doctor", "--model", str(tiny_model))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert str(tiny_model) in ok.stdout.replace("\n", "").replace("│", "").replace(" ", "") or \
+        tiny_model.name in ok.stdout
+    assert "language server (pygls)" in ok.stdout and md.version("pygls") in ok.stdout
+    assert "back end: llama.cpp" in ok.stdout and "torch" in ok.stdout
+    bad = unmask("doctor", "--model", "/no/such/model")
+    assert bad.returncode == 1 and "not found" in bad.stdout and "1 thing(s) to fix" in bad.stdout

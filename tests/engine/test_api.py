@@ -113,6 +113,18 @@ def test_block_decoding_says_when_the_steps_must_change(tiny_engine):
     assert res.steps == 4 and "4 denoising steps instead of 2" in res.extra["note"]
 
 
+def test_adaptive_canvas_scales_its_own_steps_without_a_note(tiny_engine, monkeypatch):
+    # the probe's canvas (8 of 32 slots) gets 64 * 8 / 32 = 16 steps, one slot per step at most
+    # gives 8: the engine's own arithmetic, not the user's setting, so no note
+    monkeypatch.setattr(tiny_engine, "probe_length", lambda *a, **k: (8, {"expected_len": 4.0}))
+    res = tiny_engine.infill("def f(x):\n", "\n", tiny_engine.settings(
+        max_new_tokens=32, steps=64, block_length=1, length="adaptive"))
+    assert res.canvas_len == 8 and res.steps == 8 and "note" not in res.extra
+    fixed = tiny_engine.infill("def f(x):\n", "\n", tiny_engine.settings(
+        max_new_tokens=32, steps=64, block_length=1, length="fixed"))
+    assert "32 denoising steps instead of 64" in fixed.extra["note"]
+
+
 class _EndHalf:
     """A denoiser whose every masked slot is eos with probability 1/2."""
 

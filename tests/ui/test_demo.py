@@ -49,6 +49,9 @@ def test_streams_a_frame_per_step_and_matches_the_cli(served, tiny_model):
     assert masks == sorted(masks, reverse=True) and masks[-1] == 0
     completion, metrics = final[1], final[2]
     assert metrics["steps"] == steps and 0 <= metrics["local@1"] <= 1
+    shown = final[3]  # what a person reads: figures, not a JSON box
+    assert f"{metrics['local@1']:.2f}" in shown and "forward passes" in shown
+    assert "tokens/s" in shown and "{" not in shown
     cli = subprocess.run([sys.executable, "-m", "cli", "generate", "--model",
                           str(tiny_model), "--prompt", PROMPT, "--raw", "--json", "--steps",
                           str(steps), "--max-new-tokens", "12", "--alg", "entropy", "--seed", "3",

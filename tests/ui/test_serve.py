@@ -29,6 +29,10 @@ LLAMA_VIM = {  # the fields llama.vim sends (its defaults), verbatim
     "response_fields": ["content", "timings/prompt_n", "timings/predicted_n"]}
 
 
+LLAMA_VIM_READS = ("prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second",
+                   "predicted_n", "predicted_ms", "predicted_per_token_ms", "predicted_per_second")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,8 +89,16 @@ def test_llama_vim_infill_request_as_sent(server):
     r = httpx.post(f"{server}/infill", json=LLAMA_VIM, headers=auth(), timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert isinstance(body["content"], str) and body["stop"] is True
-    assert body["timings"]["predicted_n"] == 8 and body["timings"]["prompt_n"] > 0
+    # llama.cpp's response_fields: only those, "timings/x" moved to the top level
+    assert set(body) == {"content", "timings/prompt_n", "timings/predicted_n"}
+    assert isinstance(body["content"], str) and body["timings/prompt_n"] > 0
+    assert 0 <= body["timings/predicted_n"] <= 8
+    whole = httpx.post(f"{server}/infill", json={k: v for k, v in LLAMA_VIM.items()
+                                                 if k != "response_fields"},
+                       headers=auth(), timeout=60).json()
+    assert whole["content"] == body["content"] and whole["stop"] is True
+    for field in LLAMA_VIM_READS:  # every timing llama.vim shows, present and numeric
+        assert isinstance(whole["timings"][field], (int, float)), field
     streamed = []
     with httpx.stream("POST", f"{server}/infill", json={**LLAMA_VIM, "stream": True},
                       headers=auth(), timeout=60) as s:
@@ -95,6 +107,20 @@ def test_llama_vim_infill_request_as_sent(server):
                 streamed.append(json.loads(line[6:]))
     assert streamed[-1]["stop"] is True
     assert "".join(e["content"] for e in streamed) == body["content"]  # deltas add up
+
+
+def test_llama_vim_warmup_with_n_predict_0_answers_at_once(server):
+    # llama.vim sends these to fill llama.cpp's cache (input_extra chunks, n_predict 0)
+    warm = {**LLAMA_VIM, "n_predict": 0, "t_max_predict_ms": 1, "input_prefix": "",
+            "input_suffix": "", "prompt": ""}
+    start = time.perf_counter()
+    r = httpx.post(f"{server}/infill", json=warm, headers=auth(), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"content": "", "timings/prompt_n": 0, "timings/predicted_n": 0}
+    assert time.perf_counter() - start < 30  # answered, not queued behind the model
+    bad = httpx.post(f"{server}/infill", json={**warm, "response_fields": "content"},
+                     headers=auth(), timeout=60)
+    assert bad.status_code == 400 and "response_fields" in bad.text
 
 
 def test_sixteen_concurrent_clients_are_batched_and_answered_like_one(server):

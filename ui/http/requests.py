@@ -1,8 +1,9 @@
 """Request validation for ``unmask serve``: llama.cpp ``/infill`` and OpenAI ``/v1`` fields.
 
 Every malformed field is one 400 with a message naming it. Fields that only make sense for
-autoregressive servers (``cache_prompt``, ``samplers``, ``t_max_*``, ``n_indent``) are accepted
-and ignored, so llama.vim's requests work as sent.
+autoregressive servers (``cache_prompt``, ``samplers``, ``t_max_*``, ``n_indent``, ``id_slot``)
+are accepted and ignored, so llama.vim's requests work as sent; its ``n_predict: 0`` warm-ups
+get an empty answer at once and ``response_fields`` filters the answer as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class InfillRequest:
     stops: tuple[str, ...] = ()
     extra: list[tuple[str, str]] = field(default_factory=list)
     chat: bool = False
+    fields: tuple[str, ...] = ()
+    """llama.cpp's ``response_fields``: only these (``a/b`` unnested to the top level)."""
+    warmup: bool = False
+    """``n_predict: 0``: llama.vim's cache-filling request; answered at once, nothing decoded."""
 
     def cut(self, text: str) -> str:
         """The text up to the first client stop string."""
@@ -87,11 +92,12 @@ def _stops(body: dict) -> tuple[str, ...]:
     raise BadRequest("field 'stop' must be a string or a list of at most 16 strings")
 
 
-def _sampling(body: dict, tokens_key: str, default_tokens: int) -> tuple[dict, tuple[str, ...]]:
+def _sampling(body: dict, tokens_key: str, default_tokens: int, least: int = 1
+              ) -> tuple[dict, tuple[str, ...]]:
     """Engine settings from the request's sampling fields, and its stop strings (which also end
     denoising early once they are settled)."""
-    n = _get(body, tokens_key, int, default_tokens, lambda v: 1 <= v <= MAX_NEW_TOKENS,
-             f"an integer in 1..{MAX_NEW_TOKENS}")
+    n = _get(body, tokens_key, int, default_tokens, lambda v: least <= v <= MAX_NEW_TOKENS,
+             f"an integer in {least}..{MAX_NEW_TOKENS}")
     out = {"max_new_tokens": n, "steps": n, "length": "fixed",
            "temperature": _get(body, "temperature", float, None, lambda v: 0 <= v <= 5,
                                "a number in 0..5"),
@@ -116,11 +122,32 @@ def parse_infill(body: dict) -> InfillRequest:
         raise BadRequest("field 'input_extra' must be a list of {\"filename\", \"text\"} objects")
     # llama.cpp puts `prompt` right after the prefix: the start of the middle already typed
     prefix = _text(body, "input_prefix") + _text(body, "prompt")
-    settings, stops = _sampling(body, "n_predict", 32)
+    settings, stops = _sampling(body, "n_predict", 32, least=0)
+    fields = body.get("response_fields") or []
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise BadRequest("field 'response_fields' must be a list of strings")
     return InfillRequest(prefix, _text(body, "input_suffix"), settings,
                          _get(body, "stream", bool, False, what="a boolean"),
                          _get(body, "model", str, None), stops,
-                         [(e.get("filename", ""), e.get("text", "")) for e in extra])
+                         [(e.get("filename", ""), e.get("text", "")) for e in extra],
+                         fields=tuple(fields), warmup=settings["max_new_tokens"] == 0)
+
+
+def select_fields(body: dict, fields: tuple[str, ...]) -> dict:
+    """llama.cpp's ``response_fields``: the named fields only; ``timings/prompt_n`` moves
+    ``body["timings"]["prompt_n"]`` to the top level under that name; missing ones are left out."""
+    if not fields:
+        return body
+    out = {}
+    for name in fields:
+        value = body
+        for part in name.split("/"):
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            out[name] = value
+    return out
 
 
 def parse_completion(body: dict) -> InfillRequest:

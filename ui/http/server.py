@@ -21,7 +21,7 @@ from assistant.scheduler import QueueFull, Scheduler, Ticket
 from assistant.settings import AssistantSettings
 from engine.errors import UnmaskError
 from ui.http.requests import BadRequest, InfillRequest, parse_chat, parse_completion, \
-    parse_infill
+    parse_infill, select_fields
 
 log = logging.getLogger("unmask.serve")
 MAX_BODY = 1 << 20
@@ -121,22 +121,47 @@ async def finished(ticket: Ticket, request):
     return last
 
 
-def settled_text(engine, canvas: list[int]) -> str:
-    """The text of the canvas left of its first still-masked slot (what can be shown)."""
-    return engine.tokenizer.decode(engine.trim(engine.settled(canvas)))
+def settled_text(engine, canvas: list[int], req: InfillRequest) -> str:
+    """The text of the canvas left of its first still-masked slot (what can be shown), moved
+    back to the user's cut as the final completion is (``engine.healing``)."""
+    from engine.healing import plan_healing
+
+    heal = plan_healing(engine.tokenizer, req.prefix, req.suffix)
+    return heal.completion(engine.tokenizer.decode(engine.trim(engine.settled(canvas))),
+                           final=False)
 
 
 def infill_body(engine, completion, req: InfillRequest, started: float) -> dict:
-    text = req.cut(completion.completion)
-    ms = (time.perf_counter() - started) * 1000
-    return {"content": text, "stop": True, "model": engine.name,
-            "tokens_predicted": len(engine.tokenizer.encode(text)),
-            "tokens_evaluated": completion.prompt_tokens, "truncated": "note" in completion.extra,
-            "timings": {"prompt_n": completion.prompt_tokens, "predicted_n": completion.canvas_len,
-                        "predicted_ms": round(completion.elapsed_s * 1000, 2),
-                        "total_ms": round(ms, 2), "forward_passes":
-                        completion.extra.get("forward_passes"),
-                        "batch": completion.extra.get("batch", 1)}}
+    """llama.cpp's /infill answer. Its timings split prompt processing from generation; a
+    diffusion model reads the prompt in every pass, so ``predicted_ms`` is the engine's whole
+    denoising time and ``prompt_ms`` what the request spent around it (queue, tokenizing)."""
+    text = req.cut(completion.completion) if completion is not None else ""
+    total_ms = (time.perf_counter() - started) * 1000
+    prompt_n = completion.prompt_tokens if completion is not None else 0
+    if completion is None or not text:
+        predicted_n = 0
+    elif text == completion.completion:  # the tokens the model wrote, before the first end
+        predicted_n = len(engine.trim(completion.token_ids))
+    else:  # cut at a client stop string
+        predicted_n = len(engine.tokenizer.encode(text))
+    predicted_ms = completion.elapsed_s * 1000 if completion is not None else 0.0
+    prompt_ms = max(total_ms - predicted_ms, 0.0)
+    extra = completion.extra if completion is not None else {}
+    body = {"content": text, "stop": True, "model": engine.name,
+            "tokens_predicted": predicted_n, "tokens_evaluated": prompt_n, "tokens_cached": 0,
+            "truncated": "note" in extra,
+            "timings": {"prompt_n": prompt_n, "prompt_ms": round(prompt_ms, 2),
+                        "prompt_per_token_ms": round(prompt_ms / max(prompt_n, 1), 3),
+                        "prompt_per_second": round(prompt_n / max(prompt_ms / 1000, 1e-6), 2),
+                        "predicted_n": predicted_n, "predicted_ms": round(predicted_ms, 2),
+                        "predicted_per_token_ms": round(predicted_ms / max(predicted_n, 1), 3),
+                        "predicted_per_second":
+                            round(predicted_n / max(predicted_ms / 1000, 1e-6), 2),
+                        "total_ms": round(total_ms, 2),
+                        "canvas_n": completion.canvas_len if completion is not None else 0,
+                        "forward_passes": extra.get("forward_passes", 0),
+                        "batch": extra.get("batch", 1)}}
+    return body
 
 
 def completion_body(engine, completion, req: InfillRequest, chat: bool = False) -> dict:
@@ -195,23 +220,30 @@ def create_app(server: Server):
     async def infill(request):
         req = parse_infill(await server.body(request))
         started = time.perf_counter()
+        if req.warmup:  # nothing to predict: llama.cpp only fills its cache, we have none to fill
+            if server.engine is None:
+                raise BadRequest(f"the model is {server.holder.status}; retry shortly", 503)
+            return JSONResponse(select_fields(infill_body(server.engine, None, req, started),
+                                              req.fields))
         ticket = server.submit(server.ticket(req))
         engine = server.engine
         if not req.stream:
             last = await finished(ticket, request)
-            return _final(last, lambda c: infill_body(engine, c, req, started))
+            return _final(last, lambda c: select_fields(infill_body(engine, c, req, started),
+                                                        req.fields))
 
         async def chunks():
             shown = ""
             async for item in events(ticket, request):
                 if item[0] == "step":
-                    text = req.cut(settled_text(engine, item[3]))
+                    text = req.cut(settled_text(engine, item[3], req))
                     if len(text) > len(shown) and text.startswith(shown):
                         yield sse({"content": text[len(shown):], "stop": False})
                         shown = text
                 elif item[0] == "done":
                     body = infill_body(engine, item[1], req, started)
-                    yield sse({**body, "content": body["content"][len(shown):]})
+                    yield sse({**select_fields(body, req.fields),
+                               "content": body["content"][len(shown):], "stop": True})
                 else:
                     yield sse({"error": {"message": item[1]}})
         return StreamingResponse(chunks(), media_type="text/event-stream")
@@ -230,7 +262,7 @@ def create_app(server: Server):
                 if item[0] == "error":
                     yield sse({"error": {"message": item[1]}})
                     return
-                text = req.cut(settled_text(engine, item[3]) if item[0] == "step"
+                text = req.cut(settled_text(engine, item[3], req) if item[0] == "step"
                                else item[1].completion)
                 if len(text) > len(shown) and text.startswith(shown):
                     yield sse({"id": cid, "object": "text_completion", "model": engine.name,

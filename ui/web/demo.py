@@ -112,9 +112,31 @@ def _stream(engine, mode: str, code: str, settings):
     return code, "", engine.generate_stream(code, settings, raw=True)
 
 
+def bar(value: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(1.0, value)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def summary(metrics: dict) -> str:
+    """The finished run's AR-ness and speed as a small readable table (the JSON stays for API
+    clients): 1.0 means strictly left to right, as an autoregressive model decodes."""
+    rows = ["| | | |", "|---|---|---|"]
+    for key in ("local@1", "global@1", "local@4"):
+        if key in metrics:
+            rows.append(f"| AR-ness {key} | `{bar(metrics[key])}` | {metrics[key]:.2f} |")
+    rows.append(f"| forward passes | {metrics.get('forward passes')} for "
+                f"{metrics.get('canvas')} slots | {metrics.get('steps')} steps |")
+    rows.append(f"| engine time | {metrics.get('seconds')} s | "
+                f"{metrics.get('tokens/s')} tokens/s |")
+    note = f"\n\n_{metrics['note']}_" if metrics.get("note") else ""
+    return ("**AR-ness** (DiffuCoder §4.1: share of steps that decode the next slot to the "
+            "right; 1.0 = left to right) **and speed**\n\n" + "\n".join(rows) + note)
+
+
 def denoise_frames(engines: Engines, model, mode, code, steps, max_tokens, alg, temperature,
                    alg_temp, seed, fast: dict | None = None):
-    """Yield (canvas html, run, completion, metrics) after every denoising step; ``fast``
+    """Yield (canvas html, run, completion, metrics, readable summary) after every denoising
+    step; ``fast``
     adds fast-decoding settings (parallel unmasking, the context cache)."""
     import gradio as gr
 
@@ -134,12 +156,13 @@ def denoise_frames(engines: Engines, model, mode, code, steps, max_tokens, alg, 
                                {"note": item.extra["note"]} if "note" in item.extra else {}),
                            "seconds": round(item.elapsed_s, 3),
                            "tokens/s": round(item.tokens_per_s, 1), **ar_ness_report(item.order)}
-                yield render(run), run, item.completion, metrics
+                yield render(run), run, item.completion, metrics, summary(metrics)
                 return
             texts = engine.tokenizer.token_texts(item.canvas)
             hidden = [t in (engine.pad_id, engine.eos_id) for t in item.canvas]
             run = Run(texts, item.order, hidden, item.steps, before[-1500:], after[:800])
-            yield render(run), run, "", {"step": f"{item.step + 1}/{item.steps}"}
+            progress = {"step": f"{item.step + 1}/{item.steps}"}
+            yield render(run), run, "", progress, f"denoising: step {progress['step']}"
     except UnmaskError as err:
         raise gr.Error(str(err)) from err
 
@@ -184,9 +207,9 @@ def side_by_side(engines: Engines, model, mode, code, max_tokens, fast):
     outs = ["", "", "", ""]
     for i, preset in enumerate((None, FAST.get(fast, {}))):
         start = time.perf_counter()
-        for frame_html, _, _, metrics in denoise_frames(engines, model, mode, code, max_tokens,
-                                                        max_tokens, MODEL_DEFAULT, 0.0, 0, 0,
-                                                        preset):
+        for frame_html, _, _, metrics, _ in denoise_frames(
+                engines, model, mode, code, max_tokens, max_tokens, MODEL_DEFAULT, 0.0, 0, 0,
+                preset):
             outs[i] = frame_html
             if "tokens/s" in metrics:
                 outs[2 + i] = (f"**{'vanilla' if preset is None else fast}**: "
@@ -227,7 +250,8 @@ def build_demo(default_model: str | None = None, device: str = "auto"):
             canvas = gr.HTML(label="Canvas")
             replay = gr.Slider(0, 1, value=0, step=1, label="Replay: show the canvas after step")
             completion = gr.Textbox(label="Completion", lines=4)
-            metrics = gr.JSON(label="AR-ness (DiffuCoder §4.1) and speed")
+            figures = gr.Markdown()
+            metrics = gr.JSON(label="AR-ness and speed (JSON, for API clients)", visible=False)
             run_state = gr.State()
             gr.Examples(EXAMPLES, [mode, code, steps, max_tokens, alg, temperature])
         with gr.Tab("Compare temperatures"):
@@ -248,12 +272,12 @@ def build_demo(default_model: str | None = None, device: str = "auto"):
                     canvas_b, info_b = gr.HTML(), gr.Markdown()
 
         def run(*args):
-            for frame_html, run_obj, text, info in denoise_frames(engines, *args):
-                yield (frame_html, run_obj, text, info,
+            for frame_html, run_obj, text, info, shown in denoise_frames(engines, *args):
+                yield (frame_html, run_obj, text, info, shown,
                        gr.update(maximum=max(1, run_obj.steps - 1), value=max(0, max(run_obj.order))))
 
         run_btn.click(run, [model, mode, code, steps, max_tokens, alg, temperature, alg_temp,
-                            seed], [canvas, run_state, completion, metrics, replay],
+                            seed], [canvas, run_state, completion, metrics, figures, replay],
                       api_name="denoise", concurrency_limit=1)
         replay.change(lambda r, s: render(r, int(s)) if r else "", [run_state, replay], canvas,
                       api_name="replay", show_progress="hidden")

@@ -1,0 +1,65 @@
+"""The model read as its autoregressive parent: greedy left-to-right decoding, causal mask.
+
+A Dream model keeps next-token alignment (hidden state i predicts token i+1), so with a causal
+attention mask an adapted model's *base* is exactly the pretrained AR model it came from
+(``engine.gguf_base``). This is the baseline the diffusion model has to beat on the same tasks:
+it reads only the prefix, healed (the prompt ends before the prefix's trailing newline and
+indentation, the continuation's copy of them is dropped: ``engine.healing``). Keys and values
+of past positions are kept in the ``LayerKV`` cache: the prompt fills it in one causal pass,
+then each new token is a one-position window appended at the end.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from engine.healing import Healing
+from engine.model import LayerKV
+
+
+@torch.inference_mode()
+def greedy_continue(model, ids: list[int], max_new: int, end_ids: set[int],
+                    stop: tuple[str, ...] = (), decode=None) -> list[int]:
+    """Up to ``max_new`` greedy tokens after ``ids`` (stops at an end id or a stop string)."""
+    dev = next(model.parameters()).device
+    cache = [LayerKV(None) for _ in model.model.layers]
+    logits = model(torch.tensor([ids], device=dev), causal=True, cache=cache)[0, -1]  # (V,)
+    out: list[int] = []
+    n = len(ids)
+    mask_id = model.config.mask_token_id  # the parent never writes the diffusion mask
+    for _ in range(max_new):
+        logits = logits.float()
+        logits[mask_id] = float("-inf")
+        nxt = int(logits.argmax())
+        if nxt in end_ids:
+            break
+        out.append(nxt)
+        if stop and decode is not None and any(s in decode(out) for s in stop):
+            break
+        for layer in cache:
+            layer.window = (n, n + 1)  # append one position; it attends to every cached key
+        logits = model(torch.tensor([[nxt]], device=dev), cache=cache)[0, -1]
+        n += 1
+    return out
+
+
+def ar_completion(engine, prefix: str, max_new: int, stop: tuple[str, ...] = ()):
+    """The parent's continuation of ``prefix`` as an ``engine.api.Completion`` (the suffix is
+    not read: that is the baseline's handicap)."""
+    from engine.api import Completion
+
+    start = time.perf_counter()
+    trailing = prefix[len(prefix.rstrip()):]
+    heal = Healing(cut=trailing) if "\n" in trailing else Healing()
+    ids = engine.infill_prompt(prefix[:len(prefix) - len(heal.cut)], "", max_new)[0]
+    model = engine.denoiser.loaded.model
+    ends = {engine.eos_id, engine.pad_id} | ({engine.im_end_id} - {None})
+    tok = engine.tokenizer
+    # a stop string counts only after the healed cut (the continuation starts with a newline)
+    out = greedy_continue(model, ids, max_new, ends, stop,
+                          lambda o: heal.completion(tok.decode(o), final=False))
+    text = heal.completion(tok.decode(out), final=False)
+    return Completion(text, out, list(range(len(out))), len(out), max_new,
+                      time.perf_counter() - start, len(ids), {"forward_passes": len(out) + 1})

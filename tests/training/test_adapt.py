@@ -1,0 +1,122 @@
+"""Adapting a pretrained llama (a tiny GGUF) to masked diffusion: what trains, the exported
+peft adapter equals the trained model, stop-and-resume equals one run, attention annealing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.loading import load_model
+from engine.tokenizer import DreamTokenizer
+from tests.conftest import TEXT
+from tests.gguf_llama import write_tiny_llama_gguf
+from training.adapt import AdaptConfig, annealed_mask, newline_tokens, prepare_model, train
+from training.objectives import line_starts
+from training.pretrain import find_checkpoint, load_checkpoint
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNMASK_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_tiny_llama_gguf(tmp_path / "base.gguf", seed=1)
+    base = f"gguf:{src}"
+    from engine.loading import resolve_model
+
+    tok = DreamTokenizer.from_folder(resolve_model(base))
+    data = tmp_path / "tokens"
+    data.mkdir()
+    ids = np.array(tok.encode(TEXT * 3), dtype=np.uint16)
+    ids.tofile(data / "train.bin")
+    ids[: len(ids) // 2].tofile(data / "val.bin")
+
+    def config(out: str, **kw) -> AdaptConfig:
+        values = dict(out_dir=str(tmp_path / out), data_dir=str(data), base=base, lora_rank=4,
+                      lora_alpha=8.0, seq_len=64, batch_size=2, budget_minutes=1e6,
+                      max_steps=4, lr=1e-2, warmup_steps=1, anneal_steps=2,
+                      checkpoint_minutes=0.0, eval_every=0, eval_batches=1, log_every=1,
+                      infill_holes=2, seed=3)
+        values.update(kw)
+        return AdaptConfig(**values)
+
+    return config, tok
+
+
+def test_lora_trains_only_adapter_norms_and_the_mask_row(setup):
+    config, _ = setup
+    cfg = config("a")
+    model, new_ids = prepare_model(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    export = train(cfg)
+    state = load_checkpoint(find_checkpoint(Path(cfg.out_dir) / "last"), model,
+                            torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]))
+    assert state["step"] == 4
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(".lora_B." in n for n in changed) and "model.norm.weight" in changed
+    assert not any(n.endswith("base.weight") for n in changed)  # the frozen parent
+    emb_delta = (model.model.embed_tokens.weight - before["model.embed_tokens.weight"]).abs()
+    assert emb_delta[new_ids].sum() > 0 and emb_delta[:new_ids[0]].sum() == 0
+    assert (export / "adapter_config.json").exists()
+
+
+def test_exported_adapter_loads_as_the_trained_model(setup):
+    config, tok = setup
+    cfg = config("b")
+    export = train(cfg)
+    trained, _ = prepare_model(cfg)
+    load_checkpoint(find_checkpoint(Path(cfg.out_dir) / "last"), trained,
+                    torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad]))
+    trained.eval()
+    loaded = load_model(export, "cpu", "float32").model
+    x = torch.tensor([tok.encode(TEXT[:120])])
+    x[0, 5:9] = trained.config.mask_token_id
+    with torch.no_grad():
+        want, got = trained(x), loaded(x)
+    # the adapter's LoRA matrices are stored in bf16 (half the size); merged once at load
+    assert torch.allclose(got, want, atol=5e-2 * float(want.abs().max())), \
+        (got - want).abs().max()
+
+
+def test_stop_and_resume_equals_one_uninterrupted_run(setup):
+    config, _ = setup
+    whole = train(config("whole", max_steps=6))
+    train(config("split", max_steps=3))
+    split = train(config("split", max_steps=6))
+    from safetensors.torch import load_file
+
+    a = load_file(str(whole / "adapter_model.safetensors"))
+    b = load_file(str(split / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-3), key
+    log = (Path(config("split").out_dir) / "log.jsonl").read_text().splitlines()
+    assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_full_fine_tune_exports_a_whole_dream_folder(setup):
+    config, _ = setup
+    export = train(config("full", lora_rank=0, max_steps=2))
+    assert (export / "config.json").exists() and (export / "tokenizer.json").exists()
+    assert not (export / "adapter_config.json").exists()
+
+
+def test_annealed_attention_goes_from_causal_to_full():
+    gen = torch.Generator().manual_seed(0)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    early = annealed_mask(2, 6, 0.0, gen)
+    assert torch.equal(early[0, 0], causal)
+    middle = annealed_mask(2, 6, 0.5, gen)
+    assert bool((middle >= causal).all()) and bool(middle[:, :, ~causal].any())
+    assert annealed_mask(2, 6, 1.0, gen) is None
+
+
+def test_line_boundaries_of_a_merging_tokenizer_are_the_newline_tokens(setup):
+    _, tok = setup
+    ids = tok.encode("a = 1\n    b = 2\n    return b\n")
+    table = newline_tokens(tok, tok.vocab_size)
+    starts = line_starts(torch.tensor(ids), table, at_newline=True).tolist()
+    texts = tok.token_texts(ids)
+    assert starts and all("\n" in texts[i] for i in starts)
+    assert tok.decode(ids[starts[0]:starts[1]]) == "\n    b = 2"

