@@ -85,7 +85,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    rows = []
+    print("| back end | request | context | load s | tokenize ms | probe ms | first pass ms "
+          "| later pass ms | passes | total ms (editor) | total ms (exact) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     for backend in args.backends.split(","):
         engine, load_s = load(backend, args.model)
         for n in (int(c) for c in args.contexts.split(",")):
@@ -96,17 +98,12 @@ def main() -> None:
                         for _ in range(args.repeats)]
                 exact = [one_request(engine, prefix, suffix, slots, 0)["total"]
                          for _ in range(args.repeats)] if engine.backend == "torch" else [None]
-                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                rows.append((backend, kind, n, load_s, med,
-                             statistics.median(exact) if exact[0] is not None else None))
-                print(f"done {backend} {kind} {n}", file=sys.stderr, flush=True)
-    print("| back end | request | context | load s | tokenize ms | probe ms | first pass ms "
-          "| later pass ms | passes | total ms (editor) | total ms (exact) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for backend, kind, n, load_s, m, exact in rows:
-        print(f"| {backend} | {kind} | {n} | {load_s:.1f} | {m['tokenize']:.1f} | "
-              f"{m['probe']:.0f} | {m['first']:.0f} | {m['later']:.0f} | {m['passes']:.0f} | "
-              f"{m['total']:.0f} | {'-' if exact is None else f'{exact:.0f}'} |")
+                m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                ex = statistics.median(exact) if exact[0] is not None else None
+                print(f"| {backend} | {kind} | {n} | {load_s:.1f} | {m['tokenize']:.1f} | "
+                      f"{m['probe']:.0f} | {m['first']:.0f} | {m['later']:.0f} | "
+                      f"{m['passes']:.0f} | {m['total']:.0f} | "
+                      f"{'-' if ex is None else f'{ex:.0f}'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -237,7 +237,11 @@ def load_llamacpp(path: Path, quant: str = "f16", threads: int | None = None,
     from engine.tokenizer import DreamTokenizer
 
     if path.is_dir():
-        gguf_path, tokenizer = cached_gguf(path, quant), DreamTokenizer.from_folder(path)
+        from engine.loading import base_folder
+
+        # an adapter folder reads its base's tokenizer, as the torch back end does
+        gguf_path = cached_gguf(path, quant)
+        tokenizer = DreamTokenizer.from_folder(base_folder(path))
     else:
         gguf_path, tokenizer = path, None
     header = read_gguf_header(gguf_path)
