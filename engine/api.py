@@ -32,6 +32,7 @@ import torch
 
 from engine.choices import BACKENDS, LENGTH_STRATEGIES, PARALLEL_ALGORITHMS
 from engine.errors import ConfigError, ModelLoadError
+from engine.healing import NO_HEALING, Healing, plan_healing
 from engine.loading import LoadedModel, base_folder, load_model, resolve_model
 from engine.repetition import cut_loop, find_loop
 from engine.reuse import ContextReuse
@@ -43,7 +44,6 @@ from engine.sampler import (
     predicting_positions,
 )
 from engine.tokenizer import DreamTokenizer
-from engine.healing import NO_HEALING, Healing, plan_healing
 from engine.window import fit_prompt, infill_ids
 
 SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",

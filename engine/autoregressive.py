@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from engine.healing import Healing
+from engine.healing import plan_healing
 from engine.model import LayerKV
 
 
@@ -51,9 +51,8 @@ def ar_completion(engine, prefix: str, max_new: int, stop: tuple[str, ...] = ())
     from engine.api import Completion
 
     start = time.perf_counter()
-    trailing = prefix[len(prefix.rstrip()):]
-    heal = Healing(cut=trailing) if "\n" in trailing else Healing()
-    ids = engine.infill_prompt(prefix[:len(prefix) - len(heal.cut)], "", max_new)[0]
+    heal = plan_healing(engine.tokenizer, prefix, "")  # what infill_prompt cuts from the prefix
+    ids = engine.infill_prompt(prefix, "", max_new)[0]
     model = engine.denoiser.loaded.model
     ends = {engine.eos_id, engine.pad_id} | ({engine.im_end_id} - {None})
     tok = engine.tokenizer

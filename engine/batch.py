@@ -17,6 +17,7 @@ from typing import Iterator
 
 import torch
 
+from engine.healing import plan_healing
 from engine.sampler import denoise, padding_inputs
 
 
@@ -40,8 +41,6 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
 
     start = time.perf_counter()
     n = settings.max_new_tokens
-    from engine.healing import plan_healing
-
     pres, sufs, notes = [], [], []
     heals = [plan_healing(engine.tokenizer, prefix, suffix) for prefix, suffix, _ in holes]
     for prefix, suffix, context in holes:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,6 @@ def base_folder_for(spec: str, cache: Path) -> Path:
                        f"{CONVERTER_VERSION}".encode()).hexdigest()[:12]
     out = cache / "bases" / f"{src.stem}-{key}"
     if not (out / "model.safetensors").exists():
-        import time
-
         start = time.perf_counter()
         log.info("first run: converting the pretrained base %s to a Dream model in %s (once)",
                  src.name, out)

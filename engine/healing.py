@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _TRAILING_WS = re.compile(r"\s*\Z")
 _INDENTED_LINE = re.compile(r"[ \t]+\S")
@@ -69,8 +70,10 @@ class Healing:
 NO_HEALING = Healing()
 
 
+@lru_cache(maxsize=16)
 def merges_newlines(tokenizer) -> bool:
-    """Does this tokenizer put a newline and the next line's indentation in one token?"""
+    """Does this tokenizer put a newline and the next line's indentation in one token? (Asked
+    once per tokenizer: every prompt, streamed step and reward plans a healing.)"""
     pieces = tokenizer.token_texts(tokenizer.encode("x\n    y"))
     return any("\n" in t and " " in t and not t.strip() for t in pieces)
 

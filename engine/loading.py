@@ -4,8 +4,8 @@ A model name resolves, in order: (1) a path on disk; (2) a folder shipped in the
 ``models/``; (3) a Hugging Face repo id in the local HF cache (``$HF_HUB_CACHE``, the legacy
 ``$HUGGINGFACE_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``, in
 huggingface_hub's order), snapshot chosen by ``refs/main``; (4) ``gguf:<package>/<file>``, a
-pretrained llama GGUF that an installed package ships, converted once (``engine.gguf_base``). Nothing is downloaded and
-no remote code runs. Weights are read with safetensors on the meta device and assigned
+pretrained llama GGUF that an installed package ships, converted once (``engine.gguf_base``).
+Nothing is downloaded and no remote code runs. Weights are read with safetensors on the meta device and assigned
 (no copy through a randomly initialised model); ``pytorch_model.bin`` folders are refused
 because unpickling runs arbitrary code.
 """

@@ -9,9 +9,9 @@ Copilot's prompt assembly).
 
 from __future__ import annotations
 
-from engine.healing import plan_healing
-
 from dataclasses import dataclass
+
+from engine.healing import plan_healing
 
 BYTES_PER_TOKEN_BOUND = 8
 """Code averages 3-4 bytes per token; reading 8 bytes per budgeted token is a safe cheap bound."""

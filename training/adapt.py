@@ -217,6 +217,7 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
     mcfg = model.config
     sp = Specials(mcfg.mask_token_id, mcfg.pad_token_id, mcfg.eos_token_id)
     opt = make_optimizer(model, cfg)
+    trainable = opt.param_groups[0]["params"]  # what the optimizer updates is what is clipped
     state = {"step": 0, "elapsed": 0.0, "tokens": 0}
     if (found := find_checkpoint(out / "last")) is not None:
         state = load_checkpoint(found, model, opt)
@@ -257,7 +258,6 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
         # 3. update
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        trainable = [p for p in model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip).item()
         opt.step()
         state["step"] += 1

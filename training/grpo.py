@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import ConfigError
+from engine.healing import plan_healing
 from training.coupled import coupled_scores, grpo_loss, leave_one_out, mask_ratio, mask_uniforms
 from training.holes import Hole, load_holes, save_holes
 from training.holes import mine as mine_holes
@@ -142,8 +143,6 @@ class Rewarder:
 
 def completion_text(engine, hole: Hole, canvas: list[int]) -> str:
     """What the editor would insert: the first line for a single-line hole, else the canvas."""
-    from engine.healing import plan_healing
-
     text = plan_healing(engine.tokenizer, hole.prefix, hole.suffix).completion(
         engine.tokenizer.decode(engine.trim(canvas)))
     return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else text

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from engine.errors import ConfigError
-from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.healing import plan_healing
+from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.window import infill_ids
 from training.holes import KINDS, Hole, candidate_holes
 from training.objectives import masked_diffusion_loss
@@ -93,7 +93,8 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
                  pad_id: int, rng: random.Random) -> tuple[list[int], int, int] | None:
     """(ids, canvas start, canvas length) for one hole, or None when the middle is too long."""
     # the canvas holds the middle as the healed prompt around it expects (engine.healing)
-    middle = tokenizer.encode(plan_healing(tokenizer, hole.prefix, hole.suffix).middle(hole.middle))
+    heal = plan_healing(tokenizer, hole.prefix, hole.suffix)
+    middle = tokenizer.encode(heal.middle(hole.middle))
     if not middle or len(middle) > cfg.max_middle:
         return None
     canvas = middle + [pad_id] * rng.randint(0, 2 * len(middle) + 8)

@@ -19,7 +19,9 @@ import uuid
 from assistant.completion import EngineHolder
 from assistant.scheduler import QueueFull, Scheduler, Ticket
 from assistant.settings import AssistantSettings
+from engine.api import Completion
 from engine.errors import UnmaskError
+from engine.healing import plan_healing
 from ui.http.requests import BadRequest, InfillRequest, parse_chat, parse_completion, \
     parse_infill, select_fields
 
@@ -124,8 +126,6 @@ async def finished(ticket: Ticket, request):
 def settled_text(engine, canvas: list[int], req: InfillRequest) -> str:
     """The text of the canvas left of its first still-masked slot (what can be shown), moved
     back to the user's cut as the final completion is (``engine.healing``)."""
-    from engine.healing import plan_healing
-
     heal = plan_healing(engine.tokenizer, req.prefix, req.suffix)
     return heal.completion(engine.tokenizer.decode(engine.trim(engine.settled(canvas))),
                            final=False)
@@ -135,19 +135,19 @@ def infill_body(engine, completion, req: InfillRequest, started: float) -> dict:
     """llama.cpp's /infill answer. Its timings split prompt processing from generation; a
     diffusion model reads the prompt in every pass, so ``predicted_ms`` is the engine's whole
     denoising time and ``prompt_ms`` what the request spent around it (queue, tokenizing)."""
-    text = req.cut(completion.completion) if completion is not None else ""
+    text = req.cut(completion.completion)
     total_ms = (time.perf_counter() - started) * 1000
-    prompt_n = completion.prompt_tokens if completion is not None else 0
-    if completion is None or not text:
+    prompt_n = completion.prompt_tokens
+    if not text:
         predicted_n = 0
     elif text == completion.completion:  # the tokens the model wrote, before the first end
         predicted_n = len(engine.trim(completion.token_ids))
     else:  # cut at a client stop string
         predicted_n = len(engine.tokenizer.encode(text))
-    predicted_ms = completion.elapsed_s * 1000 if completion is not None else 0.0
+    predicted_ms = completion.elapsed_s * 1000
     prompt_ms = max(total_ms - predicted_ms, 0.0)
-    extra = completion.extra if completion is not None else {}
-    body = {"content": text, "stop": True, "model": engine.name,
+    extra = completion.extra
+    return {"content": text, "stop": True, "model": engine.name,
             "tokens_predicted": predicted_n, "tokens_evaluated": prompt_n, "tokens_cached": 0,
             "truncated": "note" in extra,
             "timings": {"prompt_n": prompt_n, "prompt_ms": round(prompt_ms, 2),
@@ -158,10 +158,9 @@ def infill_body(engine, completion, req: InfillRequest, started: float) -> dict:
                         "predicted_per_second":
                             round(predicted_n / max(predicted_ms / 1000, 1e-6), 2),
                         "total_ms": round(total_ms, 2),
-                        "canvas_n": completion.canvas_len if completion is not None else 0,
+                        "canvas_n": completion.canvas_len,
                         "forward_passes": extra.get("forward_passes", 0),
                         "batch": extra.get("batch", 1)}}
-    return body
 
 
 def completion_body(engine, completion, req: InfillRequest, chat: bool = False) -> dict:
@@ -223,7 +222,8 @@ def create_app(server: Server):
         if req.warmup:  # nothing to predict: llama.cpp only fills its cache, we have none to fill
             if server.engine is None:
                 raise BadRequest(f"the model is {server.holder.status}; retry shortly", 503)
-            return JSONResponse(select_fields(infill_body(server.engine, None, req, started),
+            nothing = Completion("", [], [], 0, 0, 0.0, 0)
+            return JSONResponse(select_fields(infill_body(server.engine, nothing, req, started),
                                               req.fields))
         ticket = server.submit(server.ticket(req))
         engine = server.engine

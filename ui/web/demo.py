@@ -136,8 +136,7 @@ def summary(metrics: dict) -> str:
 def denoise_frames(engines: Engines, model, mode, code, steps, max_tokens, alg, temperature,
                    alg_temp, seed, fast: dict | None = None):
     """Yield (canvas html, run, completion, metrics, readable summary) after every denoising
-    step; ``fast``
-    adds fast-decoding settings (parallel unmasking, the context cache)."""
+    step; ``fast`` adds fast-decoding settings (parallel unmasking, the context cache)."""
     import gradio as gr
 
     from engine.api import Completion
