@@ -160,20 +160,29 @@ class CompletionService:
         return fn(job, *args)
 
     def window(self, text: str, offset: int, mode: str) -> InfillWindow:
-        """Prefix/suffix windows that fit the loaded model's context with the canvas."""
+        """Prefix/suffix windows that fit the loaded model's context with the canvas: a single
+        line reads ``line_context_tokens`` from a start that moves on a grid (as-you-type
+        requests), anything else ``prefix_tokens`` + ``suffix_tokens``."""
         engine = self.holder.engine
         s = self.settings
+        single = mode == "single"
+        want_pre, want_suf = (s.line_context_tokens - s.line_context_tokens // 4,
+                              s.line_context_tokens // 4) if single else \
+            (s.prefix_tokens, s.suffix_tokens)
         room = engine.context - self.settings_for(mode).max_new_tokens - 2
-        suffix_tokens = min(s.suffix_tokens, room // 4)
-        prefix_tokens = max(1, min(s.prefix_tokens, room - suffix_tokens))
-        return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens)
+        suffix_tokens = min(want_suf, room // 4)
+        prefix_tokens = max(1, min(want_pre, room - suffix_tokens))
+        return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens,
+                            stable_start=single)
 
-    def settings_for(self, mode: str, seed: int = 0, length: str = "adaptive"):
+    def settings_for(self, mode: str, seed: int = 0, length: str | None = None):
         """Generation settings for an editor request: ``Engine.settings`` (the model's
         generation_config) under the user's settings. ``seed`` > 0 asks for another candidate,
-        so it samples (temperature at least 0.6). Needs a loaded engine."""
+        so it samples (temperature at least 0.6). ``length`` None: ``line_canvas`` for a
+        single line, adaptive otherwise. Needs a loaded engine."""
         s = self.settings
         new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
+        length = length or (s.line_canvas if mode == "single" else "adaptive")
         temperature = s.temperature if seed == 0 else max(s.temperature or 0.0, 0.6)
         return self.holder.engine.settings(
             max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from engine.choices import ALGORITHMS, BACKENDS
+from engine.choices import ALGORITHMS, BACKENDS, LENGTH_STRATEGIES
 from engine.errors import ConfigError
 
 
@@ -38,11 +38,19 @@ class AssistantSettings:
     max_tokens_block: int = 96
     """Canvas for multi-line completions and generated bodies."""
     prefix_tokens: int = 384
-    """Context before the cursor, in tokens."""
+    """Context before the cursor, in tokens (blocks, bodies and explicit requests)."""
     suffix_tokens: int = 128
-    """Context after the cursor, in tokens."""
+    """Context after the cursor, in tokens (blocks, bodies and explicit requests)."""
+    line_context_tokens: int = 256
+    """Context for single-line suggestions, which run as you type: 3/4 before the cursor,
+    1/4 after. Smaller than prefix + suffix because every pass reads all of it (latency grows
+    with it: benchmarks/latency_breakdown.py), and the window's start moves on a grid so that
+    consecutive requests share it (engine.window.anchored_tail, engine.reuse)."""
     repo_context: bool = True
     """Put the most similar code of the workspace before the prefix (engine.repo)."""
+    line_canvas: str = "adaptive"
+    """Single-line canvas: adaptive (a probe pass sizes it first) or fixed (``max_tokens_line``
+    slots, no probe: the line stop ends the request anyway; one pass fewer)."""
     cache_refresh: int = 8
     """Editor fast path: reuse the prefix's and suffix's keys/values, recomputed every this
     many passes (0: exact, everything recomputed each pass); see benchmarks/decode_speed.py."""
@@ -54,7 +62,8 @@ class AssistantSettings:
     looping suggestion is never what the user wants (engine.repetition)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens_line", "max_tokens_block", "prefix_tokens"):
+        for name in ("max_tokens_line", "max_tokens_block", "prefix_tokens",
+                     "line_context_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"setting {name} must be at least 1, got {getattr(self, name)}")
         if self.cache_refresh < 0:
@@ -68,6 +77,9 @@ class AssistantSettings:
         if self.backend not in BACKENDS:
             raise ConfigError(f"setting backend must be one of {', '.join(BACKENDS)}, got "
                               f"{self.backend!r}")
+        if self.line_canvas not in LENGTH_STRATEGIES:
+            raise ConfigError(f"setting line_canvas must be one of "
+                              f"{', '.join(LENGTH_STRATEGIES)}, got {self.line_canvas!r}")
         if self.alg is not None and self.alg not in ALGORITHMS:
             raise ConfigError(f"setting alg must be one of {', '.join(ALGORITHMS)}, got "
                               f"{self.alg!r}")

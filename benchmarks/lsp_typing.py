@@ -1,7 +1,7 @@
 """Replay a scripted typing session against `unmask lsp` and print latency and cache numbers.
 
     .venv/bin/python benchmarks/lsp_typing.py [--model M] [--cps 8] [--debounce-ms 200]
-        [--modes exact:0,cache:8:off,reuse:8:on]
+        [--modes exact:0,cache:8:off,reuse:8:on] [--above FILE]
 
 A person types ``examples/typing_session.py`` character by character at ``--cps`` characters
 per second. After each keystroke the client sends didChange; like Neovim 0.12 it sends an
@@ -11,7 +11,8 @@ p50/p95 latency from keystroke to answer (answered requests with a suggestion, a
 the share of requests served from the suggestion cache, and the denoising steps that
 superseded/cancelled requests ran for nothing. Each mode (``label:cacheRefresh[:reuseContext]``:
 cacheRefresh 0 is exact decoding, N the context cache refreshed every N passes; reuseContext on
-or off keeps keys from one request to the next, the server's default being on) replays the same
+or off keeps keys from one request to the next, the server's default being on; then any other
+setting as ``key=value``, e.g. ``lineCanvas=fixed`` or ``lineContextTokens=512``) replays the same
 session against a fresh server, one after the other, and the table shows them side by side.
 """
 
@@ -47,18 +48,26 @@ def main() -> None:
     ap.add_argument("--cps", type=float, default=8.0, help="typing speed, characters per second")
     ap.add_argument("--debounce-ms", type=float, default=200.0)
     ap.add_argument("--session", type=Path, default=ROOT / "examples" / "typing_session.py")
+    ap.add_argument("--above", type=Path, default=None,
+                    help="a file already in the buffer above the typed text (a long file: "
+                         "the context windows fill up and slide)")
     ap.add_argument("--modes", default="exact:0,cache:8:off,reuse:8:on",
-                    help="label:cacheRefresh[:reuseContext on|off], run one after the other")
+                    help="label:cacheRefresh[:reuseContext on|off[:setting=value ...]], run "
+                         "one after the other (e.g. fast:8:on:lineCanvas=fixed)")
     args = ap.parse_args()
     results = {}
     for mode in args.modes.split(","):
-        label, refresh, *reuse = mode.split(":")
+        label, refresh, *rest = mode.split(":")
         options = {"cacheRefresh": int(refresh)}
-        if reuse:
-            options["reuseContext"] = reuse[0] == "on"
+        if rest:
+            options["reuseContext"] = rest[0] == "on"
+        for setting in rest[1:]:  # any other editor setting, e.g. lineCanvas=fixed
+            key, value = setting.split("=", 1)
+            options[key] = int(value) if value.isdigit() else value
         results[label] = replay(args, options)
-    table = Table(title=f"LSP typing replay ({len(args.session.read_text())} keystrokes at "
-                        f"{args.cps} cps, debounce {args.debounce_ms:.0f} ms)")
+    where = f" below {args.above.name}" if args.above else ""
+    table = Table(title=f"LSP typing replay ({len(args.session.read_text())} keystrokes{where} "
+                        f"at {args.cps} cps, debounce {args.debounce_ms:.0f} ms)")
     table.add_column("metric")
     for label in results:
         table.add_column(label, justify="right")
@@ -73,7 +82,10 @@ def replay(args, options: dict) -> list[tuple[str, object]]:
     client.initialize(options)
     client.wait_for(lambda m: m.get("method") == "$/progress"
                     and m["params"]["value"].get("kind") == "end", timeout=300)
-    client.open(URI, "")
+    above = args.above.read_text() if args.above else ""
+    if above and not above.endswith("\n"):
+        above += "\n"
+    client.open(URI, above)
     sent: dict[int, float] = {}
     answers: dict[int, tuple[float, bool]] = {}
 
@@ -92,13 +104,13 @@ def replay(args, options: dict) -> list[tuple[str, object]]:
 
     collector = threading.Thread(target=collect, daemon=True)
     collector.start()
-    version, line, col = 1, 0, 0
+    version, line, col = 1, above.count("\n"), 0
     interval = 1.0 / args.cps
     for i, ch in enumerate(target):
         version += 1
         client.notify("textDocument/didChange", {
             "textDocument": {"uri": URI, "version": version},
-            "contentChanges": [{"text": target[:i + 1]}]})
+            "contentChanges": [{"text": above + target[:i + 1]}]})
         line, col = (line + 1, 0) if ch == "\n" else (line, col + 1)
         pause = args.debounce_ms / 1000 <= interval or i + 1 == len(target) \
             or target[i + 1] in "\n(.: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from engine.errors import ConfigError
@@ -223,6 +224,7 @@ class EvalProgress:
                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                             console=Console(stderr=True))
         self.task = None
+        self.started = time.monotonic()
 
     def __enter__(self):
         self.bar.__enter__()
@@ -235,7 +237,9 @@ class EvalProgress:
     def __call__(self, done: int, total: int, passed: int) -> None:
         self.bar.update(self.task, completed=done, total=total, info=f"passed {passed}")
         if not self.bar.console.is_terminal and (done % 50 == 0 or done == total):
-            self.bar.console.print(f"{self.label}: {done}/{total} done, {passed} passed")
+            spent = time.monotonic() - self.started
+            eta = f", about {spent / done * (total - done) / 60:.0f} min left" if done else ""
+            self.bar.console.print(f"{self.label}: {done}/{total} done, {passed} passed{eta}")
 
 
 def _personalize(args) -> int:

@@ -135,10 +135,19 @@ class Attention(nn.Module):
         if kv is not None:
             k, v = kv.exchange(k, v)  # (B, Hkv, L_all, D): cached keys outside the window
         groups = self.n_heads // self.n_kv
-        k = k.repeat_interleave(groups, dim=1)  # (B, H, L, D)
-        v = v.repeat_interleave(groups, dim=1)  # (B, H, L, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           is_causal=causal and attn_mask is None)
+        if causal and attn_mask is None:
+            k = k.repeat_interleave(groups, dim=1)  # (B, H, L, D)
+            v = v.repeat_interleave(groups, dim=1)  # (B, H, L, D)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # bidirectional: the query heads sharing a KV head are stacked along the query
+            # axis, so keys and values are read once instead of copied per group
+            # (query head h uses KV head h // groups, as with repeat_interleave)
+            q = q.reshape(B, self.n_kv, groups * L, self.head_dim)  # (B, Hkv, G*L, D)
+            if attn_mask is not None:
+                attn_mask = attn_mask.repeat(1, 1, groups, 1)  # (B, 1, G*L, L_all)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            y = y.reshape(B, self.n_heads, L, self.head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))  # (B, L, C)
 
 
@@ -176,16 +185,23 @@ class LayerKV:
         self.window = window
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self._owned = False
+        """Whether k/v are this cache's own copy, written in place by windowed passes. A full
+        pass's tensors are not: engine.reuse keeps them for the next request."""
 
     def exchange(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.window is None:
-            self.k, self.v = k, v
+            self.k, self.v, self._owned = k, v, False
             return k, v
         a, b = self.window
-        # kept whole: the next windowed pass reads the same positions outside its window, and
-        # engine.reuse hands the whole sequence's keys to the next request
-        self.k = torch.cat([self.k[:, :, :a], k, self.k[:, :, b:]], dim=2)
-        self.v = torch.cat([self.v[:, :, :a], v, self.v[:, :, b:]], dim=2)
+        # kept whole: the next windowed pass reads the same positions outside its window
+        if self._owned and self.k.shape[2] >= b:
+            self.k[:, :, a:b] = k
+            self.v[:, :, a:b] = v
+        else:  # the first windowed pass copies once (or grows a reused start)
+            self.k = torch.cat([self.k[:, :, :a], k, self.k[:, :, b:]], dim=2)
+            self.v = torch.cat([self.v[:, :, :a], v, self.v[:, :, b:]], dim=2)
+            self._owned = True
         return self.k, self.v
 
 

@@ -62,19 +62,37 @@ def head_by_tokens(text: str, tokenizer, budget: int) -> str:
     return kept
 
 
+def anchored_tail(text: str, tokenizer, budget: int, grid: int | None = None) -> str:
+    """Like ``tail_by_tokens``, but the window starts at the first line at or after a multiple
+    of ``grid`` characters: as the cursor moves down, the start stays put for about ``grid``
+    characters instead of moving with every line, so consecutive requests share their first
+    tokens and ``engine.reuse`` can skip them. Costs up to ``grid`` characters of context and
+    a line. The default grid is the power of two in (1/4, 1/2] of the window's characters: it
+    changes only when the window's length in characters halves or doubles."""
+    tight = tail_by_tokens(text, tokenizer, budget)
+    start = len(text) - len(tight)
+    grid = grid or 1 << max(0, (len(tight) // 2).bit_length() - 1)
+    grid = -(-start // grid) * grid  # rounded up
+    line = text.find("\n", max(grid - 1, start)) + 1 if grid > start else start
+    return text[line:] if 0 < line < len(text) else tight
+
+
 def build_infill(text: str, offset: int, tokenizer, prefix_tokens: int,
-                 suffix_tokens: int) -> InfillWindow:
+                 suffix_tokens: int, stable_start: bool = False) -> InfillWindow:
     """An editor request at ``offset`` of ``text``: prefix/suffix windows of the given sizes.
 
     When the cursor sits in indentation the prefix backs up to the line start, so the model
     writes the indentation itself (the tokenizer merges a leading space into the next word).
+    ``stable_start``: the prefix window starts on a grid (``anchored_tail``), for requests
+    made as the user types.
     """
     before, after = text[:offset], text[offset:]
     line_start = before.rfind("\n") + 1
     replace_from = offset
     if before[line_start:].strip() == "":
         before, replace_from = before[:line_start], line_start
-    return InfillWindow(tail_by_tokens(before, tokenizer, prefix_tokens),
+    tail = anchored_tail if stable_start else tail_by_tokens
+    return InfillWindow(tail(before, tokenizer, prefix_tokens),
                         head_by_tokens(after, tokenizer, suffix_tokens), replace_from)
 
 

@@ -4,11 +4,13 @@ Held-out files (``--exclude``: never trained on, never retrieved) give test-veri
 (``training.holes``): single lines, and blocks of 2-4 lines. Each is filled with the whole file
 as prefix and suffix and scored by running the repository's own suite on a temporary copy
 (``engine.sandbox.RepoSandbox``): pass@1, plus exact match against the removed lines. Results
-are cached by completion text, so equal answers cost one test run.
+are cached by completion text, so equal answers cost one test run, and answers whose verdict is
+known without a run (the removed lines themselves, a file that no longer parses) cost none.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,21 @@ def completion_for(engine, hole: Hole, index: RepoIndex | None) -> str:
     return text.split("\n", 1)[0] + "\n" if single else text
 
 
+def known_outcome(hole: Hole, middle: str) -> bool | None:
+    """The verdict of the test suite when it needs no run, else None: the file with the removed
+    lines put back is the file the suite passed on when the hole was verified, and a file that
+    no longer parses fails (a verified hole's file is imported by the tests, or blanking it
+    would not have failed them)."""
+    filled = hole.filled(middle)
+    if filled == hole.filled(hole.middle):
+        return True
+    try:
+        ast.parse(filled)
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte
+        return False
+    return None
+
+
 def score(engine, bench: Benchmark, sandbox, with_context: bool, progress=None,
           label: str = "", records: list | None = None) -> dict:
     """pass@1 and exact match per hole kind for one (model, context) configuration; one record
@@ -87,7 +104,9 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, progress=None,
             middle = completion_for(engine, hole, index)
             key = (hole.key, middle)
             if key not in seen:
-                seen[key] = sandbox.run({hole.path: hole.filled(middle)}).passed
+                known = known_outcome(hole, middle)
+                seen[key] = known if known is not None else \
+                    sandbox.run({hole.path: hole.filled(middle)}).passed
             passed += seen[key]
             exact += middle.strip() == hole.middle.strip()
             done += 1

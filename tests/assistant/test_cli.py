@@ -141,3 +141,15 @@ def test_doctor_reports_models_back_ends_and_what_to_fix(tiny_model):
     assert "back end: llama.cpp" in ok.stdout and "torch" in ok.stdout
     bad = unmask("doctor", "--model", "/no/such/model")
     assert bad.returncode == 1 and "not found" in bad.stdout and "1 thing(s) to fix" in bad.stdout
+
+
+def test_eval_progress_off_a_terminal_logs_every_50_tasks_with_the_time_left(capsys):
+    from cli.train import EvalProgress
+
+    with EvalProgress("repo") as progress:
+        for done in range(1, 101):
+            progress(done, 100, done // 2)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("repo:")]
+    assert lines[0].startswith("repo: 50/100 done, 25 passed, about ") and \
+        lines[0].endswith(" min left")
+    assert lines[-1].startswith("repo: 100/100 done, 50 passed")

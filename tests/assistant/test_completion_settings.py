@@ -7,6 +7,7 @@ import json
 from assistant.completion import CompletionService
 from assistant.settings import AssistantSettings
 from engine.api import Engine
+from engine.window import anchored_tail
 
 
 def test_block_length_comes_from_the_model_and_single_line_stops_at_newline(tiny_model, tmp_path):
@@ -29,3 +30,36 @@ def test_block_length_comes_from_the_model_and_single_line_stops_at_newline(tiny
     assert service.settings_for("multi", seed=2).temperature == 0.6  # another candidate samples
     service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
     assert service.settings_for("multi").block_length is None
+
+
+def test_single_lines_read_the_latency_window_and_blocks_the_full_one(tiny_model):
+    service = CompletionService(AssistantSettings(line_context_tokens=80, prefix_tokens=300,
+                                                  suffix_tokens=100))
+    engine = service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
+    text = "".join(f"x{i} = f({i})\n" for i in range(300))
+    cursor = text.index("x150 =")
+
+    def tokens(s: str) -> int:
+        return len(engine.tokenizer.encode(s))
+
+    single, multi = service.window(text, cursor, "single"), service.window(text, cursor, "multi")
+    assert tokens(single.prefix) <= 60 and tokens(single.suffix) <= 20
+    assert tokens(multi.prefix) > 60 and tokens(single.suffix) < tokens(multi.suffix) <= 100
+    # the single-line window starts on the grid (consecutive requests share it:
+    # tests/assistant/test_units.py)
+    assert single.prefix == anchored_tail(text[:cursor], engine.tokenizer, 60)
+
+
+def test_the_single_line_canvas_follows_line_canvas_and_blocks_stay_adaptive(tiny_model):
+    import pytest
+
+    from engine.errors import ConfigError
+
+    service = CompletionService(AssistantSettings(line_canvas="fixed"))
+    service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
+    assert service.settings_for("single").length == "fixed"
+    assert service.settings_for("multi").length == "adaptive"
+    service.settings = AssistantSettings()
+    assert service.settings_for("single").length == "adaptive"
+    with pytest.raises(ConfigError, match="line_canvas must be one of adaptive, fixed"):
+        AssistantSettings(line_canvas="probe")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from assistant.completion import SuggestionCache
 from assistant.edits import cut_body
 from assistant.syntax import completion_mode
-from engine.window import build_infill, fit_infill
+from engine.window import anchored_tail, build_infill, fit_infill, tail_by_tokens
 
 
 class CharTokenizer:
@@ -43,6 +43,23 @@ def test_build_infill_backs_up_to_the_line_start_in_indentation():
     text = "def f():\n    \n"
     w = build_infill(text, len("def f():\n    "), CharTokenizer(), 100, 100)
     assert w.prefix == "def f():\n" and w.replace_from == len("def f():\n")
+
+
+def test_a_stable_start_stays_put_while_the_user_types_down_a_long_file():
+    tok = CharTokenizer()
+    file = "".join(f"line_{i:03d} = {i}\n" for i in range(200))  # 15 characters a line
+    starts, tight_starts = set(), set()
+    for cursor in range(1500, 1560):  # typing four lines
+        text = file[:cursor]
+        w = anchored_tail(text, tok, 120, grid=60)
+        assert len(w) <= 120 and text.endswith(w) and w.startswith("line_")  # whole lines
+        assert len(w) >= 120 - 60 - 2 * 15  # the grid's width, and whole lines at both ends
+        starts.add(cursor - len(w))
+        tight_starts.add(cursor - len(tail_by_tokens(text, tok, 120)))
+    assert len(tight_starts) >= 4 and len(starts) <= 2
+    # the editors' windows use it on request
+    w = build_infill(file, 1500, tok, 120, 10, stable_start=True)
+    assert w.prefix == anchored_tail(file[:1500], tok, 120) and w.suffix == file[1500:1510]
 
 
 def test_fit_infill_leaves_fitting_text_alone_and_gives_the_suffix_a_quarter():

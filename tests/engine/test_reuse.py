@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine.errors import ConfigError
+from engine.model import LayerKV
 from engine.reuse import MIN_SHARED, RECOMPUTED, ContextReuse, shared_prefix
 
 
@@ -84,3 +85,27 @@ def test_engine_reuses_the_previous_request_and_reports_it(tiny_engine):
 def test_reuse_needs_the_context_cache(tiny_engine):
     with pytest.raises(ConfigError, match="--cache-refresh"):
         tiny_engine.settings(reuse_context=True, cache_refresh=0)
+
+
+def test_windowed_passes_write_their_own_copy_never_the_kept_keys(model):
+    """Windowed passes update the cache in place after one copy; the full pass's keys, which
+    the next request starts from, stay those of the all-mask canvas."""
+    reuse = ContextReuse(model, torch.device("cpu"))
+    x = torch.randint(5, 200, (1, 120))
+    _, cache, _ = reuse.full_pass(x, _select(range(80, 100)), 79)
+    kept = [(k.clone(), v.clone()) for k, v in reuse._kv]
+    for layer in cache:
+        layer.window = (79, 100)
+    with torch.inference_mode():
+        for step in range(3):
+            x[0, 80 + step] = 7 + step  # a slot decoded per pass
+            windowed = model(x[:, 79:100], select=_select(range(0, 21)), cache=cache)
+    assert all(torch.equal(k, k0) and torch.equal(v, v0)
+               for (k, v), (k0, v0) in zip(reuse._kv, kept))
+    # and the in-place cache gives what a fresh copy of the same keys gives
+    fresh = [LayerKV((79, 100)) for _ in cache]
+    for layer, old in zip(fresh, cache):
+        layer.k, layer.v = old.k.clone(), old.v.clone()
+    with torch.inference_mode():
+        again = model(x[:, 79:100], select=_select(range(0, 21)), cache=fresh)
+    assert torch.allclose(windowed, again, atol=1e-5)

@@ -178,3 +178,14 @@ def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo,
     eng = Engine.load(str(out), device="cpu", dtype="float32")
     assert eng.tokenizer.token_id("<|mask|>") == eng.mask_id and eng.defaults
     assert eng.infill("def f(x):\n", "\n", max_new_tokens=4, steps=2).canvas_len <= 4
+
+
+def test_answers_with_a_known_verdict_skip_the_test_run():
+    from training.holes import Hole
+    from training.repo_eval import known_outcome
+
+    hole = Hole("pkg/m.py", 1, 2, "line", "def f(x):\n", "    return x + 1\n", "\nf(1)\n")
+    assert known_outcome(hole, "    return x + 1") is True  # the removed line itself
+    assert known_outcome(hole, "    return (x +") is False  # no longer parses
+    assert known_outcome(hole, "  return x + 1") is None  # other indentation: run the tests
+    assert known_outcome(hole, "    return x - 1") is None
