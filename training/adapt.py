@@ -7,6 +7,8 @@ decontaminated corpus, half of them shaped like the product's requests (1..N who
 block holes padded with end tokens, as DreamOn teaches a canvas to stop), half random masking.
 Attention is annealed from causal to full (DiffuLLaMA, Gong et al. 2024: the mask is causal OR a
 Bernoulli(ratio) draw over query-key pairs, ratio rising to 1 over ``anneal_steps``).
+With ``distill`` > 0 a frozen copy of the parent reads each clean window causally and the loss
+on masked positions mixes in the KL to its next-token distribution (``objectives.Parent``).
 
 Trainable: a LoRA adapter on every linear layer plus the RMSNorm weights and the new token rows
 (the shipped form: ``export`` writes a peft adapter over the pinned base), or every weight with
@@ -33,8 +35,8 @@ except ModuleNotFoundError:  # Python 3.10
 from engine.loading import load_model, resolve_model
 from engine.model import DreamModel
 from training.lora import add_lora, save_adapter
-from training.objectives import (Specials, infill_batch, masked_ce_sum, masked_diffusion_loss,
-                                 random_masking)
+from training.objectives import (Parent, Specials, before_first, infill_batch, masked_ce_sum,
+                                 masked_diffusion_loss, random_masking)
 from training.pretrain import (TokenWindows, find_checkpoint, load_checkpoint, resumed_log,
                                save_checkpoint)
 
@@ -97,6 +99,12 @@ class AdaptConfig:
     """Steps between log lines."""
     seed: int = 0
     """Seed of data order, masking, annealing and LoRA initialisation."""
+    distill: float = 0.0
+    """Weight of the KL to the frozen parent on masked positions (``objectives.Parent``);
+    0 trains on the corpus tokens alone. Costs one causal no-grad pass of the base per step."""
+    snapshot_minutes: float = 0.0
+    """If > 0, also keep an export every this many minutes (``export-<step>``), so a run can
+    be scored at several points after it ends."""
     generation: dict = field(default_factory=dict)
     """Decoding defaults written to the export's ``generation_config.json`` (a TOML table:
     alg, threshold, block_length, steps, max_new_tokens, ...), with the model's special ids."""
@@ -236,9 +244,15 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
     train_data = TokenWindows(data / "train.bin", cfg.seq_len)
     val_data = TokenWindows(data / "val.bin", cfg.seq_len)
     tok = DreamTokenizer.from_folder(base_folder(resolve_model(cfg.base)))
+    parent = None
+    if cfg.distill > 0:
+        frozen = load_model(resolve_model(cfg.base), "cpu",
+                            "bfloat16" if cfg.bf16 else "float32").model.eval()
+        parent = Parent(frozen.requires_grad_(False), cfg.distill)
     at_line = newline_tokens(tok, mcfg.vocab_size)
     budget = cfg.budget_minutes * 60
     t0, last_save = time.time() - state["elapsed"], time.time()
+    last_snapshot = state["elapsed"]
     logfile = resumed_log(out / "log.jsonl", "step", state["step"])
     export_dir = out / "export"
     while True:
@@ -260,11 +274,13 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
                 seqs, noisy, masked, t, eligible = infill_batch(
                     x, sp, at_line, cfg.eps, cfg.max_middle, gen, cfg.infill_holes,
                     at_newline=True)
-                loss, stats = masked_diffusion_loss(model, seqs, masked, noisy, t, eligible, attn)
+                loss, stats = masked_diffusion_loss(model, seqs, masked, noisy, t, eligible, attn,
+                                                    parent, before_first(seqs, sp.pad_id))
             else:
                 noisy, masked, t = random_masking(x, sp, cfg.eps, gen)
                 eligible = torch.full((x.shape[0],), x.shape[1] - 1.0)
-                loss, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn)
+                loss, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn,
+                                                    parent)
         # 3. update
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,6 +305,9 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
             save_checkpoint(out / "last", model, opt, state, trainable_only=True)
             export(model, cfg, new_ids, export_dir)
             last_save = time.time()
+        if cfg.snapshot_minutes and state["elapsed"] - last_snapshot >= cfg.snapshot_minutes * 60:
+            export(model, cfg, new_ids, out / f"export-{state['step']}")
+            last_snapshot = state["elapsed"]
     save_checkpoint(out / "last", model, opt, state, trainable_only=True)
     final = evaluate(model, val_data, cfg)
     (out / "final_eval.json").write_text(json.dumps({**final, **state}, indent=2))

@@ -32,21 +32,53 @@ def causal_lm_loss(model: DreamModel, x: torch.Tensor) -> tuple[torch.Tensor, di
     return loss, {"loss": loss.item()}
 
 
+@dataclass
+class Parent:
+    """Distillation from the frozen AR parent: on masked positions the loss becomes
+    ``(1 - weight) * CE + weight * KL(parent || model)``, the parent reading the clean text
+    causally (with Dream's shift its logits at i-1 are its next-token prediction for token i).
+    Keeps the adapted model close to what the parent knew while it learns the suffix (the
+    "stay close to the AR model" finding of Efficient-DLM; stage 2 of issue 22 lost it)."""
+
+    model: DreamModel
+    weight: float
+
+
 def masked_diffusion_loss(model: DreamModel, x: torch.Tensor, masked: torch.Tensor,
                           noisy: torch.Tensor, t: torch.Tensor, eligible: torch.Tensor,
-                          attention_mask: torch.Tensor | None = None
+                          attention_mask: torch.Tensor | None = None,
+                          parent: Parent | None = None, parent_ok: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, dict]:
     """1/t-weighted CE on masked positions, logits shifted (hidden i-1 predicts token i).
 
     x: clean ids (B, L); noisy: model input (B, L); masked: bool (B, L), never at position 0;
     t: mask ratio per row (B,); eligible: positions that could have been masked, per row (B,);
-    attention_mask: optional (B, 1, L, L) bool, for right-padded batches.
+    attention_mask: optional (B, 1, L, L) bool, for right-padded batches;
+    parent: optional distillation (see ``Parent``), on the masked positions where ``parent_ok``
+    (B, L) holds (all of them if None).
     """
     rows, cols = masked.nonzero(as_tuple=True)  # (M,), (M,)
     logits = model(noisy, attention_mask, select=(rows, cols - 1))  # (M, V)
     ce = F.cross_entropy(logits.float(), x[rows, cols], reduction="none")  # (M,)
     loss = (ce / t[rows]).sum() / eligible.sum()
-    return loss, {"loss": loss.item(), "masked_ce": ce.mean().item(), "masked": int(rows.numel())}
+    stats = {"loss": loss.item(), "masked_ce": ce.mean().item(), "masked": int(rows.numel())}
+    if parent is None or parent.weight <= 0:
+        return loss, stats
+    keep = parent_ok[rows, cols] if parent_ok is not None else torch.ones_like(rows, dtype=bool)
+    r, c = rows[keep], cols[keep]
+    with torch.no_grad():
+        target = F.log_softmax(parent.model(x, causal=True, select=(r, c - 1)).float(), -1)
+    kl = F.kl_div(F.log_softmax(logits[keep].float(), -1), target, log_target=True,
+                  reduction="none").sum(-1)  # (K,) KL(parent || model)
+    kl_loss = (kl / t[r]).sum() / eligible.sum()
+    stats["parent_kl"] = kl.mean().item() if kl.numel() else 0.0
+    return (1 - parent.weight) * loss + parent.weight * kl_loss, stats
+
+
+def before_first(seqs: torch.Tensor, token: int) -> torch.Tensor:
+    """Bool (B, L): positions i with no ``token`` in seqs[:, :i+1] (a causal reader of the row
+    has seen no canvas padding up to and including i)."""
+    return (seqs == token).cumsum(1) == 0
 
 
 def random_masking(x: torch.Tensor, sp: Specials, eps: float,

@@ -101,6 +101,17 @@ def test_stop_and_resume_equals_one_uninterrupted_run(setup):
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == [1, 2, 3, 4, 5, 6]
 
 
+def test_distilled_run_keeps_snapshots_and_logs_the_parent_kl(setup):
+    config, _ = setup
+    cfg = config("distill", distill=0.5, snapshot_minutes=1e-9, max_steps=3, infill_share=0.5)
+    export = train(cfg)
+    out = Path(cfg.out_dir)
+    assert sorted(p.name for p in out.glob("export-*")) == ["export-1", "export-2", "export-3"]
+    assert (out / "export-2" / "adapter_model.safetensors").exists() and export.exists()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["parent_kl"] >= 0 for r in records) and any(r["parent_kl"] > 0 for r in records)
+
+
 def test_full_fine_tune_exports_a_whole_dream_folder(setup):
     config, _ = setup
     export = train(config("full", lora_rank=0, max_steps=2))

@@ -7,17 +7,17 @@ import math
 import torch
 
 from engine.model import DreamConfig, DreamModel
-from training.objectives import (Specials, causal_lm_loss, infill_batch, infill_example,
-                                 masked_diffusion_loss, random_masking)
+from training.objectives import (Parent, Specials, before_first, causal_lm_loss, infill_batch,
+                                 infill_example, masked_diffusion_loss, random_masking)
 
 SP = Specials(mask_id=1, pad_id=2, eos_id=0)
 
 
-def tiny():
-    torch.manual_seed(0)
+def tiny(tied: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
     return DreamModel(DreamConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
                                   num_hidden_layers=1, num_attention_heads=2,
-                                  num_key_value_heads=1, tie_word_embeddings=True))
+                                  num_key_value_heads=1, tie_word_embeddings=tied))
 
 
 def test_zero_init_head_gives_uniform_ce():
@@ -89,3 +89,38 @@ def test_infill_batch_masks_only_canvas():
     assert masked.any(dim=1).all()
     assert (noisy[masked] == 1).all() and (noisy[~masked] == seqs[~masked]).all()
     assert (eligible <= 95).all()
+
+
+def test_parent_term_vanishes_when_the_model_reads_as_its_parent():
+    """The KL compares the model with the parent reading the clean row causally: a model that
+    is the parent and sees the same causal view has KL 0, so the loss is (1 - w) * CE; any
+    other parent adds a positive KL."""
+    m = tiny()
+    x = torch.randint(3, 40, (2, 16))
+    _, masked, t = random_masking(x, SP, 0.3, torch.Generator().manual_seed(2))
+    causal = torch.ones(16, 16, dtype=torch.bool).tril().expand(2, 1, 16, 16)
+    eligible = torch.full((2,), 15.0)
+    plain, _ = masked_diffusion_loss(m, x, masked, x, t, eligible, causal)
+    same, stats = masked_diffusion_loss(m, x, masked, x, t, eligible, causal, Parent(m, 0.25))
+    assert abs(stats["parent_kl"]) < 1e-5
+    assert torch.allclose(same, 0.75 * plain, atol=1e-5)
+    other = tiny(tied=False, seed=5)  # tied, tiny() predicts its input token: so would it
+    _, stats = masked_diffusion_loss(m, x, masked, x, t, eligible, causal, Parent(other, 0.25))
+    assert stats["parent_kl"] > 1e-2
+
+
+def test_parent_term_skips_positions_after_canvas_padding():
+    seqs = torch.tensor([[5, 6, 7, 2, 2, 8, 9], [5, 6, 7, 8, 9, 10, 11]])
+    ok = before_first(seqs, SP.pad_id)
+    assert ok[0].tolist() == [True, True, True, False, False, False, False]
+    assert ok[1].all()
+    m, other = tiny(), tiny(tied=False, seed=5)
+    masked = torch.zeros(2, 7, dtype=torch.bool)
+    masked[0, 5] = True  # after the padding: the parent's view would hold pad tokens
+    t, eligible = torch.full((2,), 0.5), torch.full((2,), 6.0)
+    noisy = torch.where(masked, torch.full_like(seqs, SP.mask_id), seqs)
+    _, stats = masked_diffusion_loss(m, seqs, masked, noisy, t, eligible, None,
+                                     Parent(other, 0.5), ok)
+    assert stats["parent_kl"] == 0.0  # no position qualified
+    _, stats = masked_diffusion_loss(m, seqs, masked, noisy, t, eligible, None, Parent(other, 0.5))
+    assert stats["parent_kl"] > 1e-2  # the same position, unfiltered
