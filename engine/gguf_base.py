@@ -80,13 +80,25 @@ def gguf_path(spec: str) -> Path:
     return path
 
 
+def content_key(src: Path, edge: int = 4 << 20) -> str:
+    """The cache key of a GGUF: its size, first and last ``edge`` bytes (the header with every
+    tensor's name, shape and offset, and the last tensors' data) and the converter's version.
+    Not the path or mtime: a reinstalled package or a second clone must reuse the converted
+    base instead of converting again into another 261 MB folder; hashing the whole file would
+    cost every load ~0.2 s."""
+    size = src.stat().st_size
+    digest = hashlib.sha1(f"{size}:{CONVERTER_VERSION}:".encode())
+    with src.open("rb") as fh:
+        digest.update(fh.read(edge))
+        fh.seek(max(size - edge, 0))
+        digest.update(fh.read(edge))
+    return digest.hexdigest()[:12]
+
+
 def base_folder_for(spec: str, cache: Path) -> Path:
     """The Dream folder for ``spec``, converted into ``cache``/bases on first use."""
     src = gguf_path(spec)
-    stat = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:"
-                       f"{CONVERTER_VERSION}".encode()).hexdigest()[:12]
-    out = cache / "bases" / f"{src.stem}-{key}"
+    out = cache / "bases" / f"{src.stem}-{content_key(src)}"
     if not (out / "model.safetensors").exists():
         start = time.perf_counter()
         log.info("first run: converting the pretrained base %s to a Dream model in %s (once)",

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from engine.errors import ModelLoadError
-from engine.gguf_base import convert_gguf, gguf_path, gguf_tokenizer
+from engine.gguf_base import content_key, convert_gguf, gguf_path, gguf_tokenizer
 from engine.loading import load_model, resolve_model
 from engine.tokenizer import DreamTokenizer
 from tests.gguf_llama import SHAPE, SPECIALS, write_tiny_llama_gguf
@@ -123,6 +124,15 @@ def test_gguf_scheme_converts_once_into_the_cache(tiny, tmp_path, monkeypatch):
     assert first.parent == tmp_path / "cache" / "bases"
     np.testing.assert_equal(DreamTokenizer.from_folder(first).encode(CODE[0]),
                             DreamTokenizer.from_folder(tiny[1]).encode(CODE[0]))
+    # the same file reinstalled elsewhere (another venv or clone) reuses the conversion
+    elsewhere = tmp_path / "other-venv" / src.name
+    elsewhere.parent.mkdir()
+    shutil.copy(src, elsewhere)
+    assert resolve_model(f"gguf:{elsewhere}") == first
+    # another file is another base
+    changed = tmp_path / "changed.gguf"
+    changed.write_bytes(src.read_bytes()[:-1] + bytes([src.read_bytes()[-1] ^ 1]))
+    assert content_key(changed) != content_key(src)
 
 
 def test_ar_decoding_with_the_cache_equals_the_parents_greedy_tokens(tiny, parent):
