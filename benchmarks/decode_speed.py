@@ -52,7 +52,7 @@ def prompts(n: int) -> list[tuple[str, str]]:
 def big_engine():
     """A random Dream model of Qwen2.5-0.5B's shape (bf16), with the embedded tokenizer."""
     from engine.api import Engine, SpecialIds, TorchDenoiser
-    from engine.loading import REPO_MODELS, DEFAULT_MODEL, LoadedModel
+    from engine.loading import REPO_MODELS, LoadedModel
     from engine.model import DreamConfig, DreamModel
     from engine.tokenizer import DreamTokenizer
 
@@ -64,7 +64,7 @@ def big_engine():
         model = DreamModel(cfg).to(torch.bfloat16).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    folder = REPO_MODELS / DEFAULT_MODEL
+    folder = REPO_MODELS / "unmask-coder-8m"  # a tokenizer with <|dlm_pad|>, as Dream's has
     tok = DreamTokenizer.from_folder(folder)
     loaded = LoadedModel(folder, cfg, model, torch.device("cpu"), torch.bfloat16)
     ids = SpecialIds(tok.token_id("<|mask|>"), tok.token_id("<|endoftext|>"),
