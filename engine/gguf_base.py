@@ -81,8 +81,8 @@ def gguf_path(spec: str) -> Path:
 
 
 def content_key(src: Path, edge: int = 4 << 20) -> str:
-    """The cache key of a GGUF: its size, first and last ``edge`` bytes (the header with every
-    tensor's name, shape and offset, and the last tensors' data) and the converter's version.
+    """The cache key of a GGUF: its size, first and last ``edge`` bytes (the header: metadata,
+    vocabulary and tensor table; then the last tensors' data) and the converter's version.
     Not the path or mtime: a reinstalled package or a second clone must reuse the converted
     base instead of converting again into another 261 MB folder; hashing the whole file would
     cost every load ~0.2 s."""
