@@ -130,8 +130,9 @@ def test_gguf_scheme_converts_once_into_the_cache(tiny, tmp_path, monkeypatch):
     shutil.copy(src, elsewhere)
     assert resolve_model(f"gguf:{elsewhere}") == first
     # another file is another base
+    data = src.read_bytes()
     changed = tmp_path / "changed.gguf"
-    changed.write_bytes(src.read_bytes()[:-1] + bytes([src.read_bytes()[-1] ^ 1]))
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     assert content_key(changed) != content_key(src)
 
 
