@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from engine.api import Engine, GenerationSettings
 from engine.loading import DEFAULT_MODEL, REPO_MODELS, list_models
@@ -37,3 +39,21 @@ def test_models_command_lists_default():
     r = subprocess.run([sys.executable, "-m", "cli", "models"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and f"{DEFAULT_MODEL}  (default)" in r.stdout
+
+
+def test_the_135m_adapter_is_in_budget_over_the_pinned_base():
+    """models/unmask-coder-135m (issue 22; not the default until it passes the ship line): only
+    what adaptation made is in the repository, the base comes from the Makefile's pinned
+    package, and the card names that pin and the licence."""
+
+    folder = REPO_MODELS / "unmask-coder-135m"
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    package = adapter["base_model_name_or_path"].removeprefix("gguf:").split("/")[0]
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    pin = re.search(r"^BASE_PIN \?= (\S+)$", makefile, re.M).group(1)
+    assert pin.split("==")[0] == package.replace("_", "-")
+    assert not (folder / "config.json").exists() and not list(folder.glob("*.gguf"))
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 40 * 2**20
+    card = (folder / "README.md").read_text()
+    assert pin in card and "Apache-2.0" in card
+    assert "unmask-coder-135m" in [name for name, _ in list_models()]
