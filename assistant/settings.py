@@ -49,8 +49,9 @@ class AssistantSettings:
     repo_context: bool = True
     """Put the most similar code of the workspace before the prefix (engine.repo)."""
     line_canvas: str = "adaptive"
-    """Single-line canvas: adaptive (a probe pass sizes it first) or fixed (``max_tokens_line``
-    slots, no probe: the line stop ends the request anyway; one pass fewer)."""
+    """Single-line canvas: adaptive (a probe pass sizes it first), padded (the cache's first
+    full pass is the probe, the slots past its length become pads: one full pass fewer) or
+    fixed (``max_tokens_line`` slots, no probe: the line stop ends the request anyway)."""
     cache_refresh: int = 8
     """Editor fast path: reuse the prefix's and suffix's keys/values, recomputed every this
     many passes (0: exact, everything recomputed each pass); see benchmarks/decode_speed.py."""

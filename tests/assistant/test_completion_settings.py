@@ -61,5 +61,5 @@ def test_the_single_line_canvas_follows_line_canvas_and_blocks_stay_adaptive(tin
     assert service.settings_for("multi").length == "adaptive"
     service.settings = AssistantSettings()
     assert service.settings_for("single").length == "adaptive"
-    with pytest.raises(ConfigError, match="line_canvas must be one of adaptive, fixed"):
+    with pytest.raises(ConfigError, match="line_canvas must be one of adaptive, padded, fixed"):
         AssistantSettings(line_canvas="probe")

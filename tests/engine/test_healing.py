@@ -63,6 +63,18 @@ def test_partial_canvas_does_not_gain_the_final_newline(merging):
     assert heal.completion("\n    z = f(", final=True) == "    z = f(\n"
 
 
+def test_blank_lines_the_canvas_guesses_at_the_cursor_are_dropped(merging):
+    # the model cannot see whether the user typed a blank line: the newlines are the user's
+    heal = plan_healing(merging, PREFIX, SUFFIX)
+    assert heal.completion("\n\n    z = y") == "    z = y\n"
+    assert heal.completion("\n\n", final=False) == ""  # no "\n" in it: no single-line stop yet
+    typed = plan_healing(merging, PREFIX + "    ", "\n    return y\n")
+    assert typed.completion("\n\n\n    z = 2\n\n    w = 3") == "z = 2\n\n    w = 3"
+    blank = plan_healing(merging, PREFIX + "\n", SUFFIX)  # the user's own blank line
+    assert blank.completion("\n    z = y") == "    z = y\n"
+    assert heal.completion("z") == "z\n"  # no newline in the canvas's lead: nothing to drop
+
+
 def test_mid_line_cursor_is_not_healed(merging):
     assert plan_healing(merging, "x = foo(", ")\n") is NO_HEALING
     assert plan_healing(merging, "x = 1  ", "\n") is NO_HEALING
