@@ -48,10 +48,11 @@ class AssistantSettings:
     consecutive requests share it (engine.window.anchored_tail, engine.reuse)."""
     repo_context: bool = True
     """Put the most similar code of the workspace before the prefix (engine.repo)."""
-    line_canvas: str = "adaptive"
-    """Single-line canvas: adaptive (a probe pass sizes it first), padded (the cache's first
-    full pass is the probe, the slots past its length become pads: one full pass fewer) or
-    fixed (``max_tokens_line`` slots, no probe: the line stop ends the request anyway)."""
+    line_canvas: str = "fixed"
+    """Single-line canvas: fixed (``max_tokens_line`` slots, no probe: the line stop ends the
+    request anyway) or adaptive (a probe pass sizes it first: one full pass more). Fixed is the
+    default since the adapted 135M model: as exact as exact decoding on the 300 single-line
+    tasks and the fastest (docs/guide.md, the typing replay)."""
     cache_refresh: int = 8
     """Editor fast path: reuse the prefix's and suffix's keys/values, recomputed every this
     many passes (0: exact, everything recomputed each pass); see benchmarks/decode_speed.py."""

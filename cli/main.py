@@ -59,9 +59,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--length", default=None, choices=LENGTH_STRATEGIES,
-                   help="infill canvas: adaptive probes the hole's length and sizes it; padded "
-                        "probes in the first pass and pads the rest (faster with "
-                        "--cache-refresh); fixed uses --max-new-tokens")
+                   help="infill canvas: probe the hole's length first, or use --max-new-tokens")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.add_argument("--jsonl", type=Path, help="batch mode: read requests from this JSONL file")
     g.add_argument("--out", type=Path, help="batch mode: write results here")

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from engine.choices import LENGTH_STRATEGIES
 from engine.errors import ConfigError
 
 DATA = Path("data")
@@ -110,7 +109,7 @@ def add_train_parsers(sub) -> None:
                     help="with --cache-refresh: keys kept from the previous task (approximate)")
     ev.add_argument("--stop-loops", action="store_true", default=None,
                     help="end a completion at a loop and keep its first copy")
-    ev.add_argument("--length", default="adaptive", choices=[*LENGTH_STRATEGIES, "oracle"],
+    ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--jobs", type=int, default=1,
                     help="tasks run in parallel (threads; torch threads are split among them)")

@@ -89,8 +89,7 @@ class GenerationSettings(SamplerSettings):
     max_new_tokens: int = 64
     """Canvas size (the most tokens a completion can have)."""
     length: str = "adaptive"
-    """Infill canvas: adaptive (probe the hole's length first), padded (the first pass over a
-    full canvas is the probe; slots past the length become pads) or fixed (max_new_tokens)."""
+    """Infill canvas: adaptive (probe the hole's length first) or fixed (max_new_tokens)."""
     seed: int = 0
     """Seed of the explicit torch.Generator."""
     chat: bool | None = None
@@ -116,8 +115,7 @@ class GenerationSettings(SamplerSettings):
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.length not in LENGTH_STRATEGIES:
-            raise ConfigError(f"unknown length strategy {self.length!r}; use "
-                              f"{', '.join(LENGTH_STRATEGIES)}")
+            raise ConfigError(f"unknown length strategy {self.length!r}; use adaptive or fixed")
         if self.cache_refresh < 0:
             raise ConfigError(f"--cache-refresh must be >= 0, got {self.cache_refresh}")
         if self.reuse_context and not self.cache_refresh:
@@ -353,8 +351,7 @@ class Engine:
         if note:
             extra["note"] = note
         yield from self._run(pre, canvas, suf, settings, steps, extra=extra, started=started,
-                             heal=plan_healing(self.tokenizer, prefix, suffix),
-                             probe_first=settings.length == "padded")
+                             heal=plan_healing(self.tokenizer, prefix, suffix))
 
     def probe_length(self, pre: list[int], suf: list[int], max_new: int,
                      reuse: bool = False) -> tuple[int, dict]:
@@ -369,29 +366,28 @@ class Engine:
                 x, predicting_positions(x == self.mask_id), len(pre) - 1)
         else:
             logits = masked_logits(self.denoiser, x, x == self.mask_id)  # (N, V)
-        canvas, expected = self._length_from(logits, max_new)
-        return canvas, {"expected_len": expected, "probe_canvas": canvas, **extra}
-
-    def _length_from(self, logits: torch.Tensor, max_new: int) -> tuple[int, float]:
-        """(canvas slots, expected length) from a full canvas's logits (N, V): the sum over
-        slots of P(not pad/eos), times 1.5 plus 4 as a safety margin."""
         probs = torch.softmax(logits.float(), dim=-1)  # (N, V)
         # a set: Dream Base models pad with eos, and P(eos) must not count twice
         ends = sorted({self.pad_id, self.eos_id})
-        expected = float((1 - probs[:, ends].sum(-1)).sum())
-        return min(max_new, max(4, math.ceil(expected * 1.5) + 4)), round(expected, 2)
+        p_end = probs[:, ends].sum(-1)  # (N,)
+        expected = float((1 - p_end).sum())
+        canvas = min(max_new, max(4, math.ceil(expected * 1.5) + 4))
+        return canvas, {"expected_len": round(expected, 2), "probe_canvas": canvas, **extra}
 
     def _run(self, pre: list[int], n_canvas: int, suf: list[int], settings: GenerationSettings,
              steps: int, instruct: bool = False, extra: dict | None = None,
-             started: float | None = None, heal: Healing = NO_HEALING,
-             probe_first: bool = False):
-        """``probe_first`` (the ``padded`` length): the first full pass over the all-mask canvas
-        is the length probe, and the canvas's slots past the expected length become pads before
-        denoising starts. With the context cache that pass is also the cache's first full pass,
-        so the request makes one full pass where ``adaptive`` makes two; the canvas keeps its
-        size, so the suffix stays where the cache put it."""
+             started: float | None = None, heal: Healing = NO_HEALING):
         start = started or time.perf_counter()
         extra = dict(extra or {})
+        passes = planned_steps(n_canvas, steps, settings.block_length)
+        # a note only where the caller's own step count changes: an adaptive canvas scales the
+        # steps itself, and saying so on every completion says nothing the user can act on
+        if passes != steps and settings.alg not in PARALLEL_ALGORITHMS \
+                and steps == settings.steps:
+            why = "one per block at least" if passes > steps else "one per slot at most"
+            extra["note"] = "; ".join(filter(None, [extra.get("note"), (
+                f"{passes} denoising steps instead of {steps} ({why}, with blocks of "
+                f"{settings.block_length} over {n_canvas} slots)")]))
         x = torch.tensor([pre + [self.mask_id] * n_canvas + suf], dtype=torch.long,
                          device=self.device)
         gen = torch.Generator(device=self.device if self.device.type != "mps" else "cpu")
@@ -404,23 +400,6 @@ class Engine:
             denoiser = CachedDenoiser(denoiser.loaded, (max(lo - 1, 0), hi),
                                       settings.cache_refresh,
                                       self.reuse if settings.reuse_context else None)
-        slots = n_canvas
-        if probe_first:
-            slots, extra["expected_len"] = self._length_from(
-                masked_logits(denoiser, x, x == self.mask_id), n_canvas)
-            extra["probe_canvas"] = slots
-            x[0, lo + slots:hi] = self.pad_id
-            order[slots:] = [0] * (n_canvas - slots)  # settled by the probe, before step 0
-            steps = max(1, math.ceil(steps * slots / n_canvas))
-        passes = planned_steps(slots, steps, settings.block_length)
-        # a note only where the caller's own step count changes: an adaptive canvas scales the
-        # steps itself, and saying so on every completion says nothing the user can act on
-        if passes != steps and settings.alg not in PARALLEL_ALGORITHMS \
-                and steps == settings.steps:
-            why = "one per block at least" if passes > steps else "one per slot at most"
-            extra["note"] = "; ".join(filter(None, [extra.get("note"), (
-                f"{passes} denoising steps instead of {steps} ({why}, with blocks of "
-                f"{settings.block_length} over {slots} slots)")]))
         for st in denoise(denoiser, x, self.mask_id, settings.sampler(steps), gen):
             newly = st.decoded[0, lo:hi].nonzero(as_tuple=True)[0].tolist()
             for j in newly:

@@ -8,7 +8,5 @@ confidence threshold and the entropy-bounded EB-sampler."""
 PARALLEL_ALGORITHMS = ("confidence_threshold", "eb")
 BACKENDS = ("auto", "torch", "llamacpp")
 """auto = torch: its bf16 forward is the fastest measured on CPU (README back-end table)."""
-LENGTH_STRATEGIES = ("adaptive", "padded", "fixed")
-"""Infill canvas: probe the hole's length first and size the canvas to it; probe it in the first
-pass over a full canvas and set the slots past it to pad (with the context cache, one full pass
-fewer); or use max_new_tokens as upstream does."""
+LENGTH_STRATEGIES = ("adaptive", "fixed")
+"""Infill canvas: probe the hole's length first, or use max_new_tokens as upstream does."""

@@ -55,11 +55,12 @@ def test_the_single_line_canvas_follows_line_canvas_and_blocks_stay_adaptive(tin
 
     from engine.errors import ConfigError
 
-    service = CompletionService(AssistantSettings(line_canvas="fixed"))
+    service = CompletionService(AssistantSettings(line_canvas="adaptive"))
     service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
+    assert service.settings_for("single").length == "adaptive"
+    assert service.settings_for("multi").length == "adaptive"
+    service.settings = AssistantSettings()  # the default: no probe pass for a single line
     assert service.settings_for("single").length == "fixed"
     assert service.settings_for("multi").length == "adaptive"
-    service.settings = AssistantSettings()
-    assert service.settings_for("single").length == "adaptive"
-    with pytest.raises(ConfigError, match="line_canvas must be one of adaptive, padded, fixed"):
+    with pytest.raises(ConfigError, match="line_canvas must be one of adaptive, fixed"):
         AssistantSettings(line_canvas="probe")

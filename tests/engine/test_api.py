@@ -42,34 +42,6 @@ def test_adaptive_canvas_never_exceeds_max_and_scales_steps(tiny_engine):
     assert "expected_len" in res.extra
 
 
-def test_padded_canvas_probes_in_its_first_pass_and_pads_past_the_length(tiny_engine):
-    """With the context cache, ``padded`` makes one full pass (the probe, which the cache
-    keeps) where ``adaptive`` makes two; its canvas keeps every slot, those past the probed
-    length set to pad before denoising."""
-    e = tiny_engine
-    prefix, suffix = "".join(f"x{i} = {i}\n" for i in range(30)), "\nb = 2\n"
-    lengths: list[int] = []
-    hook = e.denoiser.loaded.model.model.embed_tokens.register_forward_hook(
-        lambda m, i, o: lengths.append(i[0].shape[1]))
-    runs = {}
-    try:
-        for length in ("adaptive", "padded"):
-            lengths.clear()
-            res = e.infill(prefix, suffix, e.settings(max_new_tokens=24, steps=24,
-                                                      cache_refresh=100, length=length))
-            runs[length] = res, [n for n in lengths]
-    finally:
-        hook.remove()
-    padded, seen = runs["padded"]
-    full_passes = [n for n in seen if n > 24 + 1]  # a window pass: the canvas and one before
-    assert len(full_passes) == 1 and padded.extra["forward_passes"] == len(seen)
-    assert len([n for n in runs["adaptive"][1] if n > 24 + 1]) == 2
-    slots = padded.extra["probe_canvas"]
-    assert padded.canvas_len == 24 and 4 <= slots <= 24 and "expected_len" in padded.extra
-    assert padded.token_ids[slots:] == [e.pad_id] * (24 - slots)
-    assert e.mask_id not in padded.token_ids and "<|dlm_pad|>" not in padded.completion
-
-
 def test_stop_string_ends_denoising_once_the_left_part_holds_it(tiny_engine):
     e = tiny_engine
     l2r = GenerationSettings(max_new_tokens=12, steps=12, length="fixed", block_length=1)
