@@ -51,8 +51,8 @@ class AssistantSettings:
     line_canvas: str = "fixed"
     """Single-line canvas: fixed (``max_tokens_line`` slots, no probe: the line stop ends the
     request anyway) or adaptive (a probe pass sizes it first: one full pass more). Fixed is the
-    default since the adapted 135M model: as exact as exact decoding on the 300 single-line
-    tasks and the fastest (docs/guide.md, the typing replay)."""
+    default since the adapted 135M model: it scores what exact decoding scores on the 300
+    single-line tasks and is the fastest (docs/guide.md, the typing replay)."""
     cache_refresh: int = 8
     """Editor fast path: reuse the prefix's and suffix's keys/values, recomputed every this
     many passes (0: exact, everything recomputed each pass); see benchmarks/decode_speed.py."""

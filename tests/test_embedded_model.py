@@ -11,6 +11,8 @@ from pathlib import Path
 from engine.api import Engine, GenerationSettings
 from engine.loading import DEFAULT_MODEL, REPO_MODELS, list_models
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_default_model_is_shipped_in_budget():
     folder = REPO_MODELS / DEFAULT_MODEL
@@ -49,7 +51,7 @@ def test_the_135m_adapter_is_in_budget_over_the_pinned_base():
     folder = REPO_MODELS / "unmask-coder-135m"
     adapter = json.loads((folder / "adapter_config.json").read_text())
     package = adapter["base_model_name_or_path"].removeprefix("gguf:").split("/")[0]
-    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
     pin = re.search(r"^BASE_PIN \?= (\S+)$", makefile, re.M).group(1)
     assert pin.split("==")[0] == package.replace("_", "-")
     assert not (folder / "config.json").exists() and not list(folder.glob("*.gguf"))
