@@ -46,7 +46,7 @@ def frame_pieces(engine, frame) -> list[Piece]:
     """Pieces for a Frame: pads/eos decoded into unused slots are drawn as nothing."""
     texts = engine.tokenizer.token_texts(frame.canvas)
     masked = [t == engine.mask_id for t in frame.canvas]
-    hidden = {i for i, t in enumerate(frame.canvas) if t in (engine.pad_id, engine.eos_id)}
+    hidden = {i for i, t in enumerate(frame.canvas) if t in engine.end_ids}
     return canvas_pieces(texts, frame.order, masked, hidden)
 
 

@@ -57,6 +57,29 @@ def known_defaults(raw: dict) -> dict:
 
 def generation_defaults(folder: Path) -> dict:
     """Sampler defaults from a model folder's generation_config.json (only keys we know)."""
+    return known_defaults(generation_config(folder))
+
+
+def pad_cycle(config: dict) -> tuple[int, ...]:
+    """The rainbow padding tokens a model fills a canvas with after its end token
+    (``pad_cycle_token_ids`` of its generation_config; none for Dream and DiffuCoder)."""
+    ids = config.get("pad_cycle_token_ids") or []
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ModelLoadError(f"pad_cycle_token_ids must be a list of token ids, not {ids!r}; "
+                             "restore the model's generation_config.json")
+    return tuple(ids)
+
+
+def model_generation_config(folder: Path) -> dict:
+    """The generation config a model decodes with: its folder's own, or for an adapter without
+    one the nearest of its chain of bases (the shipped adapter's own wins over its base's)."""
+    from engine.loading import adapter_chain
+
+    return next((found for f in adapter_chain(folder) if (found := generation_config(f))), {})
+
+
+def generation_config(folder: Path) -> dict:
+    """A model folder's generation_config.json as a dict ({} if it has none)."""
     path = folder / "generation_config.json"
     if not folder.is_dir() or not path.exists():
         return {}
@@ -67,7 +90,7 @@ def generation_defaults(folder: Path) -> dict:
                              "original model") from err
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path} must hold a JSON object; restore it from the original model")
-    return known_defaults(raw)
+    return raw
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,8 @@ class SpecialIds:
     """The id the model writes into unused slots; None: it uses eos (Dream Base)."""
     context: int
     """Longest sequence (prompt + canvas) the model takes."""
+    pad_cycle: tuple[int, ...] = ()
+    """Further padding tokens (rainbow padding, ``pad_cycle``): each one ends a completion."""
 
 
 @dataclass
@@ -234,6 +259,8 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = ids.pad if ids.pad is not None else ids.eos
         self.im_end_id = tokenizer.token_id("<|im_end|>")
+        self.end_ids = frozenset({self.eos_id, self.pad_id, *ids.pad_cycle})
+        """Every id that ends a completion: the end token, the pad and a rainbow cycle's pads."""
         self.reuse = ContextReuse(denoiser.loaded.model, denoiser.loaded.device) \
             if isinstance(denoiser, TorchDenoiser) else None
         """Keys kept across requests (torch only), used when a request asks for reuse_context."""
@@ -253,7 +280,8 @@ class Engine:
             from engine.llamacpp import load_llamacpp
 
             tok, den, head, label = load_llamacpp(folder, **backend_options)
-            ids = SpecialIds(head["mask"], head["eos"], head["pad"], head["context"])
+            ids = SpecialIds(head["mask"], head["eos"], head["pad"], head["context"],
+                             pad_cycle(head["defaults"]))
             # the GGUF carries the model's generation_config: both back ends decode alike
             return cls(folder, tok, den, ids, torch.device("cpu"), "llamacpp", label,
                        defaults=head["defaults"] if folder.suffix == ".gguf" else None)
@@ -261,10 +289,10 @@ class Engine:
         base = base_folder(folder)  # a LoRA adapter uses its base's tokenizer and defaults
         tok = DreamTokenizer.from_folder(base)
         cfg = loaded.config
+        gen_config = model_generation_config(folder)
         ids = SpecialIds(cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id,
-                         cfg.max_position_embeddings)
-        # an adapter's own generation_config (the shipped adapted model's) wins over its base's
-        defaults = generation_defaults(folder) or generation_defaults(base)
+                         cfg.max_position_embeddings, pad_cycle(gen_config))
+        defaults = known_defaults(gen_config)
         return cls(folder, tok, TorchDenoiser(loaded), ids, loaded.device, "torch",
                    str(loaded.dtype).replace("torch.", ""), defaults=defaults)
 
@@ -368,7 +396,7 @@ class Engine:
             logits = masked_logits(self.denoiser, x, x == self.mask_id)  # (N, V)
         probs = torch.softmax(logits.float(), dim=-1)  # (N, V)
         # a set: Dream Base models pad with eos, and P(eos) must not count twice
-        ends = sorted({self.pad_id, self.eos_id})
+        ends = sorted(self.end_ids)
         p_end = probs[:, ends].sum(-1)  # (N,)
         expected = float((1 - p_end).sum())
         canvas = min(max_new, max(4, math.ceil(expected * 1.5) + 4))
@@ -432,7 +460,7 @@ class Engine:
 
     def _stops(self, settled: list[int], settings: GenerationSettings, instruct: bool,
                heal: Healing = NO_HEALING) -> bool:
-        ends = {self.eos_id, self.pad_id} | ({self.im_end_id} if instruct else set())
+        ends = self.end_ids | ({self.im_end_id} if instruct else set())
         if ends & set(settled):
             return True
         text = heal.completion(self.tokenizer.decode(self.trim(settled, instruct)), final=False)
@@ -454,7 +482,7 @@ class Engine:
         """The completion's tokens: everything before the first eos, pad (and <|im_end|> for
         chat), as upstream Dream / DiffuCoder cut, or before the first slot still masked after an
         early stop; a token committed right of such a gap belongs to no contiguous text."""
-        ends = {self.eos_id, self.pad_id, self.mask_id}
+        ends = set(self.end_ids) | {self.mask_id}
         if instruct and self.im_end_id is not None:
             ends.add(self.im_end_id)
         for n, i in enumerate(ids):

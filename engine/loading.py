@@ -26,7 +26,8 @@ from engine.model import DreamConfig, DreamModel
 log = logging.getLogger(__name__)
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = "unmask-coder-8m"
+DEFAULT_MODEL = "unmask-coder-135m"
+MAX_ADAPTER_CHAIN = 4
 SUPPORTED_MODEL_TYPES = {"Dream", "dream", "unmask"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -219,16 +220,30 @@ class LoadedModel:
 
 
 def base_folder(folder: Path) -> Path:
-    """The model folder behind ``folder``: itself, or a LoRA adapter's base model (whose
-    tokenizer and generation_config the adapter uses)."""
-    from engine.lora import adapter_config, is_adapter
+    """The model folder behind ``folder``: itself, or the root of its chain of LoRA adapters,
+    whose tokenizer and config every adapter of the chain uses."""
+    return adapter_chain(folder)[-1]
 
-    if not is_adapter(folder):
-        return folder
-    base = resolve_model(adapter_config(folder)["base_model_name_or_path"])
-    if is_adapter(base):
-        raise ModelLoadError(f"{folder}: its base {base} is itself an adapter; merge it first")
-    return base
+
+def adapter_chain(folder: Path) -> list[Path]:
+    """``folder``, then each adapter's base down to a model folder: an adapter's base may be an
+    adapter too (a personalization of the shipped adapter)."""
+    from engine.lora import is_adapter
+
+    chain = [folder]
+    while is_adapter(chain[-1]):
+        if len(chain) > MAX_ADAPTER_CHAIN:
+            raise ModelLoadError(f"{folder}: more than {MAX_ADAPTER_CHAIN} adapters stacked "
+                                 "(or a cycle); merge it into a model folder first")
+        chain.append(adapter_base(chain[-1]))
+    return chain
+
+
+def adapter_base(folder: Path) -> Path:
+    """The model an adapter folder was trained on (``base_model_name_or_path``)."""
+    from engine.lora import adapter_config
+
+    return resolve_model(adapter_config(folder)["base_model_name_or_path"])
 
 
 def load_model(folder: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
@@ -236,11 +251,10 @@ def load_model(folder: Path, device: str = "auto", dtype: str = "auto") -> Loade
     peft LoRA adapter folder loads its base model with the adapter merged in."""
     from safetensors import SafetensorError, safe_open
 
-    base = base_folder(folder)
-    if base != folder:
+    if base_folder(folder) != folder:  # an adapter: its base (maybe an adapter) merged first
         from engine.lora import merge_adapter
 
-        loaded = load_model(base, device, dtype)
+        loaded = load_model(adapter_base(folder), device, dtype)
         merge_adapter(loaded.model, folder)
         return LoadedModel(folder, loaded.config, loaded.model, loaded.device, loaded.dtype)
 

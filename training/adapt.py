@@ -105,6 +105,11 @@ class AdaptConfig:
     snapshot_minutes: float = 0.0
     """If > 0, also keep an export every this many minutes (``export-<step>``), so a run can
     be scored at several points after it ends."""
+    pad_cycle: list[int] = field(default_factory=list)
+    """Rainbow padding (``objectives.Specials.pad_cycle``): ids of base tokens the corpus never
+    holds (SmolLM2's unused special tokens) that pad canvases after one end token. Their rows
+    train like the ``<|mask|>`` row, starting as copies of the end token's row (the model
+    already reads a pad as the end); the export lists them as ``pad_cycle_token_ids``."""
     generation: dict = field(default_factory=dict)
     """Decoding defaults written to the export's ``generation_config.json`` (a TOML table:
     alg, threshold, block_length, steps, max_new_tokens, ...), with the model's special ids."""
@@ -148,10 +153,10 @@ def prepare_model(cfg: AdaptConfig) -> tuple[DreamModel, list[int]]:
     """The base in fp32 with what trains switched on; returns (model, new token ids)."""
     torch.manual_seed(cfg.seed)  # the LoRA A matrices' initialisation
     model = load_model(resolve_model(cfg.base), "cpu", "float32").model
-    mask_id = model.config.mask_token_id
+    new_ids = [model.config.mask_token_id, *cfg.pad_cycle]
     if cfg.lora_rank == 0:
         model.train()
-        return model, [mask_id]
+        return model, new_ids
     add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     for name, p in model.named_parameters():
         if name.rsplit(".", 2)[-2] in NORMS:
@@ -159,14 +164,25 @@ def prepare_model(cfg: AdaptConfig) -> tuple[DreamModel, list[int]]:
     emb = model.model.embed_tokens.weight
     emb.requires_grad_(True)
     keep = torch.zeros(emb.shape[0], 1)
-    keep[mask_id] = 1.0
+    keep[new_ids] = 1.0
     emb.register_hook(lambda g: g * keep.to(g.dtype))  # only the new rows learn
     if cfg.bf16:  # frozen weights stored as autocast would cast them: no per-step copies
         for p in model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     model.train()
-    return model, [mask_id]
+    return model, new_ids
+
+
+def start_pad_cycle(model: DreamModel, cfg: AdaptConfig, state: dict) -> None:
+    """Once per run (a resumed run keeps its trained rows): the cycle's rows become copies of
+    the end token's, so the model starts out reading and writing them as it did the end."""
+    if not cfg.pad_cycle or state.get("pad_cycle") == list(cfg.pad_cycle):
+        return
+    emb = model.model.embed_tokens.weight
+    with torch.no_grad():
+        emb[torch.tensor(cfg.pad_cycle)] = emb[model.config.pad_token_id].clone()
+    state["pad_cycle"] = list(cfg.pad_cycle)
 
 
 def make_optimizer(model: DreamModel, cfg: AdaptConfig) -> torch.optim.AdamW:
@@ -218,7 +234,9 @@ def export(model: DreamModel, cfg: AdaptConfig, new_ids: list[int], out: Path) -
     mcfg = model.config
     (out / "generation_config.json").write_text(json.dumps(
         {"mask_token_id": mcfg.mask_token_id, "pad_token_id": mcfg.pad_token_id,
-         "eos_token_id": mcfg.eos_token_id, **cfg.generation}, indent=2))
+         "eos_token_id": mcfg.eos_token_id,
+         **({"pad_cycle_token_ids": list(cfg.pad_cycle)} if cfg.pad_cycle else {}),
+         **cfg.generation}, indent=2))
     return out
 
 
@@ -233,13 +251,15 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model, new_ids = prepare_model(cfg)
     mcfg = model.config
-    sp = Specials(mcfg.mask_token_id, mcfg.pad_token_id, mcfg.eos_token_id)
+    sp = Specials(mcfg.mask_token_id, mcfg.pad_token_id, mcfg.eos_token_id,
+                  tuple(cfg.pad_cycle))
     opt = make_optimizer(model, cfg)
     trainable = opt.param_groups[0]["params"]  # what the optimizer updates is what is clipped
     state = {"step": 0, "elapsed": 0.0, "tokens": 0}
     if (found := find_checkpoint(out / "last")) is not None:
         state = load_checkpoint(found, model, opt)
         log.info("resumed from %s at step %d", found, state["step"])
+    start_pad_cycle(model, cfg, state)
     data = Path(cfg.data_dir)
     train_data = TokenWindows(data / "train.bin", cfg.seq_len)
     val_data = TokenWindows(data / "val.bin", cfg.seq_len)

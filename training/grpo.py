@@ -150,7 +150,7 @@ def completion_text(engine, hole: Hole, canvas: list[int]) -> str:
 
 def scored_slots(engine, canvas: list[int]) -> list[bool]:
     """Canvas slots up to and including the first end token (``<|im_end|>``'s role upstream)."""
-    ends = {engine.eos_id, engine.pad_id}
+    ends = engine.end_ids
     n = next((i + 1 for i, tok in enumerate(canvas) if tok in ends), len(canvas))
     return [i < n for i in range(len(canvas))]
 
@@ -240,8 +240,8 @@ def seed_of(*parts) -> int:
 
 def grpo(cfg: GrpoConfig, progress=None) -> dict:
     """Train; returns the run's summary (also in ``out/grpo.json``)."""
-    from engine.api import Engine, SpecialIds, TorchDenoiser
-    from engine.loading import LoadedModel, load_model, resolve_model
+    from engine.api import Engine, SpecialIds, TorchDenoiser, model_generation_config, pad_cycle
+    from engine.loading import LoadedModel, base_folder, load_model, resolve_model
     from engine.repo import RepoIndex
     from engine.sandbox import RepoSandbox
     from engine.tokenizer import DreamTokenizer
@@ -278,10 +278,11 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model)
-    tok = DreamTokenizer.from_folder(base)
+    tok = DreamTokenizer.from_folder(base_folder(base))  # an adapter reads its base's
     mcfg = loaded.config
     ids = SpecialIds(mcfg.mask_token_id, mcfg.eos_token_id, mcfg.pad_token_id,
-                     min(mcfg.max_position_embeddings, cfg.window + cfg.canvas + 1))
+                     min(mcfg.max_position_embeddings, cfg.window + cfg.canvas + 1),
+                     pad_cycle(model_generation_config(base)))
     policy = Engine(base, tok, TorchDenoiser(LoadedModel(base, mcfg, model, device,
                                                          torch.float32)), ids, device)
     with RepoSandbox(repo, cfg.test_cmd, cfg.test_timeout) as sandbox:
@@ -417,8 +418,10 @@ def _finish(model, base: Path, out: Path, cfg: GrpoConfig, state: dict, n_holes:
     plot_rewards(records, out / "reward.png")
     if cfg.lora_rank:
         from training.lora import save_adapter
+        from training.personalize import write_generation_config
 
         save_adapter(model, out, str(base), cfg.lora_rank, cfg.lora_alpha)
+        write_generation_config(base, out)
         (out / "grpo.json").write_text(json.dumps(summary, indent=2))
     else:
         from training.personalize import write_model_folder

@@ -4,7 +4,7 @@ Masked diffusion follows Dream / LLaDA (Nie et al. 2025, eq. 3): t ~ U(eps, 1), 
 with probability t, cross-entropy on masked tokens weighted by 1/t. Dream keeps next-token
 alignment (hidden state i-1 predicts token i), which is what lets a causal LM be adapted into a
 diffusion LM. Infilling examples teach the model to fill a hole of unknown length: the middle is
-right-padded with ``<|dlm_pad|>`` to a canvas longer than it, only the canvas is masked.
+right-padded (``canvas_padding``) to a canvas longer than it, only the canvas is masked.
 Every loss returns (loss, detached stats).
 """
 
@@ -23,6 +23,18 @@ class Specials:
     mask_id: int
     pad_id: int
     eos_id: int
+    pad_cycle: tuple[int, ...] = ()
+    """Rainbow padding (Kim et al., ICLR 2026): a canvas's unused slots are one ``pad_id`` (the
+    end) and then this cycle of distinct tokens, so no single token takes the probability of
+    every slot past the answer and spreads backwards over the answer ("<eos> overflow").
+    Empty: every unused slot is ``pad_id``."""
+
+
+def canvas_padding(n: int, sp: Specials) -> list[int]:
+    """The ``n`` ids after a middle in its canvas: ``pad_id`` then the cycle (or ``pad_id`` * n)."""
+    if not sp.pad_cycle:
+        return [sp.pad_id] * n
+    return [sp.pad_id][:n] + [sp.pad_cycle[k % len(sp.pad_cycle)] for k in range(n - 1)]
 
 
 def causal_lm_loss(model: DreamModel, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -127,8 +139,8 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
     """Cut up to ``holes`` disjoint middles out of a window and pad each one: returns
     (sequence, [(canvas_start, canvas_len), ...]).
 
-    Each canvas is its middle plus 0..2*len+24 ``<|dlm_pad|>`` slots (an editor's canvas is often
-    2-4x the hole); the result is the window with every middle replaced by its canvas, cut to
+    Each canvas is its middle plus 0..2*len+24 padding slots (``canvas_padding``; an editor's
+    canvas is often 2-4x the hole); the result is the window with every middle replaced by its canvas, cut to
     len(x_row) (canvases pushed past the end are dropped). Several holes per window give the
     infilling batches several times the supervised slots for the same forward pass; at least 8
     clean tokens separate two holes.
@@ -145,7 +157,7 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
     for a, b in sorted(chosen):
         middle = x_row[a:b]
         extra = int(torch.randint(0, 2 * middle.numel() + 25, (1,), generator=gen))
-        canvas = torch.cat([middle, torch.full((extra,), sp.pad_id, dtype=x_row.dtype)])
+        canvas = torch.cat([middle, torch.tensor(canvas_padding(extra, sp), dtype=x_row.dtype)])
         pieces += [x_row[cursor:a], canvas]
         pos += a - cursor
         if pos < L:

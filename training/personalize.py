@@ -26,7 +26,7 @@ from engine.healing import plan_healing
 from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.window import infill_ids
 from training.holes import KINDS, Hole, candidate_holes
-from training.objectives import masked_diffusion_loss
+from training.objectives import Specials, canvas_padding, masked_diffusion_loss
 from training.pretrain import find_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,14 @@ def training_holes(files: dict[str, str]) -> dict[str, list[Hole]]:
 
 
 def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: PersonalizeConfig,
-                 pad_id: int, rng: random.Random) -> tuple[list[int], int, int] | None:
+                 sp: Specials, rng: random.Random) -> tuple[list[int], int, int] | None:
     """(ids, canvas start, canvas length) for one hole, or None when the middle is too long."""
     # the canvas holds the middle as the healed prompt around it expects (engine.healing)
     heal = plan_healing(tokenizer, hole.prefix, hole.suffix)
     middle = tokenizer.encode(heal.middle(hole.middle))
     if not middle or len(middle) > cfg.max_middle:
         return None
-    canvas = middle + [pad_id] * rng.randint(0, 2 * len(middle) + 8)
+    canvas = middle + canvas_padding(rng.randint(0, 2 * len(middle) + 8), sp)
     room = cfg.seq_len - len(canvas) - 1
     context = ""
     if index is not None and rng.random() < cfg.context_share:
@@ -130,7 +130,8 @@ def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: f
 
 def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     """Fine-tune; returns the run's summary (also written to ``out/personalize.json``)."""
-    from engine.loading import load_model, resolve_model
+    from engine.api import model_generation_config, pad_cycle
+    from engine.loading import base_folder, load_model, resolve_model
     from engine.tokenizer import DreamTokenizer
 
     repo = Path(cfg.repo)
@@ -142,9 +143,12 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     base = resolve_model(cfg.base)
     loaded = load_model(base, "cpu", "float32")
     model, mcfg = loaded.model, loaded.config
-    tok = DreamTokenizer.from_folder(base)
+    tok = DreamTokenizer.from_folder(base_folder(base))  # an adapter reads its base's
     pad_id = tok.token_id("<|dlm_pad|>")
     pad_id = mcfg.pad_token_id if pad_id is None else pad_id
+    # canvases padded as the model was trained to pad them (a rainbow cycle if it has one)
+    sp = Specials(mcfg.mask_token_id, pad_id, mcfg.eos_token_id,
+                  pad_cycle(model_generation_config(base)))
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
     if cfg.lora_rank:
         from training.lora import add_lora
@@ -166,7 +170,7 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         batch = []
         while len(batch) < cfg.batch_size:
             hole = rng.choice(holes[rng.choices(kinds, weights)[0]])
-            ex = make_example(hole, index, tok, cfg, pad_id, rng)
+            ex = make_example(hole, index, tok, cfg, sp, rng)
             if ex is not None:
                 batch.append(ex)
         x, noisy, masked, t, eligible, attn = make_batch(batch, pad_id, mcfg.mask_token_id, gen)
@@ -202,21 +206,32 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         from training.lora import save_adapter
 
         save_adapter(model, out, str(base), cfg.lora_rank, cfg.lora_alpha)
+        write_generation_config(base, out)
         (out / "personalize.json").write_text(json.dumps(summary, indent=2))
     else:
         write_model_folder(model, base, out, summary)
     return summary
 
 
+def write_generation_config(base: Path, out: Path) -> None:
+    """An adapter trained on ``base`` decodes as ``base`` does (its decoding defaults and
+    special ids, a rainbow pad cycle included), also where its own folder is read alone (GGUF)."""
+    from engine.api import model_generation_config
+
+    if config := model_generation_config(base):
+        (out / "generation_config.json").write_text(json.dumps(config, indent=2))
+
+
 def write_model_folder(model, base: Path, out: Path, summary: dict,
                        summary_name: str = "personalize.json") -> None:
     """``out`` becomes a model folder that ``--model out`` loads: weights in the base's dtype,
-    the base's config, tokenizer and generation_config, and the run's summary."""
+    the base's config, tokenizer and generation_config (an adapter base: its own generation
+    config, its root model's tokenizer), and the run's summary."""
+    from engine.api import model_generation_config
+    from engine.loading import base_folder
     from training.export import save_model_folder
 
-    gen = {}
-    if (base / "generation_config.json").exists():
-        gen = json.loads((base / "generation_config.json").read_text())
     model.eval()
-    save_model_folder(model, base, out, dtype=torch.bfloat16, generation=gen)
+    save_model_folder(model, base_folder(base), out, dtype=torch.bfloat16,
+                      generation=model_generation_config(base))
     (out / summary_name).write_text(json.dumps(summary, indent=2))

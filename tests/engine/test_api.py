@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from engine.api import Completion, Engine, Frame, GenerationSettings
-from engine.errors import ConfigError
+from engine.errors import ConfigError, ModelLoadError
 
 
 def test_stream_yields_one_frame_per_step_then_completion(tiny_engine):
@@ -160,6 +160,37 @@ def test_adaptive_length_counts_eos_once_when_pad_is_eos(tiny_engine):
     canvas, info = base.probe_length([5, 6, 7], [8], 32)
     assert info["expected_len"] == pytest.approx(16, abs=0.01)
     assert canvas >= 28  # 1.5 x 16 + 4; counting eos twice gave the 4-slot floor
+
+
+def test_a_rainbow_pad_cycle_ends_completions_like_the_pad(tiny_model, tmp_path):
+    # a model trained with rainbow padding fills unused slots with a cycle of distinct pads
+    # after its end token: each one ends the text, counts as "end" in the length probe and
+    # stops a request, exactly like the pad
+    import json
+    import shutil
+
+    from engine.api import SpecialIds
+
+    folder = tmp_path / "rainbow"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**cfg,
+                                                               "pad_cycle_token_ids": [40, 41]}))
+    e = Engine.load(str(folder), device="cpu", dtype="float32")
+    assert e.end_ids == {e.eos_id, e.pad_id, 40, 41}
+    assert e.trim([10, 11, 41, 12, e.eos_id]) == [10, 11]
+    assert e._stops([10, 40], e.settings(), instruct=False)
+    vocab = e.tokenizer.vocab_size
+    probe = Engine(folder, e.tokenizer, _EndHalf(vocab, 41), SpecialIds(
+        e.mask_id, e.eos_id, e.pad_id, e.context, (40, 41)), e.device)
+    # P(41) = 1/2, and eos, pad and 40 share the other half uniformly with every other token
+    expected = 32 * (1 - 0.5 - 3 * 0.5 / (vocab - 1))
+    assert probe.probe_length([5, 6, 7], [8], 32)[1]["expected_len"] == pytest.approx(
+        expected, abs=0.01)
+    (folder / "generation_config.json").write_text(json.dumps({**cfg,
+                                                               "pad_cycle_token_ids": "40"}))
+    with pytest.raises(ModelLoadError, match="pad_cycle_token_ids must be a list of token ids"):
+        Engine.load(str(folder), device="cpu", dtype="float32")
 
 
 def test_empty_prefix_still_works(tiny_engine):

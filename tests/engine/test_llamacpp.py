@@ -134,6 +134,7 @@ def test_export_cli_writes_each_quant(folder, tmp_path):
 def test_gguf_carries_the_models_generation_defaults(tmp_path):
     # a GGUF has no generation_config.json beside it: the export stores it in the metadata, so
     # a .gguf decodes in the same order as the folder (here left to right) at default settings
+    # and ends completions at the same pads
     import json
     import shutil
 
@@ -142,10 +143,12 @@ def test_gguf_carries_the_models_generation_defaults(tmp_path):
     shutil.copytree(src, folder)
     cfg = json.loads((folder / "generation_config.json").read_text())
     (folder / "generation_config.json").write_text(json.dumps(
-        {**cfg, "block_length": 1, "alg": "maskgit_plus", "steps": 16, "max_new_tokens": 16}))
+        {**cfg, "block_length": 1, "alg": "maskgit_plus", "steps": 16, "max_new_tokens": 16,
+         "pad_cycle_token_ids": [40, 41]}))
     torch_eng = Engine.load(str(folder), device="cpu", dtype="float32")
     gg = gguf_engine(folder, tmp_path, "f32")
     assert gg.defaults == torch_eng.defaults and gg.defaults["block_length"] == 1
+    assert gg.end_ids == torch_eng.end_ids and {40, 41} < gg.end_ids
     assert gg.settings() == torch_eng.settings()
     for p in PROMPTS:  # default settings: the same tokens on both back ends
         a = torch_eng.generate(p, raw=True)

@@ -112,6 +112,34 @@ def test_distilled_run_keeps_snapshots_and_logs_the_parent_kl(setup):
     assert all(r["parent_kl"] >= 0 for r in records) and any(r["parent_kl"] > 0 for r in records)
 
 
+def test_pad_cycle_rows_start_as_the_end_row_then_train_and_are_exported(setup):
+    config, _ = setup
+    cfg = config("rainbow", pad_cycle=[0, 1], max_steps=2, infill_share=1.0)
+    model, new_ids = prepare_model(cfg)
+    emb = model.model.embed_tokens.weight.detach()
+    end_row, own_rows = emb[model.config.pad_token_id].clone(), emb[[0, 1]].clone()
+    assert new_ids == [model.config.mask_token_id, 0, 1]
+    export = train(cfg)
+    gen = json.loads((export / "generation_config.json").read_text())
+    assert gen["pad_cycle_token_ids"] == [0, 1]
+    adapter = json.loads((export / "adapter_config.json").read_text())
+    assert adapter["trainable_token_indices"] == {"embed_tokens": new_ids}
+
+    def trained_rows() -> tuple[dict, torch.Tensor]:
+        state = load_checkpoint(find_checkpoint(Path(cfg.out_dir) / "last"), model,
+                                torch.optim.AdamW([p for p in model.parameters()
+                                                   if p.requires_grad]))
+        return state, model.model.embed_tokens.weight[[0, 1]].detach().clone()
+
+    state, rows = trained_rows()
+    assert state["pad_cycle"] == [0, 1]
+    # started from the end row (2 small steps away from it, far from their own), then trained
+    assert (rows - end_row).abs().max() < 0.1 < (rows - own_rows).abs().max()
+    assert not torch.equal(rows[0], end_row) and not torch.equal(rows[0], rows[1])
+    train(cfg)  # resumed at its last step: the trained rows are kept, not copied again
+    assert torch.equal(trained_rows()[1], rows)
+
+
 def test_full_fine_tune_exports_a_whole_dream_folder(setup):
     config, _ = setup
     export = train(config("full", lora_rank=0, max_steps=2))

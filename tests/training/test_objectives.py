@@ -7,8 +7,9 @@ import math
 import torch
 
 from engine.model import DreamConfig, DreamModel
-from training.objectives import (Parent, Specials, before_first, causal_lm_loss, infill_batch,
-                                 infill_example, masked_diffusion_loss, random_masking)
+from training.objectives import (Parent, Specials, before_first, canvas_padding, causal_lm_loss,
+                                 infill_batch, infill_example, masked_diffusion_loss,
+                                 random_masking)
 
 SP = Specials(mask_id=1, pad_id=2, eos_id=0)
 
@@ -78,6 +79,28 @@ def test_infill_example_pads_middle_and_keeps_length():
                 assert all(t == 2 for t in canvas[first:])
         assert (seq != 2).sum() >= 128 - sum(n for _, n in spans)
     assert seen_multi
+
+
+def test_rainbow_padding_is_one_end_then_the_cycle():
+    rainbow = Specials(mask_id=1, pad_id=2, eos_id=0, pad_cycle=(30, 31, 32))
+    assert canvas_padding(0, rainbow) == [] and canvas_padding(1, rainbow) == [2]
+    assert canvas_padding(6, rainbow) == [2, 30, 31, 32, 30, 31]
+    assert canvas_padding(3, SP) == [2, 2, 2]
+    ends = torch.zeros(40, dtype=torch.bool)
+    ends[39] = True
+    row = torch.tensor(([5, 6, 7, 39] * 32)[:128])
+    gen = torch.Generator().manual_seed(1)
+    padded = 0
+    for _ in range(20):
+        ex = infill_example(row, rainbow, ends, 12, gen, holes=2)
+        for start, n in ex[1] if ex else []:
+            canvas = ex[0][start:start + n].tolist()
+            if 2 in canvas:  # the middle, one end, then the cycle from its start
+                first = canvas.index(2)
+                assert canvas[first + 1:] == canvas_padding(n - first, rainbow)[1:]
+                assert not {30, 31, 32} & set(canvas[:first])
+                padded += n - first > 3
+    assert padded  # the cycle was exercised
 
 
 def test_infill_batch_masks_only_canvas():

@@ -180,6 +180,36 @@ def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo,
     assert eng.infill("def f(x):\n", "\n", max_new_tokens=4, steps=2).canvas_len <= 4
 
 
+def test_personalizing_an_adapter_stacks_a_second_adapter_on_it(repo, tiny_model, tmp_path):
+    # the shipped model is an adapter: personalizing it writes an adapter whose base is that
+    # adapter, loading merges the chain in order, and it decodes with the first one's defaults
+    import torch
+
+    from engine.api import Engine
+    from engine.loading import base_folder, load_model
+    from training.personalize import PersonalizeConfig, personalize
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    gen = json.loads((tiny_model / "generation_config.json").read_text())
+    for base, out in ((tiny_model, first), (first, second)):
+        personalize(PersonalizeConfig(repo=str(repo), out=str(out), base=str(base),
+                                      minutes=0.03, batch_size=2, seq_len=192, lora_rank=4,
+                                      lr=5e-2))
+        if out == first:  # as the shipped adapter: its own decoding defaults and pad cycle
+            (first / "generation_config.json").write_text(json.dumps(
+                {**gen, "pad_cycle_token_ids": [40, 41]}))
+    assert json.loads((second / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == str(first)
+    assert base_folder(second) == tiny_model
+    q = "model.layers.0.self_attn.q_proj.weight"
+    weights = [load_model(f, "cpu", "float32").model.state_dict()[q]
+               for f in (tiny_model, first, second)]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+    eng = Engine.load(str(second), device="cpu", dtype="float32")
+    assert {40, 41} < eng.end_ids
+    assert eng.infill("def f(x):\n", "\n", max_new_tokens=4, steps=2).canvas_len <= 4
+
+
 def test_answers_with_a_known_verdict_skip_the_test_run():
     from training.holes import Hole
     from training.repo_eval import known_outcome

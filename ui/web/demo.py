@@ -158,7 +158,7 @@ def denoise_frames(engines: Engines, model, mode, code, steps, max_tokens, alg, 
                 yield render(run), run, item.completion, metrics, summary(metrics)
                 return
             texts = engine.tokenizer.token_texts(item.canvas)
-            hidden = [t in (engine.pad_id, engine.eos_id) for t in item.canvas]
+            hidden = [t in engine.end_ids for t in item.canvas]
             run = Run(texts, item.order, hidden, item.steps, before[-1500:], after[:800])
             progress = {"step": f"{item.step + 1}/{item.steps}"}
             yield render(run), run, "", progress, f"denoising: step {progress['step']}"
