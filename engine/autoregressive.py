@@ -54,7 +54,7 @@ def ar_completion(engine, prefix: str, max_new: int, stop: tuple[str, ...] = ())
     heal = plan_healing(engine.tokenizer, prefix, "")  # what infill_prompt cuts from the prefix
     ids = engine.infill_prompt(prefix, "", max_new)[0]
     model = engine.denoiser.loaded.model
-    ends = set(engine.end_ids) | ({engine.im_end_id} - {None})
+    ends = engine.end_ids | ({engine.im_end_id} - {None})
     tok = engine.tokenizer
     # a stop string counts only after the healed cut (the continuation starts with a newline)
     out = greedy_continue(model, ids, max_new, ends, stop,

@@ -140,10 +140,10 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
     (sequence, [(canvas_start, canvas_len), ...]).
 
     Each canvas is its middle plus 0..2*len+24 padding slots (``canvas_padding``; an editor's
-    canvas is often 2-4x the hole); the result is the window with every middle replaced by its canvas, cut to
-    len(x_row) (canvases pushed past the end are dropped). Several holes per window give the
-    infilling batches several times the supervised slots for the same forward pass; at least 8
-    clean tokens separate two holes.
+    canvas is often 2-4x the hole); the result is the window with every middle replaced by its
+    canvas, cut to len(x_row) (canvases pushed past the end are dropped). Several holes per
+    window give the infilling batches several times the supervised slots for the same forward
+    pass; at least 8 clean tokens separate two holes.
     """
     L = x_row.numel()
     starts = line_starts(x_row, ends_line, at_newline)
