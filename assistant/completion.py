@@ -6,10 +6,10 @@ The pieces every editor integration needs, whatever the protocol:
 - One worker thread runs denoising; a new request for a document supersedes the old one (its
   cancel flag stops the loop between two steps), as Copilot's language server does.
 - ``SuggestionCache`` reuses a suggestion when the user typed its beginning (llama.vim style).
-- ``engine.window.build_infill`` cuts prefix/suffix windows sized in tokens at line boundaries
-  (the same windows training builds).
-- ``settings_for`` is the editors' one call into ``Engine.settings``: the model's defaults under
-  the user's settings. The language server and the TUI both run through this service.
+- ``assistant.requests`` shapes each request: prefix/suffix windows sized in tokens at line
+  boundaries (the same windows training builds) and the one call into ``Engine.settings``, the
+  model's defaults under the user's settings. The language server and the TUI both run
+  through this service.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from assistant.repo_context import RepoContexts
+from assistant.requests import request_settings, request_window
 from assistant.settings import AssistantSettings
 from engine.errors import UnmaskError
-from engine.window import InfillWindow, build_infill
+from engine.window import InfillWindow
 
 log = logging.getLogger(__name__)
 
@@ -160,35 +161,13 @@ class CompletionService:
         return fn(job, *args)
 
     def window(self, text: str, offset: int, mode: str) -> InfillWindow:
-        """Prefix/suffix windows that fit the loaded model's context with the canvas: a single
-        line reads ``line_context_tokens`` from a start that moves on a grid (as-you-type
-        requests), anything else ``prefix_tokens`` + ``suffix_tokens``."""
-        engine = self.holder.engine
-        s = self.settings
-        single = mode == "single"
-        want_pre, want_suf = (s.line_context_tokens - s.line_context_tokens // 4,
-                              s.line_context_tokens // 4) if single else \
-            (s.prefix_tokens, s.suffix_tokens)
-        room = engine.context - self.settings_for(mode).max_new_tokens - 2
-        suffix_tokens = min(want_suf, room // 4)
-        prefix_tokens = max(1, min(want_pre, room - suffix_tokens))
-        return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens,
-                            stable_start=single)
+        """The request's context window (``assistant.requests.request_window``)."""
+        return request_window(self.settings, self.holder.engine, text, offset, mode)
 
     def settings_for(self, mode: str, seed: int = 0, length: str | None = None):
-        """Generation settings for an editor request: ``Engine.settings`` (the model's
-        generation_config) under the user's settings. ``seed`` > 0 asks for another candidate,
-        so it samples (temperature at least 0.6). ``length`` None: ``line_canvas`` for a
-        single line, adaptive otherwise. Needs a loaded engine."""
-        s = self.settings
-        new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
-        length = length or (s.line_canvas if mode == "single" else "adaptive")
-        temperature = s.temperature if seed == 0 else max(s.temperature or 0.0, 0.6)
-        return self.holder.engine.settings(
-            max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,
-            length=length, seed=seed, stop=("\n",) if mode == "single" else None,
-            cache_refresh=s.cache_refresh, stop_loops=s.stop_loops,
-            reuse_context=s.reuse_context and s.cache_refresh > 0)
+        """The request's generation settings (``assistant.requests.request_settings``); needs
+        a loaded engine."""
+        return request_settings(self.settings, self.holder.engine, mode, seed, length)
 
     def context(self, path, prefix: str, suffix: str) -> str:
         """Repository context for a hole in ``path`` (empty when off, not indexed yet, or no

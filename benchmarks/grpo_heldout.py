@@ -5,8 +5,8 @@ over several GRPO seeds, side by side in one run.
         --personalized DIR --grpo DIR [DIR ...] [--holes 60] [--score N] [--test-cmd CMD]
 
 The holes are ``unmask eval repo``'s (test-verified single lines and blocks of the ``--exclude``d
-files, which neither personalization nor GRPO ever read), scored the same way: greedy
-completion without repository context, the repository's own suite on a temporary copy. Each
+files, which neither personalization nor GRPO ever read), scored the same way: asked for as
+the editors ask (``assistant.requests``), without repository context, the repository's own suite on a temporary copy. Each
 ``--grpo`` folder is a ``unmask train grpo --init PERSONALIZED`` run with its own ``--seed``;
 the table gives each run, their mean and spread, and the personalized model alone.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 def main() -> None:
+    from cli.train import editor_request
     from engine.api import Engine
     from engine.loading import cache_dir
     from engine.sandbox import RepoSandbox
@@ -49,7 +50,7 @@ def main() -> None:
                 [(f"+ grpo ({Path(g).name})", g) for g in args.grpo]:
             began = time.perf_counter()
             engine = Engine.load(folder, device="cpu")
-            res = repo_eval.score(engine, bench, sandbox, with_context=False)
+            res = repo_eval.score(engine, bench, sandbox, False, editor_request)
             rows.append((label, res, time.perf_counter() - began))
     n_line, n_block = len(bench.holes.get("line", [])), len(bench.holes.get("block", []))
     print(f"{repo.name}: {n_line} single-line and {n_block} block holes of "

@@ -3,14 +3,16 @@
     .venv/bin/python benchmarks/latency_breakdown.py [--model M] [--contexts 256,512,1024]
         [--repeats 3] [--backends torch-bfloat16,torch-float32,gguf-f16,gguf-q8_0]
 
-A request as the language server sends it (``assistant.settings`` defaults: a line of up to 24
-slots, a block of up to 96, the context cache refreshed every 8 passes, the length probe
-first), with the cursor at a line start inside a real file of this repository
-(``engine/sampler.py``) and ``N`` context tokens around it (3/4 before, 1/4 after). Columns:
-loading the back end (once), tokenizing, the length probe (one full pass over context + 96
-masks), the first denoising pass (full), the later passes (the cache's windowed ones, mean),
-how many passes ran, the request's total, and the same request decoded exactly (no cache) for
-comparison. Medians over ``--repeats``; nothing else should run on the machine meanwhile.
+A request as the language server sends it (``assistant.requests`` with the default settings: a
+single line on a fixed canvas of 24 slots, a block of up to 96 sized by the length probe, the
+context cache refreshed every 8 passes), with the cursor at a line start inside a real file of
+this repository (``engine/sampler.py``) and ``N`` context tokens around it (3/4 before, 1/4
+after), whose keys no earlier request left (``reuseContext`` off: the typing replay,
+``benchmarks/lsp_typing.py``, measures what reuse saves). Columns: loading the back end (once),
+tokenizing, the length probe (one full pass over context + 96 masks; blocks only), the first
+denoising pass (full), the later passes (the cache's windowed ones, mean), how many passes ran,
+the request's total, and the same request decoded exactly (no cache) for comparison. Medians
+over ``--repeats``; nothing else should run on the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SOURCE = ROOT / "engine" / "sampler.py"
-KINDS = {"line": 24, "block": 96}
+KINDS = {"line": "single", "block": "multi"}
+"""The table's request names -> ``assistant.requests`` modes."""
 
 
 def cursor_context(tokenizer, n_tokens: int) -> tuple[str, str]:
@@ -50,15 +53,22 @@ def load(backend: str, model: str | None):
     return engine, time.perf_counter() - start
 
 
-def one_request(engine, prefix: str, suffix: str, slots: int, cache: int) -> dict:
-    """Phase times (ms) of one request with the editor's settings."""
-    settings = engine.settings(max_new_tokens=slots, steps=slots, length="adaptive",
-                               cache_refresh=cache if engine.backend == "torch" else 0,
-                               stop=("\n",) if slots == KINDS["line"] else None, stop_loops=True)
+def one_request(engine, prefix: str, suffix: str, mode: str, exact: bool) -> dict:
+    """Phase times (ms) of one request with the editor's settings (``exact``: no cache)."""
+    from dataclasses import replace
+
+    from assistant.requests import request_settings
+    from assistant.settings import AssistantSettings
+
+    settings = replace(request_settings(AssistantSettings(), engine, mode), reuse_context=False)
+    if exact or engine.backend != "torch":
+        settings = replace(settings, cache_refresh=0)
+    slots = settings.max_new_tokens
     t0 = time.perf_counter()
     pre, suf, _ = engine.infill_prompt(prefix, suffix, slots)
     t1 = time.perf_counter()
-    engine.probe_length(pre, suf, slots)
+    if settings.length == "adaptive":
+        engine.probe_length(pre, suf, slots)
     t2 = time.perf_counter()
     stamps, result = [], None
     start = time.perf_counter()
@@ -92,16 +102,17 @@ def main() -> None:
         engine, load_s = load(backend, args.model)
         for n in (int(c) for c in args.contexts.split(",")):
             prefix, suffix = cursor_context(engine.tokenizer, n)
-            for kind, slots in KINDS.items():
-                one_request(engine, prefix, suffix, slots, 8)  # warm-up
-                runs = [one_request(engine, prefix, suffix, slots, 8)
+            for kind, mode in KINDS.items():
+                one_request(engine, prefix, suffix, mode, False)  # warm-up
+                runs = [one_request(engine, prefix, suffix, mode, False)
                         for _ in range(args.repeats)]
-                exact = [one_request(engine, prefix, suffix, slots, 0)["total"]
+                exact = [one_request(engine, prefix, suffix, mode, True)["total"]
                          for _ in range(args.repeats)] if engine.backend == "torch" else [None]
                 m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                 ex = statistics.median(exact) if exact[0] is not None else None
+                probe = f"{m['probe']:.0f}" if m["probe"] > 0.5 else "-"
                 print(f"| {backend} | {kind} | {n} | {load_s:.1f} | {m['tokenize']:.1f} | "
-                      f"{m['probe']:.0f} | {m['first']:.0f} | {m['later']:.0f} | "
+                      f"{probe} | {m['first']:.0f} | {m['later']:.0f} | "
                       f"{m['passes']:.0f} | {m['total']:.0f} | "
                       f"{'-' if ex is None else f'{ex:.0f}'} |", flush=True)
 

@@ -42,6 +42,8 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--lora-rank", type=int, default=0,
                    help="train a rank-R LoRA adapter (peft format) instead of every weight")
+    z.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 5e-4, cosine to a tenth)")
     r = tsub.add_parser("grpo", help="coupled-GRPO with your repository's tests as the reward")
     r.add_argument("--repo", type=Path, required=True, help="the repository's root folder")
     r.add_argument("--out", type=Path, required=True, help="where the trained model goes")
@@ -87,6 +89,9 @@ def add_train_parsers(sub) -> None:
                     help="repo: held-out files (never trained on or retrieved); repeatable")
     ev.add_argument("--personalized", default=None,
                     help="repo: a personalized model folder to compare with --model")
+    ev.add_argument("--grpo", default=None,
+                    help="repo: the personalized model after `unmask train grpo` (scored with "
+                         "repository context)")
     ev.add_argument("--test-cmd", default="python -m pytest -x -q",
                     help="repo: the command that runs the repository's tests")
     ev.add_argument("--test-timeout", type=float, default=120.0)
@@ -212,7 +217,9 @@ def _eval(args) -> int:
 
 
 class EvalProgress:
-    """A rich progress bar on a terminal; a log line every 50 tasks off one (CI, pipes)."""
+    """A rich progress bar on a terminal; off one (CI, pipes) a log line every 50 tasks or every
+    minute, whichever comes first: slow tasks (multi-line, whole functions, repository holes)
+    would otherwise leave a log silent for many minutes."""
 
     def __init__(self, label: str) -> None:
         from rich.console import Console
@@ -224,7 +231,7 @@ class EvalProgress:
                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                             console=Console(stderr=True))
         self.task = None
-        self.started = time.monotonic()
+        self.started = self.logged = time.monotonic()
 
     def __enter__(self):
         self.bar.__enter__()
@@ -236,8 +243,10 @@ class EvalProgress:
 
     def __call__(self, done: int, total: int, passed: int) -> None:
         self.bar.update(self.task, completed=done, total=total, info=f"passed {passed}")
-        if not self.bar.console.is_terminal and (done % 50 == 0 or done == total):
-            spent = time.monotonic() - self.started
+        now = time.monotonic()
+        if not self.bar.console.is_terminal and (done % 50 == 0 or done == total
+                                                 or now - self.logged >= 60):
+            self.logged, spent = now, now - self.started
             eta = f", about {spent / done * (total - done) / 60:.0f} min left" if done else ""
             self.bar.console.print(f"{self.label}: {done}/{total} done, {passed} passed{eta}")
 
@@ -247,7 +256,8 @@ def _personalize(args) -> int:
 
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
                             base=args.base, minutes=args.minutes, seed=args.seed,
-                            lora_rank=args.lora_rank)
+                            lora_rank=args.lora_rank,
+                            **({"lr": args.lr} if args.lr is not None else {}))
     summary = _with_bar("personalize", cfg.minutes * 60, "", lambda rec: (
         f"step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),
         lambda progress: personalize(cfg, progress))
@@ -279,13 +289,34 @@ def _grpo(args) -> int:
 
 def _with_bar(label: str, total_s: float, first: str, describe, run):
     """``run(progress)`` under a time-budget progress bar on stderr; ``progress(record)`` moves
-    it to ``record["elapsed_s"]`` and shows ``describe(record)``."""
+    it to ``record["elapsed_s"]`` and shows ``describe(record)``. Off a terminal (CI, pipes),
+    where rich draws no bar, the same line is logged once a minute."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    logged = [0.0]
+
+    def progress(rec: dict) -> None:
+        bar.update(task, completed=rec["elapsed_s"], info=describe(rec))
+        if not bar.console.is_terminal and rec["elapsed_s"] - logged[0] >= 60:
+            logged[0] = rec["elapsed_s"]
+            bar.console.print(f"{label}: {rec['elapsed_s'] / 60:.1f}/{total_s / 60:.0f} min, "
+                              f"{describe(rec)}")
 
     with Progress(TextColumn(label), BarColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), console=_stderr()) as bar:
         task = bar.add_task(label, total=total_s, info=first)
-        return run(lambda rec: bar.update(task, completed=rec["elapsed_s"], info=describe(rec)))
+        return run(progress)
+
+
+def editor_request(engine, hole):
+    """``training.repo_eval.Request``: a hole asked for as the editors ask with the default
+    settings (a line hole as a single-line suggestion, a block as an explicit request)."""
+    from assistant.requests import request_settings, request_window
+    from assistant.settings import AssistantSettings
+
+    s, mode = AssistantSettings(), "single" if hole.kind == "line" else "multi"
+    window = request_window(s, engine, hole.prefix + hole.suffix, len(hole.prefix), mode)
+    return window.prefix, window.suffix, request_settings(s, engine, mode)
 
 
 def _eval_repo(args) -> int:
@@ -303,20 +334,25 @@ def _eval_repo(args) -> int:
     progress = EvalProgress("repo")
     with RepoSandbox(repo, args.test_cmd, args.test_timeout) as sandbox, progress:
         def tick(label, done, total, passed):
-            progress.label = label
+            if label != progress.label:  # a new phase: its own count, so its own ETA
+                progress.label, progress.started = label, time.monotonic()
             progress(done, total, passed)
 
         bench = repo_eval.mine(repo, args.exclude, sandbox, args.holes, args.holes // 2,
                                cache=cache_dir() / "holes", progress=tick)
-        models = [("base", args.model)] + ([("personalized", args.personalized)]
-                                           if args.personalized else [])
+        # (label, model, with repository context): the issue's five configurations
+        configs = [("base", args.model, (False, True))]
+        if args.personalized:
+            configs.append(("personalized", args.personalized, (False, True)))
+        if args.grpo:
+            configs.append(("personalized + GRPO", args.grpo, (True,)))
         rows, records = [], []
-        for name, model in models:
+        for name, model, contexts in configs:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
-            for ctx in (False, True):
+            for ctx in contexts:
                 label = f"{name}{' + context' if ctx else ''}"
-                rows.append((label, repo_eval.score(engine, bench, sandbox, ctx, tick, label,
-                                                    records)))
+                rows.append((label, repo_eval.score(engine, bench, sandbox, ctx,
+                                                    editor_request, tick, label, records)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))

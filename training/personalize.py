@@ -78,6 +78,8 @@ class PersonalizeConfig:
             raise ConfigError(f"seq_len must be at least 128, got {self.seq_len}")
         if self.lora_rank < 0:
             raise ConfigError(f"--lora-rank must be >= 0, got {self.lora_rank}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
 
 
 def training_holes(files: dict[str, str]) -> dict[str, list[Hole]]:

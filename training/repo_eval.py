@@ -1,8 +1,9 @@
 """``unmask eval repo``: the repo-hole benchmark.
 
 Held-out files (``--exclude``: never trained on, never retrieved) give test-verified holes
-(``training.holes``): single lines, and blocks of 2-4 lines. Each is filled with the whole file
-as prefix and suffix and scored by running the repository's own suite on a temporary copy
+(``training.holes``): single lines, and blocks of 2-4 lines. Each is filled as an editor would
+ask for it (the caller's ``Request``: the front ends' context windows and fast decoding,
+``assistant.requests``) and scored by running the repository's own suite on a temporary copy
 (``engine.sandbox.RepoSandbox``): pass@1, plus exact match against the removed lines. Results
 are cached by completion text, so equal answers cost one test run, and answers whose verdict is
 known without a run (the removed lines themselves, a file that no longer parses) cost none.
@@ -14,10 +15,10 @@ import ast
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from engine.errors import ConfigError
 from engine.repo import RepoIndex, context_budget, python_files
-from training.evaluate import task_settings
 from training.holes import Hole, load_holes, require_passing, save_holes
 from training.holes import mine as mine_holes
 
@@ -63,15 +64,19 @@ def mine(repo: Path, exclude: list[str], sandbox, n_line: int = 60, n_block: int
     return Benchmark(repo, exclude, held, by_kind)
 
 
-def completion_for(engine, hole: Hole, index: RepoIndex | None) -> str:
+Request = Callable[[object, Hole], tuple[str, str, object]]
+"""``request(engine, hole) -> (prefix, suffix, settings)``: how an editor would ask for the hole
+(a single-line suggestion for ``line`` holes, an explicit block request for ``block`` ones)."""
+
+
+def completion_for(engine, hole: Hole, index: RepoIndex | None, request: Request) -> str:
     """The model's text for a hole: the first line for single-line holes (an editor's
     single-line completion), the whole canvas for blocks."""
-    single = hole.kind == "line"
-    settings = task_settings(engine, single)  # HumanEval's infilling settings, same canvases
-    context = index.context(hole.prefix, hole.suffix, engine.tokenizer,
-                            context_budget(engine.context), path=hole.path) if index else ""
-    text = engine.infill(hole.prefix, hole.suffix, settings, context=context).completion
-    return text.split("\n", 1)[0] + "\n" if single else text
+    prefix, suffix, settings = request(engine, hole)
+    context = index.context(prefix, suffix, engine.tokenizer, context_budget(engine.context),
+                            path=hole.path) if index else ""
+    text = engine.infill(prefix, suffix, settings, context=context).completion
+    return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else text
 
 
 def known_outcome(hole: Hole, middle: str) -> bool | None:
@@ -89,8 +94,8 @@ def known_outcome(hole: Hole, middle: str) -> bool | None:
     return None
 
 
-def score(engine, bench: Benchmark, sandbox, with_context: bool, progress=None,
-          label: str = "", records: list | None = None) -> dict:
+def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Request,
+          progress=None, label: str = "", records: list | None = None) -> dict:
     """pass@1 and exact match per hole kind for one (model, context) configuration; one record
     per hole is appended to ``records`` when given."""
     index = RepoIndex(bench.repo, bench.exclude) if with_context else None
@@ -101,7 +106,7 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, progress=None,
     for kind, holes in bench.holes.items():
         passed = exact = 0
         for hole in holes:
-            middle = completion_for(engine, hole, index)
+            middle = completion_for(engine, hole, index, request)
             key = (hole.key, middle)
             if key not in seen:
                 known = known_outcome(hole, middle)

@@ -153,3 +153,33 @@ def test_eval_progress_off_a_terminal_logs_every_50_tasks_with_the_time_left(cap
     assert lines[0].startswith("repo: 50/100 done, 25 passed, about ") and \
         lines[0].endswith(" min left")
     assert lines[-1].startswith("repo: 100/100 done, 50 passed")
+
+
+def test_eval_progress_off_a_terminal_logs_a_slow_task_after_a_minute(capsys, monkeypatch):
+    import cli.train as train
+
+    clock = [1000.0]
+    monkeypatch.setattr(train.time, "monotonic", lambda: clock[0])
+    with train.EvalProgress("function") as progress:
+        clock[0] += 30
+        progress(1, 164, 0)  # half a minute: nothing yet
+        clock[0] += 45
+        progress(2, 164, 1)  # 75 s since the start: one line
+        clock[0] += 10
+        progress(3, 164, 1)  # 10 s since that line: nothing
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("function:")]
+    assert lines == ["function: 2/164 done, 1 passed, about 101 min left"]
+
+
+def test_a_time_budget_bar_off_a_terminal_logs_a_line_each_minute(capsys):
+    # personalize and grpo run for minutes: a log (CI, a pipe) must show them moving
+    from cli.train import _with_bar
+
+    def run(progress):
+        for second in (10, 50, 70, 100, 135):
+            progress({"elapsed_s": second, "step": second})
+        return "done"
+
+    assert _with_bar("personalize", 600, "", lambda rec: f"step {rec['step']}", run) == "done"
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("personalize:")]
+    assert lines == ["personalize: 1.2/10 min, step 70", "personalize: 2.2/10 min, step 135"]

@@ -64,3 +64,24 @@ def test_the_single_line_canvas_follows_line_canvas_and_blocks_stay_adaptive(tin
     assert service.settings_for("multi").length == "adaptive"
     with pytest.raises(ConfigError, match="line_canvas must be one of adaptive, fixed"):
         AssistantSettings(line_canvas="probe")
+
+
+def test_the_repository_benchmark_asks_for_holes_as_the_editors_do(tiny_model):
+    # `unmask eval repo` scores what an editor gets: a line hole as a single-line suggestion
+    # (the latency window, the line canvas, the fast path), a block as an explicit request
+    from cli.train import editor_request
+    from training.holes import Hole
+
+    service = CompletionService(AssistantSettings())
+    engine = service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
+    lines = [f"    x{i} = f({i})\n" for i in range(400)]
+    for kind, mode, end in (("line", "single", 201), ("block", "multi", 203)):
+        hole = Hole("m.py", 200, end, kind, "".join(lines[:200]), "".join(lines[200:end]),
+                    "".join(lines[end:]))
+        prefix, suffix, settings = editor_request(engine, hole)
+        window = service.window(hole.prefix + hole.suffix, len(hole.prefix), mode)
+        assert (prefix, suffix) == (window.prefix, window.suffix)
+        assert len(prefix) < len(hole.prefix) and len(suffix) < len(hole.suffix)  # windowed
+        assert settings == service.settings_for(mode)
+        assert settings.cache_refresh == AssistantSettings().cache_refresh > 0
+    assert editor_request(engine, hole)[2].max_new_tokens == AssistantSettings().max_tokens_block

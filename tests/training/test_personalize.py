@@ -116,6 +116,9 @@ def test_cli_personalize_and_infill_with_repo_context(repo, tmp_path):
     bad = unmask("train", "personalize", "--repo", str(tmp_path / "nope"), "--out",
                  str(tmp_path / "o"))
     assert bad.returncode == 2 and "not a folder" in bad.stderr and "Traceback" not in bad.stderr
+    bad = unmask("train", "personalize", "--repo", str(repo), "--out", str(tmp_path / "o"),
+                 "--lr", "0")
+    assert bad.returncode == 2 and "--lr must be positive" in bad.stderr
     bad = unmask("infill", "--model", str(tiny_model), "--repo", str(repo), "--exclude", "zz.py",
                  "--prefix", "x")
     assert bad.returncode == 2 and "matches no Python file" in bad.stderr

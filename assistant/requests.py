@@ -1,0 +1,45 @@
+"""The shape of an editor request: its context window and its generation settings.
+
+One place for both, used by every front end (through ``CompletionService``) and by the
+repository benchmark (``unmask eval repo``), so the benchmark measures what an editor gets: a
+single line reads ``line_context_tokens`` on a grid start with a ``max_tokens_line`` canvas, a
+block or body ``prefix_tokens`` + ``suffix_tokens`` with a ``max_tokens_block`` canvas, both on
+the fast path (the context cache, reuse, the loop stop) under the user's settings.
+"""
+
+from __future__ import annotations
+
+from assistant.settings import AssistantSettings
+from engine.window import InfillWindow, build_infill
+
+def request_settings(s: AssistantSettings, engine, mode: str, seed: int = 0,
+                     length: str | None = None):
+    """``mode`` single: a single-line suggestion as you type; multi: a block, a body, an
+    explicit request. ``Engine.settings`` (the model's generation_config) under the user's settings. ``seed``
+    > 0 asks for another candidate, so it samples (temperature at least 0.6). ``length`` None:
+    ``line_canvas`` for a single line, adaptive otherwise."""
+    new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
+    length = length or (s.line_canvas if mode == "single" else "adaptive")
+    temperature = s.temperature if seed == 0 else max(s.temperature or 0.0, 0.6)
+    return engine.settings(
+        max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,
+        length=length, seed=seed, stop=("\n",) if mode == "single" else None,
+        cache_refresh=s.cache_refresh, stop_loops=s.stop_loops,
+        reuse_context=s.reuse_context and s.cache_refresh > 0)
+
+
+def request_window(s: AssistantSettings, engine, text: str, offset: int,
+                   mode: str) -> InfillWindow:
+    """Prefix/suffix windows around ``offset`` that fit the model's context with the canvas: a
+    single line reads ``line_context_tokens`` (3/4 before, 1/4 after) from a start that moves
+    on a grid (as-you-type requests share it), anything else ``prefix_tokens`` +
+    ``suffix_tokens``."""
+    single = mode == "single"
+    want_pre, want_suf = (s.line_context_tokens - s.line_context_tokens // 4,
+                          s.line_context_tokens // 4) if single else \
+        (s.prefix_tokens, s.suffix_tokens)
+    room = engine.context - request_settings(s, engine, mode).max_new_tokens - 2
+    suffix_tokens = min(want_suf, room // 4)
+    prefix_tokens = max(1, min(want_pre, room - suffix_tokens))
+    return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens,
+                        stable_start=single)
