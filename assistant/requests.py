@@ -12,13 +12,19 @@ from __future__ import annotations
 from assistant.settings import AssistantSettings
 from engine.window import InfillWindow, build_infill
 
+
+def canvas_slots(s: AssistantSettings, mode: str) -> int:
+    """The canvas of a request: ``max_tokens_block`` for multi, ``max_tokens_line`` else."""
+    return s.max_tokens_block if mode == "multi" else s.max_tokens_line
+
+
 def request_settings(s: AssistantSettings, engine, mode: str, seed: int = 0,
                      length: str | None = None):
     """``mode`` single: a single-line suggestion as you type; multi: a block, a body, an
-    explicit request. ``Engine.settings`` (the model's generation_config) under the user's settings. ``seed``
-    > 0 asks for another candidate, so it samples (temperature at least 0.6). ``length`` None:
-    ``line_canvas`` for a single line, adaptive otherwise."""
-    new = s.max_tokens_block if mode == "multi" else s.max_tokens_line
+    explicit request. ``Engine.settings`` (the model's generation_config) under the user's
+    settings. ``seed`` > 0 asks for another candidate, so it samples (temperature at least
+    0.6). ``length`` None: ``line_canvas`` for a single line, adaptive otherwise."""
+    new = canvas_slots(s, mode)
     length = length or (s.line_canvas if mode == "single" else "adaptive")
     temperature = s.temperature if seed == 0 else max(s.temperature or 0.0, 0.6)
     return engine.settings(
@@ -38,7 +44,7 @@ def request_window(s: AssistantSettings, engine, text: str, offset: int,
     want_pre, want_suf = (s.line_context_tokens - s.line_context_tokens // 4,
                           s.line_context_tokens // 4) if single else \
         (s.prefix_tokens, s.suffix_tokens)
-    room = engine.context - request_settings(s, engine, mode).max_new_tokens - 2
+    room = engine.context - canvas_slots(s, mode) - 2
     suffix_tokens = min(want_suf, room // 4)
     prefix_tokens = max(1, min(want_pre, room - suffix_tokens))
     return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens,

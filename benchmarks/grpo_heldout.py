@@ -6,9 +6,10 @@ over several GRPO seeds, side by side in one run.
 
 The holes are ``unmask eval repo``'s (test-verified single lines and blocks of the ``--exclude``d
 files, which neither personalization nor GRPO ever read), scored the same way: asked for as
-the editors ask (``assistant.requests``), without repository context, the repository's own suite on a temporary copy. Each
-``--grpo`` folder is a ``unmask train grpo --init PERSONALIZED`` run with its own ``--seed``;
-the table gives each run, their mean and spread, and the personalized model alone.
+the editors ask (``assistant.requests``), without repository context, the repository's own
+suite on a temporary copy. Each ``--grpo`` folder is a ``unmask train grpo --init
+PERSONALIZED`` run with its own ``--seed``; the table gives each run, their mean and spread,
+and the personalized model alone.
 """
 
 from __future__ import annotations

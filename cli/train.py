@@ -293,12 +293,13 @@ def _with_bar(label: str, total_s: float, first: str, describe, run):
     where rich draws no bar, the same line is logged once a minute."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    logged = [0.0]
+    logged = 0.0
 
     def progress(rec: dict) -> None:
+        nonlocal logged
         bar.update(task, completed=rec["elapsed_s"], info=describe(rec))
-        if not bar.console.is_terminal and rec["elapsed_s"] - logged[0] >= 60:
-            logged[0] = rec["elapsed_s"]
+        if not bar.console.is_terminal and rec["elapsed_s"] - logged >= 60:
+            logged = rec["elapsed_s"]
             bar.console.print(f"{label}: {rec['elapsed_s'] / 60:.1f}/{total_s / 60:.0f} min, "
                               f"{describe(rec)}")
 
@@ -340,7 +341,7 @@ def _eval_repo(args) -> int:
 
         bench = repo_eval.mine(repo, args.exclude, sandbox, args.holes, args.holes // 2,
                                cache=cache_dir() / "holes", progress=tick)
-        # (label, model, with repository context): the issue's five configurations
+        # (label, model, with repository context): up to five configurations
         configs = [("base", args.model, (False, True))]
         if args.personalized:
             configs.append(("personalized", args.personalized, (False, True)))
