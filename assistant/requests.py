@@ -31,6 +31,7 @@ def request_settings(s: AssistantSettings, engine, mode: str, seed: int = 0,
         max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,
         length=length, seed=seed, stop=("\n",) if mode == "single" else None,
         cache_refresh=s.cache_refresh, stop_loops=s.stop_loops,
+        limit_scope=s.limit_scope and mode == "multi",
         reuse_context=s.reuse_context and s.cache_refresh > 0)
 
 

@@ -62,6 +62,11 @@ class AssistantSettings:
     stop_loops: bool = True
     """End a suggestion at a loop (a unit repeated 4+ times) and keep its first copy: a
     looping suggestion is never what the user wants (engine.repetition)."""
+    limit_scope: bool = True
+    """Cut a block suggestion (a block, a body, an explicit request) at the first line that
+    leaves the indentation block it starts in or repeats the code below the cursor
+    (engine.scope): the canvas is sized before the text is known, and the model goes on past
+    the hole."""
 
     def __post_init__(self) -> None:
         for name in ("max_tokens_line", "max_tokens_block", "prefix_tokens",

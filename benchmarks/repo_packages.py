@@ -1,7 +1,8 @@
 """The repository benchmark on real packages outside the training corpus, one table per package.
 
     .venv/bin/python benchmarks/repo_packages.py [--packages cachetools,funcy] [--minutes 10]
-        [--grpo-minutes 10] [--holes 60] [--lora-rank 16] [--work DIR] [--base-only]
+        [--grpo-minutes 10] [--holes 60] [--lora-rank 16] [--lr 1e-4] [--replay 0.25]
+        [--work DIR] [--base-only]
 
 For each package: its sdist is fetched from the package registry (the only network this
 script uses, before any model runs) into ``--work``, its test dependencies are installed, then
@@ -82,12 +83,16 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     minutes: dict[str, float] = {}
     root = timed("fetch", minutes, fetch, name, pkg, args.work)
     excludes = [a for path in pkg.held_out for a in ("--exclude", path)]
-    personal, tuned = args.work / f"{name}-personal", args.work / f"{name}-grpo"
+    # named by their settings: a folder of another run would resume, not retrain
+    recipe = f"r{args.lora_rank}-lr{args.lr:g}-replay{args.replay:g}-{args.minutes:g}min"
+    personal = args.work / f"{name}-personal-{recipe}"
+    tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min-on-{recipe}"
     models: list[str] = []
     if not args.base_only:
         timed("personalize", minutes, unmask, "train", "personalize", "--repo", str(root),
               *excludes, "--out", str(personal), "--minutes", str(args.minutes),
-              "--lora-rank", str(args.lora_rank))
+              "--lora-rank", str(args.lora_rank), "--lr", str(args.lr), "--replay",
+              str(args.replay))
         timed("grpo", minutes, unmask, "train", "grpo", "--repo", str(root), *excludes,
               "--init", str(personal), "--out", str(tuned), "--minutes", str(args.grpo_minutes),
               "--lora-rank", str(args.lora_rank))
@@ -121,6 +126,9 @@ def main() -> None:
     ap.add_argument("--grpo-minutes", type=float, default=10.0, help="coupled-GRPO budget")
     ap.add_argument("--holes", type=int, default=60, help="single-line holes (blocks: half)")
     ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-4, help="personalization's peak lr")
+    ap.add_argument("--replay", type=float, default=0.25,
+                    help="personalization's share of general-code examples")
     ap.add_argument("--work", type=Path, default=Path("runs/repo-packages"))
     ap.add_argument("--base-only", action="store_true",
                     help="score the base model only (no training)")

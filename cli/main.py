@@ -51,6 +51,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-loops", action="store_true", default=None,
                    help="end a completion at a repeated unit (2-80 characters, 4+ times in a "
                         "row) and keep its first copy")
+    g.add_argument("--limit-scope", action="store_true", default=None,
+                   help="infill: cut a multi-line completion at the first line that leaves "
+                        "the hole's indentation block or repeats the suffix")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
                         "0 = one block (default: the model's generation_config)")
@@ -114,7 +117,8 @@ def settings_from(args, engine, **request):
              "top_k": args.top_k, "length": args.length, "block_length": args.block_length,
              "seed": args.seed, "threshold": args.threshold, "gamma": args.gamma,
              "cache_refresh": args.cache_refresh, "max_repeats": args.max_repeats,
-             "stop_loops": args.stop_loops, "reuse_context": args.reuse_context}
+             "stop_loops": args.stop_loops, "reuse_context": args.reuse_context,
+             "limit_scope": args.limit_scope}
     return engine.settings(**{**flags, **request})
 
 

@@ -43,7 +43,10 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--lora-rank", type=int, default=0,
                    help="train a rank-R LoRA adapter (peft format) instead of every weight")
     z.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 5e-4, cosine to a tenth)")
+                   help="peak learning rate (default 1e-4, cosine to a tenth)")
+    z.add_argument("--replay", type=float, default=0.0,
+                   help="share of examples from general code (the standard library) so the "
+                        "model keeps what it knew (default 0)")
     r = tsub.add_parser("grpo", help="coupled-GRPO with your repository's tests as the reward")
     r.add_argument("--repo", type=Path, required=True, help="the repository's root folder")
     r.add_argument("--out", type=Path, required=True, help="where the trained model goes")
@@ -114,6 +117,9 @@ def add_train_parsers(sub) -> None:
                     help="with --cache-refresh: keys kept from the previous task (approximate)")
     ev.add_argument("--stop-loops", action="store_true", default=None,
                     help="end a completion at a loop and keep its first copy")
+    ev.add_argument("--limit-scope", action="store_true", default=None,
+                    help="cut a multi-line completion where it leaves the hole's indentation "
+                         "block or repeats the suffix (the editors' block requests)")
     ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas; oracle = the reference's length (analysis only)")
     ev.add_argument("--jobs", type=int, default=1,
@@ -186,6 +192,7 @@ def _eval(args) -> int:
                                     gamma=args.gamma, cache_refresh=args.cache_refresh,
                                     max_repeats=args.max_repeats,
                                     stop_loops=args.stop_loops,
+                                    limit_scope=args.limit_scope,
                                     reuse_context=args.reuse_context)
     label = "empty" if args.empty else (args.model or "default")
     if args.decode == "ar":
@@ -256,7 +263,7 @@ def _personalize(args) -> int:
 
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
                             base=args.base, minutes=args.minutes, seed=args.seed,
-                            lora_rank=args.lora_rank,
+                            lora_rank=args.lora_rank, replay=args.replay,
                             **({"lr": args.lr} if args.lr is not None else {}))
     summary = _with_bar("personalize", cfg.minutes * 60, "", lambda rec: (
         f"step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),

@@ -43,6 +43,7 @@ from engine.sampler import (
     planned_steps,
     predicting_positions,
 )
+from engine.scope import limit_scope
 from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
 
@@ -134,6 +135,10 @@ class GenerationSettings(SamplerSettings):
     """End denoising once the committed left part of the canvas holds a loop
     (``engine.repetition``) and keep the text up to the end of the unit's first copy; a loop
     committed elsewhere is cut from the final text. False: as upstream Dream."""
+    limit_scope: bool = False
+    """Infill: cut the completion at the first line that leaves the hole's indentation block
+    or repeats the suffix's first lines (``engine.scope``; editors' block requests). False: as
+    upstream Dream."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -378,8 +383,15 @@ class Engine:
             steps = max(1, math.ceil(settings.steps * canvas / settings.max_new_tokens))
         if note:
             extra["note"] = note
-        yield from self._run(pre, canvas, suf, settings, steps, extra=extra, started=started,
-                             heal=plan_healing(self.tokenizer, prefix, suffix))
+        for item in self._run(pre, canvas, suf, settings, steps, extra=extra, started=started,
+                              heal=plan_healing(self.tokenizer, prefix, suffix)):
+            if isinstance(item, Completion) and settings.limit_scope:
+                unfinished = len(self.trim(item.token_ids)) == len(item.token_ids)
+                cut = limit_scope(item.completion, prefix, suffix, unfinished)
+                if cut != item.completion:
+                    item.extra["scope_cut_chars"] = len(item.completion) - len(cut)
+                    item.completion = cut
+            yield item
 
     def probe_length(self, pre: list[int], suf: list[int], max_new: int,
                      reuse: bool = False) -> tuple[int, dict]:

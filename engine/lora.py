@@ -66,7 +66,7 @@ def merge_adapter(model: torch.nn.Module, folder: Path) -> int:
     scale, merged = lora_scale(cfg), 0
     for key, a in tensors.items():
         if key.endswith(TOKEN_ROWS) or (key.endswith(".weight") and ".lora_" not in key):
-            merged += _replace_part(model, modules, key, a, cfg, folder)
+            merged += replace_part(model, modules, key, a, cfg, folder)
             continue
         if not key.endswith(".lora_A.weight"):
             continue
@@ -92,8 +92,8 @@ def merge_adapter(model: torch.nn.Module, folder: Path) -> int:
 TOKEN_ROWS = ".token_adapter.trainable_tokens_delta"
 
 
-def _replace_part(model, modules: dict, key: str, value: torch.Tensor, cfg: dict,
-                  folder: Path) -> int:
+def replace_part(model, modules: dict, key: str, value: torch.Tensor, cfg: dict,
+                 folder: Path) -> int:
     """Copy a whole saved module weight, or the trained rows of an embedding, into ``model``."""
     name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
     if name.endswith(TOKEN_ROWS):

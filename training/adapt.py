@@ -32,6 +32,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from engine.errors import ConfigError
 from engine.loading import load_model, resolve_model
 from engine.model import DreamModel
 from training.lora import add_lora, save_adapter
@@ -110,6 +111,10 @@ class AdaptConfig:
     holds (SmolLM2's unused special tokens) that pad canvases after one end token. Their rows
     train like the ``<|mask|>`` row, starting as copies of the end token's row (the model
     already reads a pad as the end); the export lists them as ``pad_cycle_token_ids``."""
+    init: str = ""
+    """An adapter folder the run starts from (a shipped version, ``models/unmask-coder-135m``):
+    its LoRA matrices, norms and new token rows, made on the same ``base`` with the same rank
+    and new rows; the optimizer starts fresh. Ignored once the run has its own checkpoint."""
     generation: dict = field(default_factory=dict)
     """Decoding defaults written to the export's ``generation_config.json`` (a TOML table:
     alg, threshold, block_length, steps, max_new_tokens, ...), with the model's special ids."""
@@ -172,6 +177,36 @@ def prepare_model(cfg: AdaptConfig) -> tuple[DreamModel, list[int]]:
                 p.data = p.data.to(torch.bfloat16)
     model.train()
     return model, new_ids
+
+
+def init_from_adapter(model: DreamModel, cfg: AdaptConfig, new_ids: list[int],
+                      state: dict) -> None:
+    """Load ``cfg.init``'s weights into the prepared (LoRA-wrapped) model."""
+    from safetensors.torch import load_file
+
+    from engine.lora import PEFT_PREFIX, TOKEN_ROWS, adapter_config, replace_part
+
+    folder = Path(cfg.init)
+    acfg = adapter_config(folder)
+    made = (acfg.get("base_model_name_or_path"), acfg.get("r"),
+            (acfg.get("trainable_token_indices") or {}).get("embed_tokens"))
+    if cfg.lora_rank == 0 or made != (cfg.base, cfg.lora_rank, new_ids):
+        raise ConfigError(f"init {folder} was made with base, rank, new rows {made}; this run "
+                          f"has {(cfg.base, cfg.lora_rank, new_ids)}: set them to match")
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    for key, value in load_file(str(folder / "adapter_model.safetensors")).items():
+        if ".lora_" in key:
+            param = params.get(key[len(PEFT_PREFIX):])
+            if param is None or param.shape != value.shape:
+                raise ConfigError(f"init {folder}: {key} matches no LoRA weight of this run")
+            with torch.no_grad():
+                param.copy_(value.float())
+        elif key.endswith(TOKEN_ROWS) or key.endswith(".weight"):
+            replace_part(model, modules, key, value, acfg, folder)
+    if cfg.pad_cycle:  # the cycle's rows came trained: start_pad_cycle leaves them
+        state["pad_cycle"] = list(cfg.pad_cycle)
+    state["init"] = str(folder)
 
 
 def start_pad_cycle(model: DreamModel, cfg: AdaptConfig, state: dict) -> None:
@@ -259,6 +294,9 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
     if (found := find_checkpoint(out / "last")) is not None:
         state = load_checkpoint(found, model, opt)
         log.info("resumed from %s at step %d", found, state["step"])
+    elif cfg.init:
+        init_from_adapter(model, cfg, new_ids, state)
+        log.info("started from %s", cfg.init)
     start_pad_cycle(model, cfg, state)
     data = Path(cfg.data_dir)
     train_data = TokenWindows(data / "train.bin", cfg.seq_len)

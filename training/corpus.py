@@ -141,6 +141,24 @@ def build_corpus(out_dir: Path, wheel_dir: Path | None = None) -> dict:
     return stats
 
 
+def general_files(n: int, seed: int = 0) -> dict[str, str]:
+    """``n`` files of general Python (the standard library, which the corpus holds) that pass
+    the corpus's filters and decontamination and are in its training split: what replay mixes
+    into personalization so the model keeps what it knew. A fixed pseudo-random choice per
+    seed; no download."""
+    decontam = Decontaminator.from_problems(human_eval_problems())
+    files = sorted(stdlib_files(), key=lambda f: hashlib.sha1(f"{seed}:{f.path}".encode())
+                   .hexdigest())
+    out: dict[str, str] = {}
+    for f in files:
+        if len(out) >= n:
+            break
+        if not is_validation(f.path) and reject_reason(f.text) is None \
+                and decontam.reason(f.text) is None:
+            out[f.path] = f.text
+    return out
+
+
 def iter_texts(path: Path) -> Iterator[str]:
     with open(path) as fh:
         for line in fh:

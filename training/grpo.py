@@ -31,6 +31,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.healing import plan_healing
+from engine.scope import limit_scope
 from training.coupled import coupled_scores, grpo_loss, leave_one_out, mask_ratio, mask_uniforms
 from training.holes import Hole, load_holes, save_holes
 from training.holes import mine as mine_holes
@@ -142,10 +143,12 @@ class Rewarder:
 
 
 def completion_text(engine, hole: Hole, canvas: list[int]) -> str:
-    """What the editor would insert: the first line for a single-line hole, else the canvas."""
+    """What the editor would insert: the first line for a single-line hole, else the canvas
+    cut to the hole's scope (``engine.scope``, as block requests are)."""
     text = plan_healing(engine.tokenizer, hole.prefix, hole.suffix).completion(
         engine.tokenizer.decode(engine.trim(canvas)))
-    return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else text
+    return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else \
+        limit_scope(text, hole.prefix, hole.suffix, len(engine.trim(canvas)) == len(canvas))
 
 
 def scored_slots(engine, canvas: list[int]) -> list[bool]:
@@ -336,13 +339,13 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
             state["round"] += 1
             state["elapsed"] = time.time() - start
             if rank == 0 and time.time() - last_save >= cfg.checkpoint_seconds:
-                save_checkpoint(ckpt, model, opt, state)
+                save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
                 last_save = time.time()
         if logfile:
             logfile.close()
     summary = {}
     if rank == 0:
-        save_checkpoint(ckpt, model, opt, state)
+        save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
         summary = _finish(model, base, out, cfg, state, len(holes))
     if world > 1:
         import torch.distributed as dist

@@ -50,8 +50,9 @@ class PersonalizeConfig:
     """Longest training sequence (context + prefix + canvas + suffix)."""
     batch_size: int = 4
     """Holes per step."""
-    lr: float = 5e-4
-    """Peak AdamW learning rate (cosine to a tenth, 20 warm-up steps)."""
+    lr: float = 1e-4
+    """Peak AdamW learning rate (cosine to a tenth, 20 warm-up steps). 1e-4: on cachetools'
+    held-out holes 5e-4 lost lines the base wrote and 1e-4 kept them (docs/guide.md)."""
     max_middle: int = 96
     """Longest hole in tokens (longer ones are skipped)."""
     context_tokens: int = CONTEXT_TOKENS
@@ -70,6 +71,12 @@ class PersonalizeConfig:
     format, for 7B checkpoints) and write the adapter instead of a whole model."""
     lora_alpha: float = 16.0
     """LoRA scale numerator (update scale = alpha / r)."""
+    replay: float = 0.0
+    """Share of examples that are holes of general code (``training.corpus.general_files``,
+    no repository context) instead of the repository's: replay, so that fitting one
+    repository does not erase what the model knew."""
+    replay_files: int = 200
+    """General files the replay holes come from."""
 
     def __post_init__(self) -> None:
         if self.minutes <= 0:
@@ -80,6 +87,8 @@ class PersonalizeConfig:
             raise ConfigError(f"--lora-rank must be >= 0, got {self.lora_rank}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.replay < 1:
+            raise ConfigError(f"--replay is a share of examples in [0, 1), got {self.replay}")
 
 
 def training_holes(files: dict[str, str]) -> dict[str, list[Hole]]:
@@ -142,6 +151,14 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     if not holes:
         raise ConfigError(f"{repo} has no functions to learn from (no parsable Python "
                           "function bodies outside --exclude)")
+    general = []
+    if cfg.replay:
+        from training.corpus import general_files
+
+        general = sorted(general_files(cfg.replay_files, cfg.seed).items())
+        if not general:
+            raise ConfigError("--replay found no general Python to replay (the standard "
+                              "library's sources are missing); use --replay 0")
     base = resolve_model(cfg.base)
     loaded = load_model(base, "cpu", "float32")
     model, mcfg = loaded.model, loaded.config
@@ -165,16 +182,28 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     model.train()
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + state["step"])
-    kinds = [k for k in holes]
-    weights = [KIND_WEIGHTS[k] for k in kinds]
+
+    def draw(pool: dict[str, list[Hole]]) -> Hole:
+        kinds = list(pool)
+        return rng.choice(pool[rng.choices(kinds, [KIND_WEIGHTS[k] for k in kinds])[0]])
+
+    def replayed_hole() -> Hole | None:
+        # one file's holes at a time: all of them at once would hold a copy of its text each
+        pool = training_holes(dict([rng.choice(general)]))
+        return draw(pool) if pool else None
+
     budget, start, last_save = cfg.minutes * 60, time.time() - state["elapsed"], time.time()
     while state["elapsed"] < budget:
         batch = []
         while len(batch) < cfg.batch_size:
-            hole = rng.choice(holes[rng.choices(kinds, weights)[0]])
-            ex = make_example(hole, index, tok, cfg, sp, rng)
+            replayed = cfg.replay > 0 and rng.random() < cfg.replay  # replay 0: as before
+            hole = replayed_hole() if replayed else draw(holes)
+            if hole is None:  # a general file without functions
+                continue
+            ex = make_example(hole, None if replayed else index, tok, cfg, sp, rng)
             if ex is not None:
                 batch.append(ex)
+                state["replayed"] = state.get("replayed", 0) + replayed
         x, noisy, masked, t, eligible, attn = make_batch(batch, pad_id, mcfg.mask_token_id, gen)
         frac = state["elapsed"] / budget
         lr = cfg.lr * min(1.0, (state["step"] + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(
@@ -196,11 +225,13 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
                       "elapsed_s": state["elapsed"], "budget_s": budget,
                       "tok_per_s": state["tokens"] / max(state["elapsed"], 1e-9)})
         if time.time() - last_save > cfg.checkpoint_seconds:
-            save_checkpoint(ckpt, model, opt, state)
+            save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
             last_save = time.time()
-    save_checkpoint(ckpt, model, opt, state)
+    save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
     summary = {"base": str(base), "repo": str(repo.resolve()), "files": len(index.files),
-               "holes": {k: len(v) for k, v in holes.items()}, "steps": state["step"],
+               "holes": {k: len(v) for k, v in holes.items()},
+               "replay_files": len(general), "replayed_examples": state.get("replayed", 0),
+               "steps": state["step"],
                "tokens": state["tokens"], "minutes": round(state["elapsed"] / 60, 2),
                "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),
                "trained_parameters": sum(p.numel() for p in trained), "config": asdict(cfg)}

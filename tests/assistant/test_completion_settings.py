@@ -23,11 +23,15 @@ def test_block_length_comes_from_the_model_and_single_line_stops_at_newline(tiny
     single, multi = service.settings_for("single"), service.settings_for("multi")
     assert single.block_length == multi.block_length == 1
     assert single.stop == ("\n",) and multi.stop == ()
+    # blocks are cut to the hole's scope (a single line stops at its newline anyway)
+    assert multi.limit_scope and not single.limit_scope
     assert single.alg == "topk_margin"  # the model's default when the user set none
     service.settings = AssistantSettings(alg="origin", temperature=0.3)
     assert (service.settings_for("multi").alg, service.settings_for("multi").temperature) == \
         ("origin", 0.3)
     assert service.settings_for("multi", seed=2).temperature == 0.6  # another candidate samples
+    service.settings = AssistantSettings(limit_scope=False)
+    assert not service.settings_for("multi").limit_scope
     service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
     assert service.settings_for("multi").block_length is None
 

@@ -101,6 +101,39 @@ def test_stop_and_resume_equals_one_uninterrupted_run(setup):
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_can_start_from_a_shipped_adapter(setup):
+    from safetensors.torch import load_file
+
+    from engine.errors import ConfigError
+    from training.adapt import init_from_adapter
+
+    config, _ = setup
+    shipped = train(config("shipped", max_steps=3, pad_cycle=[0, 1]))
+    cfg = config("next", init=str(shipped), max_steps=3, pad_cycle=[0, 1])
+    model, new_ids = prepare_model(cfg)
+    state: dict = {}
+    init_from_adapter(model, cfg, new_ids, state)
+    # every weight the run trains starts as the shipped adapter has it (stored in bf16)
+    saved = load_file(str(shipped / "adapter_model.safetensors"))
+    params = dict(model.named_parameters())
+    q = "model.layers.0.self_attn.q_proj.lora_B.weight"
+    assert torch.equal(params[q], saved[f"base_model.model.{q}"].float())
+    norm = "model.norm.weight"
+    assert torch.equal(params[norm], saved[f"base_model.model.{norm}"].float())
+    rows = model.model.embed_tokens.weight[new_ids]
+    assert torch.equal(rows, saved["base_model.model.model.embed_tokens.token_adapter."
+                                    "trainable_tokens_delta"].float())
+    assert state["pad_cycle"] == [0, 1]  # trained rows: not reset to the end row
+    # and a run from it trains on from there, into its own checkpoint
+    train(cfg)
+    found = find_checkpoint(Path(cfg.out_dir) / "last")
+    assert json.loads((found / "state.json").read_text())["init"] == str(shipped)
+    bad = config("bad", init=str(shipped), lora_rank=8, pad_cycle=[0, 1])
+    model, new_ids = prepare_model(bad)
+    with pytest.raises(ConfigError, match="rank"):
+        init_from_adapter(model, bad, new_ids, {})
+
+
 def test_distilled_run_keeps_snapshots_and_logs_the_parent_kl(setup):
     config, _ = setup
     cfg = config("distill", distill=0.5, snapshot_minutes=1e-9, max_steps=3, infill_share=0.5)

@@ -119,6 +119,9 @@ def test_cli_personalize_and_infill_with_repo_context(repo, tmp_path):
     bad = unmask("train", "personalize", "--repo", str(repo), "--out", str(tmp_path / "o"),
                  "--lr", "0")
     assert bad.returncode == 2 and "--lr must be positive" in bad.stderr
+    bad = unmask("train", "personalize", "--repo", str(repo), "--out", str(tmp_path / "o"),
+                 "--replay", "1")
+    assert bad.returncode == 2 and "--replay is a share" in bad.stderr
     bad = unmask("infill", "--model", str(tiny_model), "--repo", str(repo), "--exclude", "zz.py",
                  "--prefix", "x")
     assert bad.returncode == 2 and "matches no Python file" in bad.stderr
@@ -155,7 +158,7 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
 
 
 def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo, tiny_model,
-                                                                          tmp_path):
+                                                                          tmp_path, caplog):
     import torch
     from safetensors.torch import load_file
 
@@ -174,6 +177,17 @@ def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo,
     assert all(n.startswith("base_model.model.model.layers.") for n in names)
     assert summary["trained_parameters"] < 0.5 * sum(
         p.numel() for p in load_model(tiny_model, "cpu", "float32").model.parameters())
+    # the resumable checkpoint holds the adapter only (the run rebuilds the frozen base) ...
+    saved = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert saved and all("lora" in n for n in saved)
+    assert sum(v.numel() for v in saved.values()) == summary["trained_parameters"]
+    # ... and a longer budget resumes from it
+    caplog.set_level("INFO", logger="training.personalize")
+    again = personalize(PersonalizeConfig(repo=str(repo), out=str(out), base=str(tiny_model),
+                                          minutes=0.06, batch_size=2, seq_len=192,
+                                          lora_rank=4, lr=5e-2))
+    assert again["steps"] > summary["steps"]
+    assert f"at step {summary['steps']}" in caplog.text
     base = load_model(tiny_model, "cpu", "float32").model
     merged = load_model(out, "cpu", "float32").model
     q = "model.layers.0.self_attn.q_proj.weight"
@@ -181,6 +195,28 @@ def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo,
     eng = Engine.load(str(out), device="cpu", dtype="float32")
     assert eng.tokenizer.token_id("<|mask|>") == eng.mask_id and eng.defaults
     assert eng.infill("def f(x):\n", "\n", max_new_tokens=4, steps=2).canvas_len <= 4
+
+
+def test_general_files_for_replay_are_filtered_decontaminated_training_split_code():
+    from training.corpus import general_files, is_validation, reject_reason
+
+    files = general_files(12, seed=3)
+    assert len(files) == 12 and files == general_files(12, seed=3)  # fixed per seed
+    assert files != general_files(12, seed=4)
+    assert all(p.startswith("stdlib/") and not is_validation(p) and reject_reason(t) is None
+               for p, t in files.items())
+
+
+def test_replay_mixes_general_code_into_personalization(repo, tiny_model, tmp_path):
+    from training.personalize import PersonalizeConfig, personalize
+
+    summary = personalize(PersonalizeConfig(repo=str(repo), out=str(tmp_path / "r"),
+                                            base=str(tiny_model), minutes=0.03, batch_size=2,
+                                            seq_len=192, lora_rank=4, replay=0.5,
+                                            replay_files=5))
+    assert summary["replay_files"] == 5
+    # about half of the examples were general code, the rest the repository's
+    assert 0 < summary["replayed_examples"] < 2 * summary["steps"]
 
 
 def test_personalizing_an_adapter_stacks_a_second_adapter_on_it(repo, tiny_model, tmp_path):
