@@ -1,7 +1,7 @@
 """The repository benchmark on real packages outside the training corpus, one table per package.
 
     .venv/bin/python benchmarks/repo_packages.py [--packages cachetools,funcy] [--minutes 10]
-        [--grpo-minutes 10] [--holes 60] [--lora-rank 16] [--lr 1e-4] [--replay 0.25]
+        [--grpo-minutes 10] [--holes 60] [--lora-rank 16] [--lr 1e-4] [--replay 0]
         [--work DIR] [--base-only]
 
 For each package: its sdist is fetched from the package registry (the only network this
@@ -127,8 +127,9 @@ def main() -> None:
     ap.add_argument("--holes", type=int, default=60, help="single-line holes (blocks: half)")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4, help="personalization's peak lr")
-    ap.add_argument("--replay", type=float, default=0.25,
-                    help="personalization's share of general-code examples")
+    ap.add_argument("--replay", type=float, default=0.0,
+                    help="personalization's share of general-code examples (0.25 measured: "
+                         "no gain)")
     ap.add_argument("--work", type=Path, default=Path("runs/repo-packages"))
     ap.add_argument("--base-only", action="store_true",
                     help="score the base model only (no training)")

@@ -3,8 +3,8 @@
 A diffusion canvas is sized before the text is known (``length`` adaptive or fixed), so a
 block request's canvas is often longer than the hole. The model then goes on past it: it writes
 the lines the suffix already holds, or leaves the block it was asked for and starts the next
-function, and the file breaks. Editors' completion engines cut such text after the fact; these
-are the two rules of Tabby's post-processing (``limitScopeByIndentation``,
+function, and the file breaks. Editors' completion engines cut such text after the fact; the
+first two rules are those of Tabby's post-processing (``limitScopeByIndentation``,
 ``removeDuplicateSuffixLines``), written for an infill that sees both sides:
 
 * scope: the completion may not leave the indentation block it starts in. At the start of a

@@ -59,13 +59,16 @@ def _body_statements(fn) -> list[ast.stmt]:
     return body
 
 
-def _hole(rel: str, lines: list[str], start: int, end: int, kind: str) -> Hole:
+def hole_at(rel: str, text: str, start: int, end: int, kind: str) -> Hole:
+    """The hole of lines ``start:end`` of one file."""
+    lines = text.splitlines(keepends=True)
     return Hole(rel, start, end, kind, "".join(lines[:start]), "".join(lines[start:end]),
                 "".join(lines[end:]))
 
 
-def candidate_holes(rel: str, text: str, kinds: tuple[str, ...] = KINDS) -> list[Hole]:
-    """Every hole of the given kinds in the functions of one file (an unparsable file: none).
+def hole_spans(text: str, kinds: tuple[str, ...] = KINDS) -> list[tuple[int, int, str]]:
+    """(start, end, kind) of every hole of the given kinds in the functions of one file (an
+    unparsable file: none); spans, not holes, as a hole holds a copy of its whole file.
 
     line: one whole-line statement; block: 2-4 consecutive body lines starting at a statement;
     body: a whole function body after its docstring (up to 30 lines)."""
@@ -85,17 +88,22 @@ def candidate_holes(rel: str, text: str, kinds: tuple[str, ...] = KINDS) -> list
                     len(lines[a].strip()) >= 6 and lines[a].strip() not in ("pass", "..."):
                 if ("line", a) not in seen:
                     seen.add(("line", a))
-                    out.append(_hole(rel, lines, a, a + 1, "line"))
+                    out.append((a, a + 1, "line"))
             for n in (2, 3, 4):
                 b = a + n
                 if "block" in kinds and b <= fn.end_lineno and ("block", a, b) not in seen and \
                         all(lines[i].strip() for i in (a, b - 1)):
                     seen.add(("block", a, b))
-                    out.append(_hole(rel, lines, a, b, "block"))
+                    out.append((a, b, "block"))
         a, b = body[0].lineno - 1, fn.end_lineno
         if "body" in kinds and 1 <= b - a <= 30:
-            out.append(_hole(rel, lines, a, b, "body"))
+            out.append((a, b, "body"))
     return out
+
+
+def candidate_holes(rel: str, text: str, kinds: tuple[str, ...] = KINDS) -> list[Hole]:
+    """Every hole of ``hole_spans`` in one file."""
+    return [hole_at(rel, text, a, b, kind) for a, b, kind in hole_spans(text, kinds)]
 
 
 def sample_holes(holes: list[Hole], n: int, seed: int = 0) -> list[Hole]:

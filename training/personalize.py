@@ -4,9 +4,10 @@ The objective is pretraining's masked-diffusion infilling loss (1/t-weighted CE 
 slots, Dream / DiffuCoder), on holes shaped like editor requests (a line, a 2-4 line block, a
 function body; ``training.holes``), each canvas padded with ``<|dlm_pad|>`` as the engine's
 canvases are, and each prompt built by ``engine.window.infill_ids`` with the repository context
-of ``engine.repo``: exactly what the engine sees at inference. Small models are fine-tuned whole
-(measured: see the README); the loop is an explicit, resumable, time-budgeted loop (nanoGPT
-style) with bf16 autocast on CPU.
+of ``engine.repo``: exactly what the engine sees at inference. ``replay`` mixes in holes of
+general code (the standard library, which the corpus holds) so the model keeps what it knew.
+Small models are fine-tuned whole (measured: see the README); the loop is an explicit,
+resumable, time-budgeted loop (nanoGPT style) with bf16 autocast on CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from engine.errors import ConfigError
 from engine.healing import plan_healing
 from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.window import infill_ids
-from training.holes import KINDS, Hole, candidate_holes
+from training.holes import KINDS, Hole, hole_at, hole_spans
 from training.objectives import Specials, canvas_padding, masked_diffusion_loss
 from training.pretrain import find_checkpoint, load_checkpoint, save_checkpoint
 
@@ -91,12 +92,16 @@ class PersonalizeConfig:
             raise ConfigError(f"--replay is a share of examples in [0, 1), got {self.replay}")
 
 
-def training_holes(files: dict[str, str]) -> dict[str, list[Hole]]:
-    """Holes of every kind per kind, over all files."""
-    by_kind: dict[str, list[Hole]] = {k: [] for k in KINDS}
+Span = tuple[str, int, int]
+"""(file, first line, line after): a hole, without the copy of its file that a Hole holds."""
+
+
+def training_spans(files: dict[str, str]) -> dict[str, list[Span]]:
+    """The holes of every kind over all files, per kind."""
+    by_kind: dict[str, list[Span]] = {k: [] for k in KINDS}
     for rel, text in files.items():
-        for hole in candidate_holes(rel, text):
-            by_kind[hole.kind].append(hole)
+        for a, b, kind in hole_spans(text):
+            by_kind[kind].append((rel, a, b))
     return {k: v for k, v in by_kind.items() if v}
 
 
@@ -147,15 +152,16 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
 
     repo = Path(cfg.repo)
     index = RepoIndex(repo, cfg.exclude)  # raises for a bad root / no files / a vain exclude
-    holes = training_holes(index.files)
+    holes = training_spans(index.files)
     if not holes:
         raise ConfigError(f"{repo} has no functions to learn from (no parsable Python "
                           "function bodies outside --exclude)")
-    general = []
+    general, general_texts = {}, {}
     if cfg.replay:
         from training.corpus import general_files
 
-        general = sorted(general_files(cfg.replay_files, cfg.seed).items())
+        general_texts = general_files(cfg.replay_files, cfg.seed)
+        general = training_spans(general_texts)
         if not general:
             raise ConfigError("--replay found no general Python to replay (the standard "
                               "library's sources are missing); use --replay 0")
@@ -183,23 +189,18 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + state["step"])
 
-    def draw(pool: dict[str, list[Hole]]) -> Hole:
+    def draw(pool: dict[str, list[Span]], texts: dict[str, str]) -> Hole:
         kinds = list(pool)
-        return rng.choice(pool[rng.choices(kinds, [KIND_WEIGHTS[k] for k in kinds])[0]])
-
-    def replayed_hole() -> Hole | None:
-        # one file's holes at a time: all of them at once would hold a copy of its text each
-        pool = training_holes(dict([rng.choice(general)]))
-        return draw(pool) if pool else None
+        kind = rng.choices(kinds, [KIND_WEIGHTS[k] for k in kinds])[0]
+        rel, a, b = rng.choice(pool[kind])
+        return hole_at(rel, texts[rel], a, b, kind)
 
     budget, start, last_save = cfg.minutes * 60, time.time() - state["elapsed"], time.time()
     while state["elapsed"] < budget:
         batch = []
         while len(batch) < cfg.batch_size:
             replayed = cfg.replay > 0 and rng.random() < cfg.replay  # replay 0: as before
-            hole = replayed_hole() if replayed else draw(holes)
-            if hole is None:  # a general file without functions
-                continue
+            hole = draw(general, general_texts) if replayed else draw(holes, index.files)
             ex = make_example(hole, None if replayed else index, tok, cfg, sp, rng)
             if ex is not None:
                 batch.append(ex)
@@ -230,7 +231,8 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
     summary = {"base": str(base), "repo": str(repo.resolve()), "files": len(index.files),
                "holes": {k: len(v) for k, v in holes.items()},
-               "replay_files": len(general), "replayed_examples": state.get("replayed", 0),
+               "replay_files": len(general_texts),
+               "replayed_examples": state.get("replayed", 0),
                "steps": state["step"],
                "tokens": state["tokens"], "minutes": round(state["elapsed"] / 60, 2),
                "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),
