@@ -386,8 +386,7 @@ class Engine:
         for item in self._run(pre, canvas, suf, settings, steps, extra=extra, started=started,
                               heal=plan_healing(self.tokenizer, prefix, suffix)):
             if isinstance(item, Completion) and settings.limit_scope:
-                unfinished = len(self.trim(item.token_ids)) == len(item.token_ids)
-                cut = limit_scope(item.completion, prefix, suffix, unfinished)
+                cut = limit_scope(item.completion, prefix, suffix, self.ran_out(item.token_ids))
                 if cut != item.completion:
                     item.extra["scope_cut_chars"] = len(item.completion) - len(cut)
                     item.completion = cut
@@ -501,6 +500,11 @@ class Engine:
             if i in ends:
                 return ids[:n]
         return list(ids)
+
+    def ran_out(self, canvas: list[int]) -> bool:
+        """The canvas holds no end token and no masked slot: its text stops where the canvas
+        did, likely mid-statement."""
+        return len(self.trim(canvas)) == len(canvas)
 
     # -- blocking helpers ------------------------------------------------------------------
     @staticmethod

@@ -148,7 +148,7 @@ def completion_text(engine, hole: Hole, canvas: list[int]) -> str:
     text = plan_healing(engine.tokenizer, hole.prefix, hole.suffix).completion(
         engine.tokenizer.decode(engine.trim(canvas)))
     return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else \
-        limit_scope(text, hole.prefix, hole.suffix, len(engine.trim(canvas)) == len(canvas))
+        limit_scope(text, hole.prefix, hole.suffix, engine.ran_out(canvas))
 
 
 def scored_slots(engine, canvas: list[int]) -> list[bool]:

@@ -59,11 +59,14 @@ def _body_statements(fn) -> list[ast.stmt]:
     return body
 
 
-def hole_at(rel: str, text: str, start: int, end: int, kind: str) -> Hole:
-    """The hole of lines ``start:end`` of one file."""
-    lines = text.splitlines(keepends=True)
+def _hole(rel: str, lines: list[str], start: int, end: int, kind: str) -> Hole:
     return Hole(rel, start, end, kind, "".join(lines[:start]), "".join(lines[start:end]),
                 "".join(lines[end:]))
+
+
+def hole_at(rel: str, text: str, start: int, end: int, kind: str) -> Hole:
+    """The hole of lines ``start:end`` of one file."""
+    return _hole(rel, text.splitlines(keepends=True), start, end, kind)
 
 
 def hole_spans(text: str, kinds: tuple[str, ...] = KINDS) -> list[tuple[int, int, str]]:
@@ -103,7 +106,8 @@ def hole_spans(text: str, kinds: tuple[str, ...] = KINDS) -> list[tuple[int, int
 
 def candidate_holes(rel: str, text: str, kinds: tuple[str, ...] = KINDS) -> list[Hole]:
     """Every hole of ``hole_spans`` in one file."""
-    return [hole_at(rel, text, a, b, kind) for a, b, kind in hole_spans(text, kinds)]
+    lines = text.splitlines(keepends=True)
+    return [_hole(rel, lines, a, b, kind) for a, b, kind in hole_spans(text, kinds)]
 
 
 def sample_holes(holes: list[Hole], n: int, seed: int = 0) -> list[Hole]:
