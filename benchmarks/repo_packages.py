@@ -26,6 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.loading import resolve_model
+from training.pretrain import origin_of
+
 
 @dataclass(frozen=True)
 class Package:
@@ -83,8 +86,10 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     minutes: dict[str, float] = {}
     root = timed("fetch", minutes, fetch, name, pkg, args.work)
     excludes = [a for path in pkg.held_out for a in ("--exclude", path)]
-    # named by their settings: a folder of another run would resume, not retrain
-    recipe = f"r{args.lora_rank}-lr{args.lr:g}-replay{args.replay:g}-{args.minutes:g}min"
+    # named by the base model's weights and the settings: a folder of another run would resume
+    # (or, made from other weights, be refused), not retrain
+    recipe = f"{args.origin}-r{args.lora_rank}-lr{args.lr:g}-replay{args.replay:g}-" \
+        f"{args.minutes:g}min"
     personal = args.work / f"{name}-personal-{recipe}"
     tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min-on-{recipe}"
     models: list[str] = []
@@ -139,6 +144,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown package(s) {', '.join(unknown)}; known: {', '.join(PACKAGES)}")
     args.work = args.work.resolve()
+    args.origin = origin_of(resolve_model(None))[:8]  # the embedded model: what is personalized
     args.work.mkdir(parents=True, exist_ok=True)
     for name in names:
         rows, minutes = run_package(name, PACKAGES[name], args)

@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.repo import RETRIEVAL, RETRIEVALS
 
 DATA = Path("data")
 
@@ -99,6 +101,9 @@ def add_train_parsers(sub) -> None:
                     help="repo: the command that runs the repository's tests")
     ev.add_argument("--test-timeout", type=float, default=120.0)
     ev.add_argument("--holes", type=int, default=60, help="repo: single-line holes (blocks: half)")
+    ev.add_argument("--retrieval", default=None, choices=RETRIEVALS,
+                    help=f"repo: what the repository context holds (default {RETRIEVAL}): "
+                         "similar chunks (bm25), stubs of the names used (symbols), or both")
     ev.add_argument("--model", default=None)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="auto")
@@ -120,8 +125,9 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--limit-scope", action="store_true", default=None,
                     help="cut a multi-line completion where it leaves the hole's indentation "
                          "block or repeats the suffix (the editors' block requests)")
-    ev.add_argument("--length", default="adaptive", choices=["adaptive", "fixed", "oracle"],
-                    help="infill canvas; oracle = the reference's length (analysis only)")
+    ev.add_argument("--length", default=None, choices=["adaptive", "fixed", "oracle"],
+                    help="infill canvas (default: adaptive; repo: the editors' settings); "
+                         "oracle = the reference's length (analysis only)")
     ev.add_argument("--jobs", type=int, default=1,
                     help="tasks run in parallel (threads; torch threads are split among them)")
     ev.add_argument("--empty", action="store_true", help="score an empty completion (the floor)")
@@ -181,6 +187,7 @@ def _eval(args) -> int:
                          indent=2))
         return 0
     single = {"infill-single": True, "infill-multi": False, "function": None}[args.task]
+    length = args.length or "adaptive"
     engine = settings = None
     if not args.empty:
         from engine.api import Engine
@@ -203,10 +210,10 @@ def _eval(args) -> int:
         if single is None:
             records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
         else:
-            records = ev.eval_infill(engine, settings, single, args.limit, args.length,
-                                     args.jobs, progress)
+            records = ev.eval_infill(engine, settings, single, args.limit, length, args.jobs,
+                                     progress)
     summary = ev.summarize(records, args.task, label,
-                           None if args.empty or args.decode == "ar" else args.length)
+                           None if args.empty or args.decode == "ar" else length)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -316,15 +323,21 @@ def _with_bar(label: str, total_s: float, first: str, describe, run):
         return run(progress)
 
 
-def editor_request(engine, hole):
+def editor_request(engine, hole, length: str | None = None):
     """``training.repo_eval.Request``: a hole asked for as the editors ask with the default
-    settings (a line hole as a single-line suggestion, a block as an explicit request)."""
+    settings (a line hole as a single-line suggestion, a block as an explicit request).
+    ``length`` replaces the editors' canvas: adaptive, fixed, or oracle (the removed lines'
+    own length: how much a right-sized canvas would give, for analysis only)."""
     from assistant.requests import request_settings, request_window
     from assistant.settings import AssistantSettings
+    from training.evaluate import oracle_settings
 
     s, mode = AssistantSettings(), "single" if hole.kind == "line" else "multi"
     window = request_window(s, engine, hole.prefix + hole.suffix, len(hole.prefix), mode)
-    return window.prefix, window.suffix, request_settings(s, engine, mode)
+    if length == "oracle":
+        return window.prefix, window.suffix, oracle_settings(
+            engine, request_settings(s, engine, mode), hole)
+    return window.prefix, window.suffix, request_settings(s, engine, mode, length=length)
 
 
 def _eval_repo(args) -> int:
@@ -359,12 +372,15 @@ def _eval_repo(args) -> int:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
             for ctx in contexts:
                 label = f"{name}{' + context' if ctx else ''}"
-                rows.append((label, repo_eval.score(engine, bench, sandbox, ctx,
-                                                    editor_request, tick, label, records)))
+                rows.append((label, repo_eval.score(
+                    engine, bench, sandbox, ctx, partial(editor_request, length=args.length),
+                    tick, label, records, args.retrieval or RETRIEVAL)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
-    table = Table(title=f"repo holes: {repo.name}, held out: {', '.join(bench.held_out)}")
+    chosen = "".join(f", {name}: {value}" for name, value in
+                     (("canvas", args.length), ("retrieval", args.retrieval)) if value)
+    table = Table(title=f"repo holes: {repo.name}, held out: {', '.join(bench.held_out)}{chosen}")
     for col in ("model", "line n", "line pass@1", "line exact", "block n", "block pass@1",
                 "block exact"):
         table.add_column(col)

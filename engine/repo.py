@@ -21,15 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.symbols import Symbol, file_symbols
 
 ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", "env", ".tox", ".nox",
                   "node_modules", "build", "dist", ".eggs", ".mypy_cache", ".pytest_cache"}
 MAX_FILE_BYTES = 1_000_000
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+USED = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+"""A name the code uses from elsewhere: an attribute (``.name``) or a call (``name(``)."""
 CHUNK_LINES, CHUNK_STRIDE = 16, 8
 """Chunk windows (RepoCoder uses fixed line windows with half overlap)."""
 CONTEXT_TOKENS = 192
 """Token budget of the repository context, at inference and in personalization alike."""
+RETRIEVALS = ("bm25", "symbols", "both")
+RETRIEVAL = "bm25"
+"""What fills the context: ``bm25`` the chunks most similar to the code around the hole,
+``symbols`` stubs of the functions and classes that code uses (``engine.symbols``), ``both``
+stubs first (up to half the budget), then chunks."""
 
 
 def context_budget(model_context: int) -> int:
@@ -121,7 +129,12 @@ def code_tokens(text: str) -> list[str]:
 class RepoIndex:
     """BM25 over fixed line windows of a repository's Python files; thread-safe updates."""
 
-    def __init__(self, root: Path, exclude: list[str] | None = None) -> None:
+    def __init__(self, root: Path, exclude: list[str] | None = None,
+                 retrieval: str = RETRIEVAL) -> None:
+        if retrieval not in RETRIEVALS:
+            raise ConfigError(f"repository retrieval must be one of {', '.join(RETRIEVALS)}, "
+                              f"got {retrieval!r}")
+        self.retrieval = retrieval
         self.root = Path(root).resolve()
         self.files: dict[str, str] = {}
         for rel in python_files(self.root, exclude):
@@ -137,6 +150,7 @@ class RepoIndex:
         """An index over given texts (training builds it from the files it reads itself)."""
         index = cls.__new__(cls)
         index.root, index.files, index._lock = Path(root), dict(files), threading.Lock()
+        index.retrieval = RETRIEVAL
         index._build()
         return index
 
@@ -147,7 +161,12 @@ class RepoIndex:
         retriever = bm25s.BM25()
         if chunks:
             retriever.index([code_tokens(c.text) or ["_"] for c in chunks], show_progress=False)
-        self.chunks, self.retriever = chunks, retriever
+        symbols: dict[str, list[Symbol]] = {}
+        if self.retrieval != "bm25":
+            for rel, text in sorted(self.files.items()):
+                for sym in file_symbols(rel, text):
+                    symbols.setdefault(sym.name, []).append(sym)
+        self.chunks, self.retriever, self.symbols = chunks, retriever, symbols
 
     def update(self, rel: str, text: str | None) -> None:
         """A file was saved (text) or deleted (None): re-index."""
@@ -176,25 +195,57 @@ class RepoIndex:
                 break
         return out
 
+    def definitions(self, before: str, after: str, skip: set[str], k: int = 8) -> list[Symbol]:
+        """Stubs of up to ``k`` names called or accessed around the hole (``USED``) and defined
+        in files not in ``skip``: the nearest the cursor first (the end of ``before``, then
+        ``after``)."""
+        with self._lock:
+            symbols = self.symbols
+
+        def used(text: str) -> list[str]:
+            return [a or b for a, b in USED.findall(text)]
+
+        names = list(dict.fromkeys([*reversed(used(before)), *used(after)]))
+        out = []
+        for name in names:
+            found = next((s for s in symbols.get(name, ()) if s.path not in skip), None)
+            if found is not None:
+                out.append(found)
+                if len(out) == k:
+                    break
+        return out
+
     def context(self, prefix: str, suffix: str, tokenizer, budget: int,
                 path: str | None = None) -> str:
-        """Repository context for a hole: the best chunks of other files, each as
-        ``# <path>`` then its lines, best first, whole chunks within ``budget`` tokens."""
+        """Repository context for a hole, whole blocks each under ``# <path>`` within
+        ``budget`` tokens (``RETRIEVAL``): the best chunks of other files, best first, then
+        stubs of what the code around the hole uses, nearest the hole."""
         if budget <= 0:
             return ""
-        near = "".join(prefix.splitlines(keepends=True)[-12:]) + \
-            "".join(suffix.splitlines(keepends=True)[:4])
+        before = "".join(prefix.splitlines(keepends=True)[-12:])
+        after = "".join(suffix.splitlines(keepends=True)[:4])
         skip = {path} if path else set()
         skip |= self._saved_copies(prefix, suffix)
-        parts, used = [], 0
-        for chunk in self.search(near, 8, skip):
-            block = f"# {chunk.path}\n{chunk.text}" + ("" if chunk.text.endswith("\n") else "\n")
-            n = len(tokenizer.encode(block))
-            if used + n > budget:
-                continue
-            parts.append(block)
-            used += n
-        return "".join(parts)
+        used = 0
+
+        def fit(blocks: list[str], room: int) -> list[str]:
+            nonlocal used
+            kept = []
+            for block in blocks:
+                n = len(tokenizer.encode(block))
+                if used + n <= room:
+                    kept.append(block)
+                    used += n
+            return kept
+
+        stubs = chunks = []
+        if self.retrieval != "bm25":
+            stubs = fit([f"# {s.path}\n{s.text}" for s in self.definitions(before, after, skip)],
+                        budget // 2 if self.retrieval == "both" else budget)
+        if self.retrieval != "symbols":
+            chunks = fit([f"# {c.path}\n{c.text}" + ("" if c.text.endswith("\n") else "\n")
+                          for c in self.search(before + after, 8, skip)], budget)
+        return "".join(chunks + stubs)
 
     def _saved_copies(self, prefix: str, suffix: str) -> set[str]:
         """Files holding the text right before and after the hole: the edited file's saved copy."""

@@ -38,8 +38,8 @@ from engine.model import DreamModel
 from training.lora import add_lora, save_adapter
 from training.objectives import (Parent, Specials, before_first, infill_batch, masked_ce_sum,
                                  masked_diffusion_loss, random_masking)
-from training.pretrain import (TokenWindows, find_checkpoint, load_checkpoint, resumed_log,
-                               save_checkpoint)
+from training.pretrain import (TokenWindows, find_checkpoint, load_checkpoint, origin_of,
+                               resumed_log, save_checkpoint)
 
 log = logging.getLogger(__name__)
 NORMS = ("input_layernorm", "post_attention_layernorm", "norm")
@@ -290,9 +290,11 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
                   tuple(cfg.pad_cycle))
     opt = make_optimizer(model, cfg)
     trainable = opt.param_groups[0]["params"]  # what the optimizer updates is what is clipped
-    state = {"step": 0, "elapsed": 0.0, "tokens": 0}
+    origin = origin_of(Path(cfg.init) if cfg.init else None, base=cfg.base,
+                       lora_rank=cfg.lora_rank)
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "origin": origin}
     if (found := find_checkpoint(out / "last")) is not None:
-        state = load_checkpoint(found, model, opt)
+        state = load_checkpoint(found, model, opt, origin) | {"origin": origin}
         log.info("resumed from %s at step %d", found, state["step"])
     elif cfg.init:
         init_from_adapter(model, cfg, new_ids, state)

@@ -123,10 +123,11 @@ def spread(items: list, limit: int) -> list:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
-def _oracle(eng, settings, task):
-    """A canvas exactly as long as the reference middle (an upper bound for length strategies;
-    it peeks at the answer's length, so it is reported, never used by the product)."""
-    n = len(eng.tokenizer.encode(task.middle))
+def oracle_settings(eng, settings, item):
+    """A canvas exactly as long as the reference middle of ``item`` (a task or a repository
+    hole; an upper bound for length strategies: it peeks at the answer's length, so it is
+    reported, never used by the product)."""
+    n = len(eng.tokenizer.encode(item.middle))
     tokens_per_step = settings.max_new_tokens / settings.steps
     return replace(settings, max_new_tokens=n, steps=max(1, round(n / tokens_per_step)),
                    length="fixed")
@@ -162,7 +163,7 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
         extra: dict = {}
         middle = ""
         if engine is not None:
-            s = _oracle(engine, settings, task) if length == "oracle" else settings
+            s = oracle_settings(engine, settings, task) if length == "oracle" else settings
             try:
                 res = engine.infill(task.prefix, task.suffix, s)
             except ConfigError as err:  # e.g. longer than the model's context: a failed task

@@ -35,8 +35,8 @@ from engine.scope import limit_scope
 from training.coupled import coupled_scores, grpo_loss, leave_one_out, mask_ratio, mask_uniforms
 from training.holes import Hole, load_holes, save_holes
 from training.holes import mine as mine_holes
-from training.pretrain import (find_checkpoint, load_checkpoint, resumed_log, save_checkpoint,
-                               setup_distributed)
+from training.pretrain import (find_checkpoint, load_checkpoint, origin_of, resumed_log,
+                               save_checkpoint, setup_distributed)
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +269,11 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.1)
-    state = {"round": 0, "update": 0, "elapsed": 0.0, "rollouts": 0, "rollout_s": 0.0}
+    origin = origin_of(base, lora_rank=cfg.lora_rank)
+    state = {"round": 0, "update": 0, "elapsed": 0.0, "rollouts": 0, "rollout_s": 0.0,
+             "origin": origin}
     if (found := find_checkpoint(ckpt)) is not None:
-        state = load_checkpoint(found, model, opt)
+        state = load_checkpoint(found, model, opt, origin) | {"origin": origin}
         log.info("resumed %s at round %d", ckpt, state["round"])
     model.to(device)
     if reference is not None:

@@ -28,7 +28,7 @@ from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.window import infill_ids
 from training.holes import KINDS, Hole, hole_at, hole_spans
 from training.objectives import Specials, canvas_padding, masked_diffusion_loss
-from training.pretrain import find_checkpoint, load_checkpoint, save_checkpoint
+from training.pretrain import find_checkpoint, load_checkpoint, origin_of, save_checkpoint
 
 log = logging.getLogger(__name__)
 KIND_WEIGHTS = {"line": 0.5, "block": 0.3, "body": 0.2}
@@ -181,9 +181,10 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
-    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0}
+    origin = origin_of(base, lora_rank=cfg.lora_rank)
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0, "origin": origin}
     if (found := find_checkpoint(ckpt)) is not None:
-        state = load_checkpoint(found, model, opt)
+        state = load_checkpoint(found, model, opt, origin) | {"origin": origin}
         log.info("resumed %s at step %d", ckpt, state["step"])
     model.train()
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])

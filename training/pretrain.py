@@ -27,6 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from engine.errors import ConfigError
 from engine.model import DreamConfig, DreamModel
 from training.objectives import (Specials, causal_lm_loss, infill_batch, masked_ce_sum,
                                  masked_diffusion_loss, random_masking)
@@ -226,11 +227,41 @@ def find_checkpoint(path: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: DreamModel, opt) -> dict:
+def origin_of(folder: Path | None, **settings) -> str:
+    """A fingerprint of where a run starts: the weights files of ``folder`` and of every adapter
+    base under it (name, size, first and last MiB: tells two trainings of one shape apart
+    without reading a 15 GB checkpoint whole) and the ``settings`` that shape the checkpoint (a
+    LoRA rank). A checkpoint resumes only into a run of the same origin (``load_checkpoint``)."""
+    import hashlib
+
+    from engine.loading import adapter_chain
+
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for part in adapter_chain(Path(folder)) if folder is not None else []:
+        files = [part] if part.is_file() else sorted(
+            f for f in part.iterdir() if f.suffix in (".safetensors", ".gguf"))
+        for f in files:
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(0, size - (1 << 20)))
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def load_checkpoint(path: Path, model: DreamModel, opt, origin: str | None = None) -> dict:
+    """The loop state of the checkpoint at ``path``, its weights and optimizer state loaded.
+    ``origin`` (``origin_of``): refuse a checkpoint that a run from other weights or settings
+    wrote (an --out reused after the base model changed would resume the wrong weights)."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
     state = json.loads((path / "state.json").read_text())
+    if origin is not None and state.get("origin", origin) != origin:
+        raise ConfigError(f"{path} was written by a run that started from other weights or "
+                          "settings; resume with the same model and --lora-rank, or pass a new "
+                          "--out (or delete that folder) to start over")
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
     slots: dict = {}
     for key, v in load_file(str(path / "optimizer.safetensors")).items():
         i, name = key.split(".", 1)

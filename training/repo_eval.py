@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import ConfigError
-from engine.repo import RepoIndex, context_budget, python_files
+from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
 from training.holes import Hole, load_holes, require_passing, save_holes
 from training.holes import mine as mine_holes
 
@@ -95,10 +95,11 @@ def known_outcome(hole: Hole, middle: str) -> bool | None:
 
 
 def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Request,
-          progress=None, label: str = "", records: list | None = None) -> dict:
+          progress=None, label: str = "", records: list | None = None,
+          retrieval: str = RETRIEVAL) -> dict:
     """pass@1 and exact match per hole kind for one (model, context) configuration; one record
     per hole is appended to ``records`` when given."""
-    index = RepoIndex(bench.repo, bench.exclude) if with_context else None
+    index = RepoIndex(bench.repo, bench.exclude, retrieval) if with_context else None
     results: dict = {}
     seen: dict[tuple[str, str], bool] = {}
     total = sum(len(v) for v in bench.holes.values())

@@ -89,3 +89,21 @@ def test_the_repository_benchmark_asks_for_holes_as_the_editors_do(tiny_model):
         assert settings == service.settings_for(mode)
         assert settings.cache_refresh == AssistantSettings().cache_refresh > 0
     assert editor_request(engine, hole)[2].max_new_tokens == AssistantSettings().max_tokens_block
+
+
+def test_the_repository_benchmark_can_size_each_canvas_to_the_removed_lines(tiny_model):
+    # `unmask eval repo --length oracle`: the ceiling of a right-sized canvas, the same window
+    from cli.train import editor_request
+    from training.holes import Hole
+
+    engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
+    lines = [f"    x{i} = f({i})\n" for i in range(40)]
+    hole = Hole("m.py", 20, 23, "block", "".join(lines[:20]), "".join(lines[20:23]),
+                "".join(lines[23:]))
+    prefix, suffix, settings = editor_request(engine, hole, length="oracle")
+    n = len(engine.tokenizer.encode(hole.middle))
+    assert settings.max_new_tokens == n != AssistantSettings().max_tokens_block
+    assert settings.length == "fixed" and settings.limit_scope  # still the editors' request
+    assert (prefix, suffix) == editor_request(engine, hole)[:2]
+    assert editor_request(engine, hole, length="fixed")[2].length == "fixed"
+    assert editor_request(engine, hole)[2].length == "adaptive"

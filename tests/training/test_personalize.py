@@ -55,6 +55,42 @@ def test_context_names_paths_and_never_returns_the_edited_file(repo, tiny_engine
     assert index.context(prefix, suffix, tiny_engine.tokenizer, 0) == ""
 
 
+def test_symbol_context_shows_stubs_of_what_the_code_around_the_hole_uses(repo, tiny_engine):
+    tok = tiny_engine.tokenizer
+    cut = TESTS.index("    assert perimeter_of_square(2)")
+    prefix, suffix = TESTS[:cut], TESTS[cut:].split("\n", 1)[1]
+    index = RepoIndex(repo, retrieval="symbols")
+    ctx = index.context(prefix, suffix, tok, 400, path="tests/test_geometry.py")
+    # the nearest use first (area_of_square, just above), then the suffix's (area_of_circle)
+    assert ctx == ('# geometry/shapes.py\ndef area_of_square(side):\n'
+                   '    """Area of a square."""\n    ...\n'
+                   "# geometry/circles.py\ndef area_of_circle(radius):\n    ...\n")
+    both = RepoIndex(repo, retrieval="both").context(prefix, suffix, tok, 400,
+                                                     path="tests/test_geometry.py")
+    assert "result = side * side" in both and both.endswith(ctx)  # chunks, then the stubs
+    first = ctx[:ctx.index("# geometry/circles.py")]
+    budget = 2 * len(tok.encode(first))  # "both" gives stubs half of it: room for the first
+    small = RepoIndex(repo, retrieval="both").context(prefix, suffix, tok, budget,
+                                                      path="tests/test_geometry.py")
+    assert small.endswith(first) and len(tok.encode(small)) <= budget
+    with pytest.raises(ConfigError, match="retrieval must be one of bm25, symbols, both"):
+        RepoIndex(repo, retrieval="dense")
+
+
+def test_symbols_are_signatures_under_their_class_and_skip_files_that_do_not_parse():
+    from engine.symbols import file_symbols
+
+    text = ('class Box(Base):\n    """A box."""\n\n    def __init__(self, w,\n'
+            '                 h):\n        self.w = w\n\n    def area(self):\n'
+            '        """Its area.\n\n        More."""\n        return self.w * self.h\n')
+    syms = {s.name: s.text for s in file_symbols("box.py", text)}
+    assert syms == {"Box": "class Box(Base):\n    def __init__(self, w,\n                 h):\n"
+                           "        ...\n",
+                    "area": 'class Box(Base):\n    def area(self):\n        """Its area."""\n'
+                            "        ...\n"}
+    assert file_symbols("broken.py", "def f(:\n") == []
+
+
 def test_miner_keeps_holes_the_tests_need_and_never_touches_the_tree(repo):
     from engine.sandbox import RepoSandbox
     from training.holes import candidate_holes, verify_holes
@@ -102,6 +138,28 @@ def test_personalize_writes_a_loadable_model_and_resumes(repo, tiny_model, tmp_p
     more = personalize(PersonalizeConfig(**{**cfg.__dict__, "minutes": 0.08}))
     assert more["steps"] > first["steps"]  # resumed from the checkpoint, not restarted
     assert more["minutes"] >= 0.08
+
+
+def test_a_checkpoint_resumes_only_into_a_run_from_the_same_weights(repo, tiny_model, tmp_path):
+    # an --out reused after the base changed (a newer model of the same shape and file size)
+    # must not quietly go on training the old run's weights on top of the new ones
+    from tests.conftest import make_tiny_folder
+    from training.personalize import PersonalizeConfig, personalize
+    from training.pretrain import origin_of
+
+    other = make_tiny_folder(tmp_path / "other", seed=1)
+    sizes = [(f / "model.safetensors").stat().st_size for f in (tiny_model, other)]
+    assert sizes[0] == sizes[1] and origin_of(other) != origin_of(tiny_model)
+    assert origin_of(tiny_model, lora_rank=4) != origin_of(tiny_model, lora_rank=8)
+    cfg = PersonalizeConfig(repo=str(repo), out=str(tmp_path / "personal"), base=str(tiny_model),
+                            minutes=0.02, batch_size=2, seq_len=192, lora_rank=4,
+                            checkpoint_seconds=0.0)
+    first = personalize(cfg)
+    for change in ({"base": str(other)}, {"lora_rank": 8}):
+        with pytest.raises(ConfigError, match="started from other weights or settings"):
+            personalize(PersonalizeConfig(**{**cfg.__dict__, **change}))
+    again = personalize(PersonalizeConfig(**{**cfg.__dict__, "minutes": 0.04}))
+    assert again["steps"] > first["steps"]  # the same origin still resumes
 
 
 def test_cli_personalize_and_infill_with_repo_context(repo, tmp_path):
