@@ -294,7 +294,7 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
                        lora_rank=cfg.lora_rank)
     state = {"step": 0, "elapsed": 0.0, "tokens": 0, "origin": origin}
     if (found := find_checkpoint(out / "last")) is not None:
-        state = load_checkpoint(found, model, opt, origin) | {"origin": origin}
+        state = load_checkpoint(found, model, opt, origin)
         log.info("resumed from %s at step %d", found, state["step"])
     elif cfg.init:
         init_from_adapter(model, cfg, new_ids, state)

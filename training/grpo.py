@@ -273,7 +273,7 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
     state = {"round": 0, "update": 0, "elapsed": 0.0, "rollouts": 0, "rollout_s": 0.0,
              "origin": origin}
     if (found := find_checkpoint(ckpt)) is not None:
-        state = load_checkpoint(found, model, opt, origin) | {"origin": origin}
+        state = load_checkpoint(found, model, opt, origin)
         log.info("resumed %s at round %d", ckpt, state["round"])
     model.to(device)
     if reference is not None:

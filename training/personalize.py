@@ -184,7 +184,7 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     origin = origin_of(base, lora_rank=cfg.lora_rank)
     state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0, "origin": origin}
     if (found := find_checkpoint(ckpt)) is not None:
-        state = load_checkpoint(found, model, opt, origin) | {"origin": origin}
+        state = load_checkpoint(found, model, opt, origin)
         log.info("resumed %s at step %d", ckpt, state["step"])
     model.train()
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])

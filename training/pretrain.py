@@ -253,7 +253,8 @@ def origin_of(folder: Path | None, **settings) -> str:
 def load_checkpoint(path: Path, model: DreamModel, opt, origin: str | None = None) -> dict:
     """The loop state of the checkpoint at ``path``, its weights and optimizer state loaded.
     ``origin`` (``origin_of``): refuse a checkpoint that a run from other weights or settings
-    wrote (an --out reused after the base model changed would resume the wrong weights)."""
+    wrote (an --out reused after the base model changed would resume the wrong weights); the
+    returned state carries it, so the next save records it (older checkpoints have none)."""
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
@@ -267,6 +268,8 @@ def load_checkpoint(path: Path, model: DreamModel, opt, origin: str | None = Non
         i, name = key.split(".", 1)
         slots.setdefault(int(i), {})[name] = v
     opt.load_state_dict({"state": slots, "param_groups": state.pop("param_groups")})
+    if origin is not None:
+        state["origin"] = origin
     return state
 
 
