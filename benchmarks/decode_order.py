@@ -7,7 +7,9 @@ of training by path hash): a random non-blank line of a file with 1,500 characte
 Each order decodes the same holes greedily with the editor's single-line settings (24 slots,
 adaptive canvas, stop at the line's end); the table gives the share of completions equal to the
 held-out line (whitespace-trimmed), the number left blank (the first line empty: every held-out
-line is non-blank, so a blank one is always a miss), forward passes and milliseconds per hole,
+line is non-blank, so a blank one is always a miss), how many leave the whole file parsing
+(the file parses with its own line, so a line that breaks it is incoherent: ``for = 0``, an
+unclosed quote), forward passes and milliseconds per hole,
 and the mean local AR-ness@1 of the order the slots were decoded in (1.0 = strictly left to
 right). This is how the embedded model's decoding default was chosen, on code no evaluation
 uses.
@@ -16,6 +18,7 @@ uses.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import random
 import statistics
@@ -35,6 +38,7 @@ ORDERS = {
 
 
 def holes(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(prefix, line, suffix) of whole files; the model reads 1,500 characters either side."""
     rng = random.Random(seed)
     files = [json.loads(line)["text"] for line in
              (ROOT / "data" / "corpus" / "val.jsonl").read_text().splitlines()]
@@ -45,8 +49,16 @@ def holes(n: int, seed: int) -> list[tuple[str, str, str]]:
         if not idx:
             continue
         i = rng.choice(idx)
-        out.append(("".join(lines[:i])[-1500:], lines[i], "".join(lines[i + 1:])[:1500]))
+        out.append(("".join(lines[:i]), lines[i], "".join(lines[i + 1:])))
     return out
+
+
+def parses(text: str) -> bool:
+    try:
+        ast.parse(text)
+        return True
+    except (SyntaxError, ValueError):
+        return False
 
 
 def main() -> None:
@@ -65,23 +77,28 @@ def main() -> None:
     torch.set_num_threads(2)
     engine = Engine.load(args.model, device="cpu")
     cases = holes(args.holes, args.seed)
-    print("| order | exact line | blank | passes/hole | ms/hole | local AR-ness@1 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    valid = [parses(p + m + s) for p, m, s in cases]  # a file that never parsed tells nothing
+    print(f"| order | exact line | blank | file parses (of {sum(valid)}) | passes/hole | ms/hole "
+          "| local AR-ness@1 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     rows = list(ORDERS.items())
     for name, order in (rows[int(i) - 1] for i in args.orders.split(",")):
-        exact, blank, passes, ms, ar = 0, 0, [], [], []
-        for prefix, middle, suffix in cases:
+        exact, blank, parsed, passes, ms, ar = 0, 0, 0, [], [], []
+        for (prefix, middle, suffix), ok in zip(cases, valid):
             settings = engine.settings(max_new_tokens=24, steps=24, length="adaptive",
                                        temperature=0.0, stop=("\n",), **order)
             start = time.perf_counter()
-            res = engine.infill(prefix, suffix, settings)
+            res = engine.infill(prefix[-1500:], suffix[:1500], settings)
             ms.append((time.perf_counter() - start) * 1000)
-            first = res.completion.split("\n")[0].strip()
+            line = res.completion.split("\n")[0]
+            first = line.strip()
             exact += first == middle.strip()
             blank += not first
+            parsed += ok and parses(prefix + line + "\n" + suffix)
             passes.append(res.extra.get("forward_passes", res.steps))
             ar.append(local_ar_ness(res.order))
-        print(f"| {name} | {exact}/{len(cases)} | {blank} | {statistics.mean(passes):.1f} | "
+        print(f"| {name} | {exact}/{len(cases)} | {blank} | {parsed} | "
+              f"{statistics.mean(passes):.1f} | "
               f"{statistics.mean(ms):.0f} | {statistics.mean(ar):.2f} |", flush=True)
 
 

@@ -104,7 +104,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
         models = ["--personalized", str(personal), "--grpo", str(tuned)]
     scores_file = args.work / f"{name}-scores.jsonl"
     result = timed("eval", minutes, unmask, "eval", "repo", "--repo", str(root), *excludes,
-                   "--holes", str(args.holes), *models, "--out", str(scores_file))
+                   "--holes", str(args.holes), *models, "--out", str(scores_file),
+                   *(["--fresh"] if args.fresh else []))
     return json.loads(result), minutes
 
 
@@ -138,6 +139,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/repo-packages"))
     ap.add_argument("--base-only", action="store_true",
                     help="score the base model only (no training)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="decode every answer again (eval repo --fresh): the eval minutes of a "
+                         "first run; without it a rerun reuses the base model's kept answers")
     args = ap.parse_args()
     names = args.packages.split(",")
     unknown = [n for n in names if n not in PACKAGES]

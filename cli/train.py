@@ -104,6 +104,9 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--retrieval", default=None, choices=RETRIEVALS,
                     help=f"repo: what the repository context holds (default {RETRIEVAL}): "
                          "similar chunks (bm25), stubs of the names used (symbols), or both")
+    ev.add_argument("--fresh", action="store_true",
+                    help="repo: decode every answer again instead of reusing the answers kept "
+                         "from earlier runs of the same model and requests")
     ev.add_argument("--model", default=None)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="auto")
@@ -367,14 +370,18 @@ def _eval_repo(args) -> int:
             configs.append(("personalized", args.personalized, (False, True)))
         if args.grpo:
             configs.append(("personalized + GRPO", args.grpo, (True,)))
-        rows, records = [], []
+        rows, records, reused, asked = [], [], 0, 0
         for name, model, contexts in configs:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
+            answers = None if args.fresh else \
+                repo_eval.AnswerCache(cache_dir() / "repo-answers", engine)
             for ctx in contexts:
                 label = f"{name}{' + context' if ctx else ''}"
                 rows.append((label, repo_eval.score(
                     engine, bench, sandbox, ctx, partial(editor_request, length=args.length),
-                    tick, label, records, args.retrieval or RETRIEVAL)))
+                    tick, label, records, args.retrieval or RETRIEVAL, answers)))
+            reused, asked = reused + (answers.hits if answers else 0), \
+                asked + (answers.hits + answers.misses if answers else 0)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -389,6 +396,9 @@ def _eval_repo(args) -> int:
         table.add_row(label, *[str(r.get(k, "-")) for r in (line, block)
                                for k in ("n", "pass@1", "exact")])
     Console().print(table)
+    if reused:
+        print(f"{reused} of {asked} answers reused from earlier runs of the same model and "
+              "requests (--fresh decodes them again)", file=sys.stderr)
     print(json.dumps({label: res for label, res in rows}), file=sys.stderr)
     return 0
 

@@ -85,6 +85,8 @@ class AdaptConfig:
     """Longest infilling middle in tokens."""
     infill_holes: int = 2
     """Most holes per infilling window."""
+    single_line_share: float = 0.5
+    """Share of whole-line holes that are exactly one line (``objectives.pick_hole``)."""
     bf16: bool = True
     """bf16 autocast (and, with LoRA, the frozen base stored in bf16: AMX CPUs multiply
     bf16 ~8x faster than fp32)."""
@@ -333,7 +335,7 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
             if torch.rand(1, generator=gen).item() < cfg.infill_share:
                 seqs, noisy, masked, t, eligible = infill_batch(
                     x, sp, at_line, cfg.eps, cfg.max_middle, gen, cfg.infill_holes,
-                    at_newline=True)
+                    at_newline=True, single_line=cfg.single_line_share)
                 loss, stats = masked_diffusion_loss(model, seqs, masked, noisy, t, eligible, attn,
                                                     parent, before_first(seqs, sp.pad_id))
             else:

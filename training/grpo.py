@@ -237,6 +237,27 @@ def global_tokens(groups: list[Group], world: int) -> float:
     return float(n)
 
 
+def slowest(elapsed: float, world: int, device) -> float:
+    """The largest ``elapsed`` over every process, so that all of them take the same decision
+    about the next round (one that stopped alone would leave the others waiting in DDP)."""
+    if world == 1:
+        return elapsed
+    import torch.distributed as dist
+
+    t = torch.tensor(elapsed, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def another_round_fits(state: dict, budget: float) -> bool:
+    """Whether the next rollout round is expected to end within the budget (seconds): the first
+    always runs, a later one only if the mean round so far still fits. A round cannot be cut
+    once its rollouts are scored, and a 10-minute budget used to end past 12."""
+    if state["round"] == 0:
+        return True
+    return state["elapsed"] * (state["round"] + 1) / state["round"] <= budget
+
+
 def seed_of(*parts) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
 
@@ -298,8 +319,8 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
         # a round's lines are written before its checkpoint: drop those of an unfinished round
         logfile = resumed_log(out / "log.jsonl", "round", state["round"] - 1) \
             if rank == 0 else None
-        while state["elapsed"] < budget and not (cfg.max_rounds and
-                                                 state["round"] >= cfg.max_rounds):
+        while another_round_fits(state, budget) and not (cfg.max_rounds and
+                                                         state["round"] >= cfg.max_rounds):
             rnd = state["round"]
             pick = random.Random(seed_of(cfg.seed, "tasks", rnd))
             chosen = [pick.choice(holes) for _ in range(cfg.tasks * world)]
@@ -339,7 +360,7 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
                 if progress is not None and rank == 0:
                     progress(dict(record, budget_s=budget))
             state["round"] += 1
-            state["elapsed"] = time.time() - start
+            state["elapsed"] = slowest(time.time() - start, world, device)
             if rank == 0 and time.time() - last_save >= cfg.checkpoint_seconds:
                 save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
                 last_save = time.time()

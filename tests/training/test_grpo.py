@@ -18,7 +18,7 @@ import torch
 
 from training.coupled import (coupled_masks, coupled_scores, grpo_loss, leave_one_out,
                               mask_ratio, mask_uniforms)
-from training.grpo import Group, policy_update
+from training.grpo import Group, another_round_fits, policy_update
 
 from .repos import SHAPES, tree_hash
 
@@ -140,6 +140,15 @@ def test_clipping_and_kl_at_their_boundaries():
     assert st0["kl_sum"] == 0.0 and g0 == 0.0
     g1, st1 = grad_of(0.3, 0.0, beta=1.0, ref_delta=0.0)
     assert st1["kl_sum"] > 0 and g1 > 0  # descending the loss lowers the score back
+
+
+def test_a_round_starts_only_if_the_mean_round_still_fits_the_budget():
+    assert another_round_fits({"round": 0, "elapsed": 0.0}, 1.0)  # the first one always runs
+    assert another_round_fits({"round": 0, "elapsed": 0.0}, 0.0)
+    # 3 rounds in 450 s (150 s each): a fourth ends at ~600 s
+    assert another_round_fits({"round": 3, "elapsed": 450.0}, 600.0)
+    assert not another_round_fits({"round": 3, "elapsed": 450.0}, 599.0)
+    assert not another_round_fits({"round": 4, "elapsed": 610.0}, 600.0)
 
 
 def test_leave_one_out_advantages():

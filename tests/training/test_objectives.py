@@ -8,8 +8,8 @@ import torch
 
 from engine.model import DreamConfig, DreamModel
 from training.objectives import (Parent, Specials, before_first, canvas_padding, causal_lm_loss,
-                                 infill_batch, infill_example, masked_diffusion_loss,
-                                 random_masking)
+                                 infill_batch, infill_example, line_starts,
+                                 masked_diffusion_loss, pick_hole, random_masking)
 
 SP = Specials(mask_id=1, pad_id=2, eos_id=0)
 
@@ -79,6 +79,23 @@ def test_infill_example_pads_middle_and_keeps_length():
                 assert all(t == 2 for t in canvas[first:])
         assert (seq != 2).sum() >= 128 - sum(n for _, n in spans)
     assert seen_multi
+
+
+def test_single_line_share_sets_how_many_line_holes_are_one_line():
+    ends = torch.zeros(40, dtype=torch.bool)
+    ends[39] = True  # every line is 4 tokens: 5 6 7 39
+    row = torch.tensor(([5, 6, 7, 39] * 32)[:128])
+    starts = line_starts(row, ends)
+    starts = starts[(starts > 8) & (starts < 112)]
+
+    def one_line_holes(share: float) -> int:
+        gen = torch.Generator().manual_seed(3)
+        holes = [pick_hole(row, starts, 40, gen, share) for _ in range(400)]
+        return sum(a % 4 == 0 and b - a == 4 for a, b in holes)
+
+    # 70 % of holes are line holes: all of them one line at 1.0, none at 0.0
+    assert one_line_holes(1.0) > 240 and one_line_holes(0.0) < 20
+    assert one_line_holes(0.0) < one_line_holes(0.5) < one_line_holes(1.0)
 
 
 def test_rainbow_padding_is_one_end_then_the_cycle():

@@ -4,6 +4,7 @@ sandboxed test runs, the fine-tuning loop (resume, outputs) and the bad inputs."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,14 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     assert list(rows) == ["base", "base + context", "personalized", "personalized + context"]
     assert rows["base"]["line"]["n"] == 4 and 0 <= rows["base"]["line"]["pass@1"] <= 1
     assert rows["base"] == rows["personalized"]  # the same model twice: the same scores
+    reused, asked = map(int, re.search(r"(\d+) of (\d+) answers reused", r.stderr).groups())
+    assert asked // 2 <= reused < asked  # the second model's answers were the first's
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert f"{asked} of {asked} answers reused" in again.stderr
+    assert json.loads(again.stderr.strip().splitlines()[-1]) == rows
+    fresh = subprocess.run(args + ["--fresh"], capture_output=True, text=True, timeout=600,
+                           env=env)
+    assert "reused" not in fresh.stderr
     assert tree_hash(repo) == before
     assert list((tmp_path / "cache" / "holes").glob("*.jsonl"))  # verified holes are cached
     (repo / "tests" / "test_geometry.py").write_text(TESTS + "\n\ndef test_broken():\n"
@@ -316,3 +325,23 @@ def test_answers_with_a_known_verdict_skip_the_test_run():
     assert known_outcome(hole, "    return (x +") is False  # no longer parses
     assert known_outcome(hole, "  return x + 1") is None  # other indentation: run the tests
     assert known_outcome(hole, "    return x - 1") is None
+
+
+def test_kept_answers_are_keyed_by_everything_that_shapes_them(tiny_engine, tmp_path):
+    from engine.api import GenerationSettings
+    from training.repo_eval import AnswerCache
+
+    a = AnswerCache(tmp_path, tiny_engine)
+    key = a.key("def f(x):\n", "\n", "", GenerationSettings(max_new_tokens=4))
+    assert a.get(key) is None
+    a.put(key, "    return x\n")
+    others = [a.key("def g(x):\n", "\n", "", GenerationSettings(max_new_tokens=4)),
+              a.key("def f(x):\n", "\n", "# ctx\n", GenerationSettings(max_new_tokens=4)),
+              a.key("def f(x):\n", "\n", "", GenerationSettings(max_new_tokens=8))]
+    assert len({key, *others}) == 4
+    with open(a.path, "a") as fh:
+        fh.write('{"key": "cut by a ki')  # a kill mid-line loses that answer only
+    b = AnswerCache(tmp_path, tiny_engine)  # another run of the same model
+    assert b.get(key) == "    return x\n" and b.get(others[0]) is None
+    assert (b.hits, b.misses) == (1, 1)
+
