@@ -18,7 +18,6 @@ uses.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import random
 import statistics
@@ -53,14 +52,6 @@ def holes(n: int, seed: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def parses(text: str) -> bool:
-    try:
-        ast.parse(text)
-        return True
-    except (SyntaxError, ValueError):
-        return False
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -73,6 +64,7 @@ def main() -> None:
 
     from engine.analysis import local_ar_ness
     from engine.api import Engine
+    from training.holes import parses
 
     torch.set_num_threads(2)
     engine = Engine.load(args.model, device="cpu")

@@ -370,18 +370,17 @@ def _eval_repo(args) -> int:
             configs.append(("personalized", args.personalized, (False, True)))
         if args.grpo:
             configs.append(("personalized + GRPO", args.grpo, (True,)))
-        rows, records, reused, asked = [], [], 0, 0
+        rows, records, kept = [], [], []
         for name, model, contexts in configs:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
             answers = None if args.fresh else \
                 repo_eval.AnswerCache(cache_dir() / "repo-answers", engine)
+            kept += [answers] if answers else []
             for ctx in contexts:
                 label = f"{name}{' + context' if ctx else ''}"
                 rows.append((label, repo_eval.score(
                     engine, bench, sandbox, ctx, partial(editor_request, length=args.length),
                     tick, label, records, args.retrieval or RETRIEVAL, answers)))
-            reused, asked = reused + (answers.hits if answers else 0), \
-                asked + (answers.hits + answers.misses if answers else 0)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -396,7 +395,9 @@ def _eval_repo(args) -> int:
         table.add_row(label, *[str(r.get(k, "-")) for r in (line, block)
                                for k in ("n", "pass@1", "exact")])
     Console().print(table)
+    reused = sum(a.hits for a in kept)
     if reused:
+        asked = reused + sum(a.misses for a in kept)
         print(f"{reused} of {asked} answers reused from earlier runs of the same model and "
               "requests (--fresh decodes them again)", file=sys.stderr)
     print(json.dumps({label: res for label, res in rows}), file=sys.stderr)

@@ -15,7 +15,6 @@ update and a PNG reward curve in the output folder; data parallel under ``torchr
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import copy
 import hashlib
@@ -33,7 +32,7 @@ from engine.errors import ConfigError
 from engine.healing import plan_healing
 from engine.scope import limit_scope
 from training.coupled import coupled_scores, grpo_loss, leave_one_out, mask_ratio, mask_uniforms
-from training.holes import Hole, load_holes, save_holes
+from training.holes import Hole, load_holes, parses, save_holes
 from training.holes import mine as mine_holes
 from training.pretrain import (find_checkpoint, load_checkpoint, origin_of, resumed_log,
                                save_checkpoint, setup_distributed)
@@ -107,14 +106,6 @@ class Group:
     """(G,)"""
     uids: list[int]
     """Stable ids of the rollouts: their mask draws depend on these only."""
-
-
-def parses(text: str) -> bool:
-    try:
-        ast.parse(text)
-    except (SyntaxError, ValueError):
-        return False
-    return True
 
 
 class Rewarder:

@@ -13,7 +13,6 @@ holes (the base rows of every benchmark rerun) decodes nothing again.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Callable
 
 from engine.errors import ConfigError
 from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
-from training.holes import Hole, load_holes, require_passing, save_holes
+from training.holes import Hole, load_holes, parses, require_passing, save_holes
 from training.holes import mine as mine_holes
 
 
@@ -140,11 +139,7 @@ def known_outcome(hole: Hole, middle: str) -> bool | None:
     filled = hole.filled(middle)
     if filled == hole.filled(hole.middle):
         return True
-    try:
-        ast.parse(filled)
-    except (SyntaxError, ValueError):  # ValueError: a NUL byte
-        return False
-    return None
+    return None if parses(filled) else False
 
 
 def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Request,

@@ -344,4 +344,3 @@ def test_kept_answers_are_keyed_by_everything_that_shapes_them(tiny_engine, tmp_
     b = AnswerCache(tmp_path, tiny_engine)  # another run of the same model
     assert b.get(key) == "    return x\n" and b.get(others[0]) is None
     assert (b.hits, b.misses) == (1, 1)
-
