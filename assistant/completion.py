@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from assistant.repo_context import RepoContexts
-from assistant.requests import request_settings, request_window
+from assistant.requests import answer_check, request_settings, request_window
 from assistant.settings import AssistantSettings
 from engine.errors import UnmaskError
 from engine.window import InfillWindow
@@ -113,6 +113,8 @@ class Stats:
     denoise_s: float = 0.0
     with_context: int = 0
     """Requests that got repository context."""
+    rejected: int = 0
+    """Single-line suggestions withheld: every try left a parsing file unparsable."""
 
 
 class CompletionService:
@@ -182,8 +184,10 @@ class CompletionService:
         self.stats.with_context += bool(context)
         return context
 
-    def infill(self, job: Job, window: InfillWindow, mode: str, path=None) -> str | None:
-        """Blocking; returns the suggestion text or None (not ready, cancelled, failed)."""
+    def infill(self, job: Job, window: InfillWindow, mode: str, path=None,
+               text: str | None = None) -> str | None:
+        """Blocking; returns the suggestion text or None (not ready, cancelled, failed, or
+        rejected by the syntax guard). ``text``: the whole document, for the guard."""
         self.stats.requests += 1
         cached = self.cache.get(window.prefix, window.suffix)
         if cached is not None:
@@ -194,12 +198,19 @@ class CompletionService:
             self.stats.not_ready += 1
             return None
         context = self.context(path, window.prefix, window.suffix)
+        accept = None if text is None else answer_check(
+            self.settings, text[:window.replace_from], text[window.cursor:], mode)
         result = self.run_stream(job, engine.infill_stream(window.prefix, window.suffix,
-                                                           self.settings_for(mode), context))
+                                                           self.settings_for(mode), context,
+                                                           accept))
         if result is None:
             return None
-        self.cache.put(window.prefix, window.suffix, result.completion)
-        return self._shape(result.completion, mode)
+        completion = result.completion
+        if result.extra.get("accepted") is False:
+            self.stats.rejected += 1
+            completion = ""  # breaks a file that could parse: never the right answer
+        self.cache.put(window.prefix, window.suffix, completion)
+        return self._shape(completion, mode)
 
     def generate(self, job: Job, prompt: str, seed: int = 0, on_frame=None):
         """A free generation from ``prompt`` (multi-line canvas); None when not ready/cancelled."""

@@ -10,6 +10,7 @@ the fast path (the context cache, reuse, the loop stop) under the user's setting
 from __future__ import annotations
 
 from assistant.settings import AssistantSettings
+from engine.syntax_guard import file_can_tell, parses
 from engine.window import InfillWindow, build_infill
 
 
@@ -31,7 +32,7 @@ def request_settings(s: AssistantSettings, engine, mode: str, seed: int = 0,
         max_new_tokens=new, steps=s.steps or new, alg=s.alg, temperature=temperature,
         length=length, seed=seed, stop=("\n",) if mode == "single" else None,
         cache_refresh=s.cache_refresh, stop_loops=s.stop_loops,
-        limit_scope=s.limit_scope and mode == "multi",
+        limit_scope=s.limit_scope and mode == "multi", retries=s.syntax_retries,
         reuse_context=s.reuse_context and s.cache_refresh > 0)
 
 
@@ -50,3 +51,13 @@ def request_window(s: AssistantSettings, engine, text: str, offset: int,
     prefix_tokens = max(1, min(want_pre, room - suffix_tokens))
     return build_infill(text, offset, engine.tokenizer, prefix_tokens, suffix_tokens,
                         stable_start=single)
+
+
+def answer_check(s: AssistantSettings, before: str, after: str, mode: str):
+    """``accept`` for ``Engine.infill_stream``: does the file ``before`` + answer + ``after``
+    (the whole document around the request) still parse with the answer's line in it. None
+    where the guard is off (``syntax_guard``), the request is not a single line, or the file
+    cannot tell (``engine.syntax_guard.file_can_tell``)."""
+    if not s.syntax_guard or mode != "single" or not file_can_tell(before, after):
+        return None
+    return lambda answer: parses(before + answer.split("\n", 1)[0] + after)

@@ -67,6 +67,15 @@ class AssistantSettings:
     leaves the indentation block it starts in or repeats the code below the cursor
     (engine.scope): the canvas is sized before the text is known, and the model goes on past
     the hole."""
+    syntax_guard: bool = True
+    """Single-line suggestions in a Python file that parses around the cursor (with a stand-in
+    line: engine.syntax_guard): an answer that would leave the file unparsable is withheld.
+    Such an answer is never the right one, and a third of the embedded model's are
+    (docs/guide.md)."""
+    syntax_retries: int = 0
+    """With the guard: other decodings tried before an answer is withheld (Engine.alternatives:
+    left to right, then sampled; at most 2). Each costs a whole decoding; on held-out lines two
+    made more answers parse and none more exact (docs/guide.md), so 0 is the default."""
 
     def __post_init__(self) -> None:
         for name in ("max_tokens_line", "max_tokens_block", "prefix_tokens",
@@ -75,6 +84,9 @@ class AssistantSettings:
                 raise ConfigError(f"setting {name} must be at least 1, got {getattr(self, name)}")
         if self.cache_refresh < 0:
             raise ConfigError(f"setting cache_refresh must be >= 0, got {self.cache_refresh}")
+        if not 0 <= self.syntax_retries <= 2:
+            raise ConfigError(f"setting syntax_retries must be 0, 1 or 2, got "
+                              f"{self.syntax_retries}")
         if self.suffix_tokens < 0:
             raise ConfigError(f"setting suffix_tokens must be >= 0, got {self.suffix_tokens}")
         if self.steps is not None and self.steps < 1:

@@ -131,6 +131,11 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--length", default=None, choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas (default: adaptive; repo: the editors' settings); "
                          "oracle = the reference's length (analysis only)")
+    ev.add_argument("--syntax-guard", action="store_true",
+                    help="infill: decode again an answer that leaves the task's file "
+                         "unparsable, as the language server does (engine.syntax_guard)")
+    ev.add_argument("--retries", type=int, default=None,
+                    help="with --syntax-guard: other decodings tried (default: the engine's)")
     ev.add_argument("--jobs", type=int, default=1,
                     help="tasks run in parallel (threads; torch threads are split among them)")
     ev.add_argument("--empty", action="store_true", help="score an empty completion (the floor)")
@@ -203,18 +208,23 @@ def _eval(args) -> int:
                                     max_repeats=args.max_repeats,
                                     stop_loops=args.stop_loops,
                                     limit_scope=args.limit_scope,
-                                    reuse_context=args.reuse_context)
+                                    reuse_context=args.reuse_context, retries=args.retries)
     label = "empty" if args.empty else (args.model or "default")
+    if args.syntax_guard and not args.empty:
+        label += " + syntax guard"
     if args.decode == "ar":
         if engine is None or engine.backend != "torch":
             raise ConfigError("--decode ar needs a model on the torch back end (not --empty)")
+        if args.syntax_guard:
+            raise ConfigError("--syntax-guard decodes again with the diffusion engine; drop it "
+                              "with --decode ar")
         engine, label = ev.ARParent(engine), f"{label} (AR, prefix only)"
     with EvalProgress(args.task) as progress:
         if single is None:
             records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
         else:
             records = ev.eval_infill(engine, settings, single, args.limit, length, args.jobs,
-                                     progress)
+                                     progress, guard=args.syntax_guard)
     summary = ev.summarize(records, args.task, label,
                            None if args.empty or args.decode == "ar" else length)
     if args.out:

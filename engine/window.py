@@ -23,6 +23,8 @@ class InfillWindow:
     suffix: str
     replace_from: int
     """Document offset where the suggestion's text starts (<= cursor when healed)."""
+    cursor: int
+    """Document offset of the request: the suggestion replaces ``replace_from:cursor``."""
 
 
 def _whole_lines_within(lines, tokenizer, budget: int) -> list[str]:
@@ -93,7 +95,7 @@ def build_infill(text: str, offset: int, tokenizer, prefix_tokens: int,
         before, replace_from = before[:line_start], line_start
     tail = anchored_tail if stable_start else tail_by_tokens
     return InfillWindow(tail(before, tokenizer, prefix_tokens),
-                        head_by_tokens(after, tokenizer, suffix_tokens), replace_from)
+                        head_by_tokens(after, tokenizer, suffix_tokens), replace_from, offset)
 
 
 def fit_infill(prefix: str, suffix: str, tokenizer, budget: int) -> tuple[str, str, str | None]:

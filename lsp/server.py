@@ -236,7 +236,7 @@ async def suggest(ls: UnmaskServer, uri: str, position: types.Position):
         log.warning("no suggestion: %s", err)
         return None
     job = ls.service.new_job(uri)
-    future = ls.service.submit(job, ls.service.infill, window, mode, file_path(uri))
+    future = ls.service.submit(job, ls.service.infill, window, mode, file_path(uri), doc.source)
     try:
         text = await asyncio.wrap_future(future)
     except asyncio.CancelledError:

@@ -87,6 +87,10 @@ class AdaptConfig:
     """Most holes per infilling window."""
     single_line_share: float = 0.5
     """Share of whole-line holes that are exactly one line (``objectives.pick_hole``)."""
+    top_level_share: float = 0.0
+    """Share of windows that start at a top-level ``def`` or ``class`` line
+    (``TokenWindows.top_level_starts``), so their holes see the definition's signature and
+    docstring; the rest start anywhere. 0 keeps every earlier config's draws."""
     bf16: bool = True
     """bf16 autocast (and, with LoRA, the frozen base stored in bf16: AMX CPUs multiply
     bf16 ~8x faster than fp32)."""
@@ -143,6 +147,16 @@ def newline_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     table = torch.zeros(vocab_size, dtype=torch.bool)
     for i in range(min(vocab_size, tokenizer.vocab_size)):
         table[i] = "\n" in tokenizer.decode([i])
+    return table
+
+
+def line_end_tokens(tokenizer, vocab_size: int, eos_id: int) -> torch.Tensor:
+    """Bool per id: does the token's text end with a newline (the next token is at column 0);
+    the end-of-text token counts, it ends a file."""
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, tokenizer.vocab_size)):
+        table[i] = tokenizer.decode([i]).endswith("\n")
+    table[eos_id] = True
     return table
 
 
@@ -312,6 +326,13 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
                             "bfloat16" if cfg.bf16 else "float32").model.eval()
         parent = Parent(frozen.requires_grad_(False), cfg.distill)
     at_line = newline_tokens(tok, mcfg.vocab_size)
+    top_level = None
+    if cfg.top_level_share > 0:
+        firsts = [tok.encode(w)[0] for w in ("def", "class")]  # one token each in a code BPE
+        top_level = train_data.top_level_starts(firsts,
+                                                line_end_tokens(tok, mcfg.vocab_size,
+                                                                mcfg.eos_token_id))
+        log.info("%d top-level def/class offsets", len(top_level))
     budget = cfg.budget_minutes * 60
     t0, last_save = time.time() - state["elapsed"], time.time()
     last_snapshot = state["elapsed"]
@@ -329,7 +350,7 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
         # 2. batch and loss; every draw is a function of (seed, step), so a resumed run
         # continues exactly where a stopped one would have gone
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"])
-        x = train_data.batch(cfg.batch_size, gen)  # (B, L)
+        x = train_data.batch(cfg.batch_size, gen, top_level, cfg.top_level_share)  # (B, L)
         attn = annealed_mask(x.shape[0], x.shape[1], ratio, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             if torch.rand(1, generator=gen).item() < cfg.infill_share:

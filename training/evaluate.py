@@ -21,6 +21,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.repetition import find_loop
 from engine.sandbox import run_python
+from engine.syntax_guard import file_can_tell, parses
 from training.decontam import human_eval_problems
 
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
@@ -150,10 +151,21 @@ def _pool(items: list, work, jobs: int, progress=None) -> list[dict]:
         return [f.result() for f in futures]
 
 
+def inserted(text: str, single: bool) -> str:
+    """What a task's program holds of a completion: its first line, or all of it, ending in a
+    newline (the suffix starts on the next line)."""
+    if single:
+        return first_line(text)
+    return text + "\n" if text and not text.endswith("\n") else text
+
+
 def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "adaptive",
-                jobs: int = 1, progress=None) -> list[dict]:
+                jobs: int = 1, progress=None, guard: bool = False) -> list[dict]:
     """Per-task records of HumanEval single- or multi-line infilling. ``engine=None`` scores the
-    empty completion (the floor); ``length="oracle"`` sizes each canvas to the reference."""
+    empty completion (the floor); ``length="oracle"`` sizes each canvas to the reference.
+    ``guard``: an answer that leaves the task's file unparsable is decoded again
+    (``Engine.infill_stream``'s ``accept``, as the language server does), judged on the prompt
+    alone: the file is the prefix, the answer and the suffix, never the tests."""
     tasks = spread(single_line_tasks(human_eval_problems()) if single else
                    multi_line_tasks(human_eval_problems()), limit)
     if engine is not None and length != "oracle":
@@ -164,15 +176,21 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
         middle = ""
         if engine is not None:
             s = oracle_settings(engine, settings, task) if length == "oracle" else settings
+            guarded = {}
+            # the hole is whole lines, its last newline included: the stand-in line ends there
+            if guard and file_can_tell(task.prefix, "\n" + task.suffix):
+                guarded["accept"] = lambda text: parses(task.prefix + inserted(text, single)
+                                                        + task.suffix)
             try:
-                res = engine.infill(task.prefix, task.suffix, s)
+                res = engine.infill(task.prefix, task.suffix, s, **guarded)
             except ConfigError as err:  # e.g. longer than the model's context: a failed task
                 return {"task_id": task.task_id, "passed": False, "status": f"error: {err}",
                         "completion": "", "reference": task.middle}
-            middle = first_line(res.completion) if single else res.completion
-            if not single and middle and not middle.endswith("\n"):
-                middle += "\n"
-            extra = {"canvas_len": res.canvas_len, "steps": res.steps,
+            middle = inserted(res.completion, single)
+            if guard:  # accepted False: no try parsed (an editor shows nothing)
+                extra |= {"tries": res.extra.get("tries", 1),
+                          "accepted": res.extra.get("accepted", True)}
+            extra |= {"canvas_len": res.canvas_len, "steps": res.steps,
                      "expected_len": res.extra.get("expected_len"),  # the probe's estimate
                      "reference_len": len(engine.tokenizer.encode(task.middle)),
                      "forward_passes": res.extra.get("forward_passes"),
@@ -259,7 +277,10 @@ def summarize(records: list[dict], task: str, model: str, length: str | None) ->
     # how far the length probe's estimate is from the reference's token count, relative
     errors = [abs(r["expected_len"] - r["reference_len"]) / max(1, r["reference_len"])
               for r in records if r.get("expected_len") is not None]
+    guarded = [r for r in records if "tries" in r]
     return {"task": task, "model": model, "length": length, "n": n, "passed": passed,
             "pass@1": round(passed / n, 4) if n else 0.0, "looping": looping,
             "passes": round(sum(passes) / len(passes), 1) if passes else None,
-            "length_error": round(sum(errors) / len(errors), 3) if errors else None}
+            "length_error": round(sum(errors) / len(errors), 3) if errors else None,
+            **({"retried": sum(r["tries"] > 1 for r in guarded),
+                "withheld": sum(not r["accepted"] for r in guarded)} if guarded else {})}

@@ -31,8 +31,9 @@ import torch
 from engine.errors import ConfigError
 from engine.healing import plan_healing
 from engine.scope import limit_scope
+from engine.syntax_guard import parses
 from training.coupled import coupled_scores, grpo_loss, leave_one_out, mask_ratio, mask_uniforms
-from training.holes import Hole, load_holes, parses, save_holes
+from training.holes import Hole, load_holes, save_holes
 from training.holes import mine as mine_holes
 from training.pretrain import (find_checkpoint, load_checkpoint, origin_of, resumed_log,
                                save_checkpoint, setup_distributed)

@@ -19,15 +19,6 @@ from pathlib import Path
 KINDS = ("line", "block", "body")
 
 
-def parses(text: str) -> bool:
-    """Whether ``text`` is valid Python (ValueError: a NUL byte)."""
-    try:
-        ast.parse(text)
-    except (SyntaxError, ValueError):
-        return False
-    return True
-
-
 @dataclass
 class Hole:
     path: str

@@ -125,10 +125,31 @@ class TokenWindows:
         if len(self.data) <= seq_len:
             raise ValueError(f"{path} holds {len(self.data)} tokens, fewer than seq_len {seq_len}")
 
-    def batch(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    def batch(self, batch_size: int, gen: torch.Generator,
+              aligned: np.ndarray | None = None, aligned_share: float = 0.0) -> torch.Tensor:
+        """``batch_size`` windows, each at a random offset; with ``aligned`` (offsets, see
+        ``top_level_starts``) each window starts at one of them with probability
+        ``aligned_share``. Draws nothing extra when ``aligned_share`` is 0, so runs without it
+        keep their windows."""
         starts = torch.randint(len(self.data) - self.seq_len, (batch_size,), generator=gen)
+        if aligned is not None and aligned_share > 0 and len(aligned):
+            pick = torch.rand(batch_size, generator=gen) < aligned_share
+            at = torch.from_numpy(aligned[torch.randint(len(aligned), (batch_size,),
+                                                        generator=gen).numpy()])
+            starts = torch.where(pick, at, starts)
         rows = [np.asarray(self.data[s:s + self.seq_len], dtype=np.int64) for s in starts.tolist()]
         return torch.from_numpy(np.stack(rows))  # (B, L)
+
+    def top_level_starts(self, first_ids: list[int], ends_line: torch.Tensor) -> np.ndarray:
+        """Offsets of the tokens in ``first_ids`` (a tokenizer's ``def``, ``class``) that begin
+        a line at column 0: the token before them ends with a newline (``ends_line``, bool per
+        id) or is a file's end token. A window starting there shows the definition's signature
+        and docstring before any hole in its body, as an editor's buffer does (a random window
+        cuts most functions off above the hole). Only offsets with a whole window after them."""
+        ids = np.asarray(self.data[:len(self.data) - self.seq_len])
+        first = np.isin(ids[1:], np.asarray(first_ids, dtype=ids.dtype))
+        after_newline = ends_line.numpy()[ids[:-1]]
+        return (np.flatnonzero(first & after_newline) + 1).astype(np.int64)
 
 
 def lr_at(cfg: TrainConfig, phase: str, phase_step: int, phase_progress: float) -> float:

@@ -21,7 +21,8 @@ from typing import Callable
 
 from engine.errors import ConfigError
 from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
-from training.holes import Hole, load_holes, parses, require_passing, save_holes
+from engine.syntax_guard import parses
+from training.holes import Hole, load_holes, require_passing, save_holes
 from training.holes import mine as mine_holes
 
 

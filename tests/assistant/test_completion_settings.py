@@ -107,3 +107,39 @@ def test_the_repository_benchmark_can_size_each_canvas_to_the_removed_lines(tiny
     assert (prefix, suffix) == editor_request(engine, hole)[:2]
     assert editor_request(engine, hole, length="fixed")[2].length == "fixed"
     assert editor_request(engine, hole)[2].length == "adaptive"
+
+
+def test_the_syntax_guard_withholds_a_line_that_breaks_a_file_that_could_parse(tiny_model):
+    from assistant.requests import answer_check
+    from engine.syntax_guard import parses
+
+    exact = dict(repo_context=False, cache_refresh=0, reuse_context=False)
+    service = CompletionService(AssistantSettings(**exact, syntax_retries=2))
+    engine = service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
+    text = "def f(xs):\n    total = 0\n    \n    return total\n"
+    cursor = text.index("    \n") + 4
+    window = service.window(text, cursor, "single")
+    before, after = text[:window.replace_from], text[cursor:]
+    settings = service.settings_for("single")
+    answers = [engine.infill(window.prefix, window.suffix, s).completion.split("\n")[0]
+               for s in [settings] + engine.alternatives(settings)]
+    fits = [parses(before + a + after) for a in answers]
+    assert not fits[0]  # the random model's first line breaks the file: the guard has work
+    got = service.infill(service.new_job("a.py"), window, "single", None, text)
+    assert len(answers) == 3 and got == next((a for a, ok in zip(answers, fits) if ok), "")
+    assert service.stats.rejected == (not any(fits))
+    # the default tries no other decoding: the breaking answer is withheld at once
+    service.settings, service.cache = AssistantSettings(**exact), type(service.cache)()
+    assert service.settings_for("single").retries == 0
+    assert service.infill(service.new_job("a.py"), window, "single", None, text) == ""
+
+    # without the whole file, or with the guard off, the first answer is shown as before
+    assert answer_check(AssistantSettings(**exact), before, after, "multi") is None
+    service.cache = type(service.cache)()
+    assert service.infill(service.new_job("a.py"), window, "single", None, None) == answers[0]
+    service.settings = AssistantSettings(**exact, syntax_guard=False)
+    service.cache = type(service.cache)()
+    assert service.infill(service.new_job("a.py"), window, "single", None, text) == answers[0]
+    # a file broken elsewhere cannot judge an answer: no retries, the first answer
+    assert answer_check(AssistantSettings(**exact), before, after, "single") is not None
+    assert answer_check(AssistantSettings(**exact), before, after + "if (:\n", "single") is None

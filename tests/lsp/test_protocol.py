@@ -34,7 +34,8 @@ def ready(client, options=None, root_uri=None):
 
 
 def test_capabilities_progress_and_ghost_text(client):
-    caps = ready(client)["capabilities"]
+    # the random tiny model's lines rarely parse: the syntax guard (tested below) would hide them
+    caps = ready(client, {"syntaxGuard": False})["capabilities"]
     assert "inlineCompletionProvider" in caps and "codeActionProvider" in caps
     assert "completionProvider" in caps
     assert {"unmask.generateBody", "unmask.fillSelection"} <= set(
@@ -46,6 +47,22 @@ def test_capabilities_progress_and_ghost_text(client):
     assert items[0]["range"]["start"] == {"line": 7, "character": 0}
     assert client.close() == 0
     assert client.garbage == []
+
+
+def test_the_syntax_guard_shows_only_lines_that_leave_the_file_parsing(client):
+    import ast
+
+    ready(client)
+    client.open(URI, SOURCE)
+    items = client.response(inline(client))["result"]["items"]
+    stats = client.response(client.request("unmask/stats", {}))["result"]
+    lines = SOURCE.splitlines(keepends=True)
+    if items:  # shown: the file with it in place parses
+        ast.parse("".join(lines[:7]) + items[0]["insertText"] + "\n" + "".join(lines[8:]))
+        assert stats["rejected"] == 0
+    else:  # withheld: no try parsed, and the server says so
+        assert stats["rejected"] == 1
+    assert stats["requests"] == 1 and client.close() == 0
 
 
 def test_requests_while_model_missing_get_empty_answers(tmp_path):

@@ -14,9 +14,10 @@ from engine.loading import load_model
 from engine.tokenizer import DreamTokenizer
 from tests.conftest import TEXT
 from tests.gguf_llama import write_tiny_llama_gguf
-from training.adapt import AdaptConfig, annealed_mask, newline_tokens, prepare_model, train
+from training.adapt import (AdaptConfig, annealed_mask, line_end_tokens, newline_tokens,
+                            prepare_model, train)
 from training.objectives import line_starts
-from training.pretrain import find_checkpoint, load_checkpoint
+from training.pretrain import TokenWindows, find_checkpoint, load_checkpoint
 
 
 @pytest.fixture
@@ -198,3 +199,22 @@ def test_line_boundaries_of_a_merging_tokenizer_are_the_newline_tokens(setup):
     texts = tok.token_texts(ids)
     assert starts and all("\n" in texts[i] for i in starts)
     assert tok.decode(ids[starts[0]:starts[1]]) == "\n    b = 2"
+
+
+def test_top_level_windows_start_at_column_zero_definitions(setup, tmp_path):
+    _, tok = setup
+    first = ("import os\n\ndef f(x):\n    def g():\n        return 1\n    return x\n"
+             "class A:\n    pass\n")
+    second = "def h():\n    return 2\n"
+    ids = tok.encode(first) + [0] + tok.encode(second) + tok.encode("x = 1\n" * 4)
+    np.array(ids, dtype=np.uint16).tofile(tmp_path / "defs.bin")
+    windows = TokenWindows(tmp_path / "defs.bin", 8)
+    firsts = [tok.encode(w)[0] for w in ("def", "class")]
+    starts = windows.top_level_starts(firsts, line_end_tokens(tok, tok.vocab_size, 0))
+    texts = [tok.decode(ids[s:s + 5]) for s in starts.tolist()]
+    assert texts == ["def f", "class", "def h"]  # not the nested "    def g", not "import"
+
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    aligned = windows.batch(6, gen(), starts, 1.0)
+    assert {tok.decode(row[:5].tolist()) for row in aligned} <= set(texts)
+    assert torch.equal(windows.batch(6, gen(), starts, 0.0), windows.batch(6, gen()))

@@ -83,3 +83,29 @@ def test_summary_reports_the_probes_relative_length_error():
     s = summarize(records, "infill-single", "m", "adaptive")
     assert s["length_error"] == 0.5 and s["passed"] == 1 and s["n"] == 3
     assert summarize(records[2:], "infill-single", "m", "fixed")["length_error"] is None
+
+
+def test_the_syntax_guard_decodes_again_only_answers_that_break_the_task_file(tiny_engine):
+    from engine.syntax_guard import file_can_tell, parses
+    from training.evaluate import eval_infill, spread, summarize, task_settings
+
+    settings = task_settings(tiny_engine, True, max_new_tokens=6, steps=3, retries=2)
+    plain = eval_infill(tiny_engine, settings, True, limit=6)
+    guarded = eval_infill(tiny_engine, settings, True, limit=6, guard=True)
+    tasks = spread(single_line_tasks(human_eval_problems()), 6)
+    retried = 0
+    for task, a, b in zip(tasks, plain, guarded):
+        if parses(task.prefix + a["completion"] + task.suffix):
+            assert b["tries"] == 1 and b["completion"] == a["completion"]
+        else:
+            retried += 1
+            assert b["tries"] > 1
+            assert b["completion"] == a["completion"] or \
+                parses(task.prefix + b["completion"] + task.suffix)
+    assert retried  # the random model breaks some files: the guard was exercised
+    summary = summarize(guarded, "infill-single", "tiny", "adaptive")
+    assert summary["retried"] == retried
+    assert summary["withheld"] == sum(  # judged (the file can tell) and still unparsable
+        file_can_tell(t.prefix, "\n" + t.suffix)
+        and not parses(t.prefix + b["completion"] + t.suffix) for t, b in zip(tasks, guarded))
+    assert "retried" not in summarize(plain, "infill-single", "tiny", "adaptive")

@@ -1,0 +1,51 @@
+"""Whether a completion leaves a Python file parsing, and whether the file can tell.
+
+A third of the embedded model's single-line answers break the syntax of a file that parses with
+the right line (``for = 0``, an unclosed quote, a line at the wrong indentation: docs/
+adaptation.md, stage 6). Such an answer can never be the right one, so an editor that holds the
+whole file can reject it and ask the model for another decoding (``Engine.infill_stream``'s
+``accept``). That needs a file that would parse with *some* line in the hole: one broken
+elsewhere, or not Python at all, rejects every answer and only costs time, so
+``file_can_tell`` checks first with stand-in lines.
+"""
+
+from __future__ import annotations
+
+import ast
+
+STAND_INS = ("pass", "if True:")
+"""Lines put in the hole to see whether the rest of the file parses: a statement, and a block
+opener for holes whose next line is indented deeper (the head of a ``for`` or ``if``)."""
+
+
+def parses(text: str) -> bool:
+    """Whether ``text`` is valid Python (ValueError: a NUL byte)."""
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _indent(line: str) -> str:
+    return line[:len(line) - len(line.lstrip())]
+
+
+def file_can_tell(before: str, after: str) -> bool:
+    """Whether the file ``before`` + (a line) + ``after`` parses with a stand-in for the hole's
+    whole line (what ``before`` holds of it after its last newline, what ``after`` holds of it
+    before its first), at the indentation of the line typed so far, the line above (one level
+    deeper when it opens a block) or the line below. False: the file is broken elsewhere, or
+    not Python, and no answer can be judged."""
+    above, _, head = before.rpartition("\n")
+    _, newline, below = after.partition("\n")
+    indents = {_indent(head)} if head.strip() else set()
+    for lines in (above.splitlines()[::-1], below.splitlines()):
+        nearest = next((line for line in lines if line.strip()), "")
+        indents.add(_indent(nearest))
+        if lines and nearest.rstrip().endswith(":"):  # the line above opens a block
+            indents.add(_indent(nearest) + ("\t" if nearest.startswith("\t") else "    "))
+    top = above + "\n" if above or before.startswith("\n") else ""
+    rest = newline and below
+    return any(parses(f"{top}{indent}{line}\n{rest}")
+               for indent in sorted(indents) for line in STAND_INS)
