@@ -12,7 +12,8 @@ the share of requests served from the suggestion cache, and the denoising steps 
 superseded/cancelled requests ran for nothing. Each mode (``label:cacheRefresh[:reuseContext]``:
 cacheRefresh 0 is exact decoding, N the context cache refreshed every N passes; reuseContext on
 or off keeps keys from one request to the next, the server's default being on; then any other
-setting as ``key=value``, e.g. ``lineCanvas=fixed`` or ``lineContextTokens=512``) replays the same
+setting as ``key=value``, e.g. ``lineCanvas=fixed``, ``lineContextTokens=512`` or
+``syntaxGuard=false``) replays the same
 session against a fresh server, one after the other, and the table shows them side by side.
 """
 
@@ -63,7 +64,8 @@ def main() -> None:
             options["reuseContext"] = rest[0] == "on"
         for setting in rest[1:]:  # any other editor setting, e.g. lineCanvas=fixed
             key, value = setting.split("=", 1)
-            options[key] = int(value) if value.isdigit() else value
+            options[key] = int(value) if value.isdigit() else \
+                {"true": True, "false": False}.get(value, value)
         results[label] = replay(args, options)
     where = f" below {args.above.name}" if args.above else ""
     table = Table(title=f"LSP typing replay ({len(args.session.read_text())} keystrokes{where} "
@@ -132,6 +134,7 @@ def replay(args, options: dict) -> list[tuple[str, object]]:
     every = [t for t, _ in answers.values()]
     return [("requests sent", len(sent)), ("answered", len(answers)),
             ("with a suggestion", len(with_text)),
+            ("withheld by the syntax guard", stats.get("rejected", 0)),
             ("p50 latency, suggestions (ms)", f"{pct(with_text, 0.5) * 1e3:.0f}"),
             ("p95 latency, suggestions (ms)", f"{pct(with_text, 0.95) * 1e3:.0f}"),
             ("p50 latency, all (ms)", f"{pct(every, 0.5) * 1e3:.0f}"),

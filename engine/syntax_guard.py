@@ -49,3 +49,19 @@ def file_can_tell(before: str, after: str) -> bool:
     rest = newline and below
     return any(parses(f"{top}{indent}{line}\n{rest}")
                for indent in sorted(indents) for line in STAND_INS)
+
+
+def answer_fits(before: str, answer: str, after: str) -> bool:
+    """Whether the file ``before`` + ``answer`` (one line, no newline) + ``after`` parses, or
+    would once the block the line opens gets a body: as you type new code, a ``for ...:`` has
+    no body below it yet, and the right answer must not be the one withheld."""
+    if parses(before + answer + after):
+        return True
+    above, _, head = before.rpartition("\n")
+    tail, newline, below = after.partition("\n")
+    line = head + answer + tail
+    if not line.rstrip().endswith(":"):
+        return False
+    top = above + "\n" if above or before.startswith("\n") else ""
+    body = _indent(line) + ("\t" if line.startswith("\t") else "    ") + "pass"
+    return parses(f"{top}{line}\n{body}\n{newline and below}")

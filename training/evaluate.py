@@ -21,7 +21,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.repetition import find_loop
 from engine.sandbox import run_python
-from engine.syntax_guard import file_can_tell, parses
+from engine.syntax_guard import answer_fits, file_can_tell
 from training.decontam import human_eval_problems
 
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
@@ -179,8 +179,8 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
             guarded = {}
             # the hole is whole lines, its last newline included: the stand-in line ends there
             if guard and file_can_tell(task.prefix, "\n" + task.suffix):
-                guarded["accept"] = lambda text: parses(task.prefix + inserted(text, single)
-                                                        + task.suffix)
+                guarded["accept"] = lambda text: answer_fits(
+                    task.prefix, inserted(text, single)[:-1], "\n" + task.suffix)
             try:
                 res = engine.infill(task.prefix, task.suffix, s, **guarded)
             except ConfigError as err:  # e.g. longer than the model's context: a failed task

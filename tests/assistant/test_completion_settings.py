@@ -111,7 +111,7 @@ def test_the_repository_benchmark_can_size_each_canvas_to_the_removed_lines(tiny
 
 def test_the_syntax_guard_withholds_a_line_that_breaks_a_file_that_could_parse(tiny_model):
     from assistant.requests import answer_check
-    from engine.syntax_guard import parses
+    from engine.syntax_guard import answer_fits
 
     exact = dict(repo_context=False, cache_refresh=0, reuse_context=False)
     service = CompletionService(AssistantSettings(**exact, syntax_retries=2))
@@ -123,7 +123,7 @@ def test_the_syntax_guard_withholds_a_line_that_breaks_a_file_that_could_parse(t
     settings = service.settings_for("single")
     answers = [engine.infill(window.prefix, window.suffix, s).completion.split("\n")[0]
                for s in [settings] + engine.alternatives(settings)]
-    fits = [parses(before + a + after) for a in answers]
+    fits = [answer_fits(before, a, after) for a in answers]
     assert not fits[0]  # the random model's first line breaks the file: the guard has work
     got = service.infill(service.new_job("a.py"), window, "single", None, text)
     assert len(answers) == 3 and got == next((a for a, ok in zip(answers, fits) if ok), "")

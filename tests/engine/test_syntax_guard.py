@@ -67,3 +67,14 @@ def test_a_rejected_answer_is_decoded_again_in_the_alternative_orders(tiny_engin
     assert second.completion == seen[1]
     left_to_right = tiny_engine.infill("def f(x):\n", "\n", alternatives[0])
     assert second.completion == left_to_right.completion
+
+
+def test_a_block_opener_typed_before_its_body_fits():
+    from engine.syntax_guard import answer_fits
+
+    before = "def f(xs):\n    total = 0\n    for x in "
+    assert answer_fits(before, "xs:", "\n")  # new code: the body is not written yet
+    assert answer_fits(before, "xs:", "\n        total += x\n")  # the body is below
+    assert not answer_fits(before, "xs", "\n")  # no colon: broken whatever comes next
+    assert not answer_fits("def f(xs):\n    ", "for = 0", "\n    return xs\n")
+    assert answer_fits("x = 1\n", "y = (", "\n") is False  # an open bracket is not a block

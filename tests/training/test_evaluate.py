@@ -86,8 +86,12 @@ def test_summary_reports_the_probes_relative_length_error():
 
 
 def test_the_syntax_guard_decodes_again_only_answers_that_break_the_task_file(tiny_engine):
-    from engine.syntax_guard import file_can_tell, parses
+    from engine.syntax_guard import answer_fits, file_can_tell
     from training.evaluate import eval_infill, spread, summarize, task_settings
+
+    def fits(task, completion: str) -> bool:
+        return answer_fits(task.prefix, completion[:-1], "\n" + task.suffix)
+
 
     settings = task_settings(tiny_engine, True, max_new_tokens=6, steps=3, retries=2)
     plain = eval_infill(tiny_engine, settings, True, limit=6)
@@ -95,17 +99,16 @@ def test_the_syntax_guard_decodes_again_only_answers_that_break_the_task_file(ti
     tasks = spread(single_line_tasks(human_eval_problems()), 6)
     retried = 0
     for task, a, b in zip(tasks, plain, guarded):
-        if parses(task.prefix + a["completion"] + task.suffix):
+        if fits(task, a["completion"]):
             assert b["tries"] == 1 and b["completion"] == a["completion"]
         else:
             retried += 1
             assert b["tries"] > 1
-            assert b["completion"] == a["completion"] or \
-                parses(task.prefix + b["completion"] + task.suffix)
+            assert b["completion"] == a["completion"] or fits(task, b["completion"])
     assert retried  # the random model breaks some files: the guard was exercised
     summary = summarize(guarded, "infill-single", "tiny", "adaptive")
     assert summary["retried"] == retried
     assert summary["withheld"] == sum(  # judged (the file can tell) and still unparsable
-        file_can_tell(t.prefix, "\n" + t.suffix)
-        and not parses(t.prefix + b["completion"] + t.suffix) for t, b in zip(tasks, guarded))
+        file_can_tell(t.prefix, "\n" + t.suffix) and not fits(t, b["completion"])
+        for t, b in zip(tasks, guarded))
     assert "retried" not in summarize(plain, "infill-single", "tiny", "adaptive")
