@@ -10,7 +10,7 @@ the fast path (the context cache, reuse, the loop stop) under the user's setting
 from __future__ import annotations
 
 from assistant.settings import AssistantSettings
-from engine.syntax_guard import answer_fits, file_can_tell
+from engine.syntax_guard import answer_check as file_check
 from engine.window import InfillWindow, build_infill
 
 
@@ -56,9 +56,8 @@ def request_window(s: AssistantSettings, engine, text: str, offset: int,
 def answer_check(s: AssistantSettings, before: str, after: str, mode: str):
     """``accept`` for ``Engine.infill_stream``: does the file ``before`` + answer + ``after``
     (the whole document around the request) still parse with the answer's line in it (or once
-    a block it opens gets its body: ``engine.syntax_guard.answer_fits``). None
-    where the guard is off (``syntax_guard``), the request is not a single line, or the file
-    cannot tell (``engine.syntax_guard.file_can_tell``)."""
-    if not s.syntax_guard or mode != "single" or not file_can_tell(before, after):
+    a block it opens gets its body: ``engine.syntax_guard.answer_fits``). None where the guard
+    is off (``syntax_guard``), the request is not a single line, or the file cannot tell."""
+    if not s.syntax_guard or mode != "single":
         return None
-    return lambda answer: answer_fits(before, answer.split("\n", 1)[0], after)
+    return file_check(before, after)

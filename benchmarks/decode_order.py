@@ -73,7 +73,7 @@ def main() -> None:
 
     from engine.analysis import local_ar_ness
     from engine.api import Engine
-    from engine.syntax_guard import answer_fits, file_can_tell, parses
+    from engine.syntax_guard import answer_check, parses
 
     torch.set_num_threads(2)
     engine = Engine.load(args.model, device="cpu")
@@ -94,10 +94,8 @@ def main() -> None:
         for (prefix, middle, suffix), ok in zip(cases, valid):
             settings = engine.settings(max_new_tokens=24, steps=24, length="adaptive",
                                        temperature=0.0, stop=("\n",), **order)
-            accept = None  # the whole file is the editor's buffer; the model reads 1,500 chars
-            if guard and file_can_tell(prefix, "\n" + suffix):
-                accept = lambda text, p=prefix, s=suffix: answer_fits(  # noqa: E731
-                    p, text.split("\n")[0], "\n" + s)
+            # the whole file is the editor's buffer; the model reads 1,500 chars of it
+            accept = answer_check(prefix, "\n" + suffix) if guard else None
             start = time.perf_counter()
             res = engine.infill(prefix[-1500:], suffix[:1500], settings, accept=accept)
             ms.append((time.perf_counter() - start) * 1000)

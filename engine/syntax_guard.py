@@ -31,22 +31,32 @@ def _indent(line: str) -> str:
     return line[:len(line) - len(line.lstrip())]
 
 
+def _deeper(line: str) -> str:
+    """The indentation of a block ``line`` opens: one level under it, in its own kind."""
+    return _indent(line) + ("\t" if line.startswith("\t") else "    ")
+
+
+def _around(before: str, after: str) -> tuple[str, str, str, str]:
+    """The file around a hole's line: (the lines above it, each ending in a newline; what
+    ``before`` holds of the line; what ``after`` holds of it; the lines below it)."""
+    above, newline, head = before.rpartition("\n")
+    tail, newline_below, below = after.partition("\n")
+    return above + newline, head, tail, newline_below and below
+
+
 def file_can_tell(before: str, after: str) -> bool:
     """Whether the file ``before`` + (a line) + ``after`` parses with a stand-in for the hole's
     whole line (what ``before`` holds of it after its last newline, what ``after`` holds of it
     before its first), at the indentation of the line typed so far, the line above (one level
     deeper when it opens a block) or the line below. False: the file is broken elsewhere, or
     not Python, and no answer can be judged."""
-    above, _, head = before.rpartition("\n")
-    _, newline, below = after.partition("\n")
+    top, head, _, rest = _around(before, after)
     indents = {_indent(head)} if head.strip() else set()
-    for lines in (above.splitlines()[::-1], below.splitlines()):
+    for lines in (top.splitlines()[::-1], rest.splitlines()):
         nearest = next((line for line in lines if line.strip()), "")
         indents.add(_indent(nearest))
         if lines and nearest.rstrip().endswith(":"):  # the line above opens a block
-            indents.add(_indent(nearest) + ("\t" if nearest.startswith("\t") else "    "))
-    top = above + "\n" if above or before.startswith("\n") else ""
-    rest = newline and below
+            indents.add(_deeper(nearest))
     return any(parses(f"{top}{indent}{line}\n{rest}")
                for indent in sorted(indents) for line in STAND_INS)
 
@@ -57,11 +67,19 @@ def answer_fits(before: str, answer: str, after: str) -> bool:
     no body below it yet, and the right answer must not be the one withheld."""
     if parses(before + answer + after):
         return True
-    above, _, head = before.rpartition("\n")
-    tail, newline, below = after.partition("\n")
+    top, head, tail, rest = _around(before, after)
     line = head + answer + tail
-    if not line.rstrip().endswith(":"):
-        return False
-    top = above + "\n" if above or before.startswith("\n") else ""
-    body = _indent(line) + ("\t" if line.startswith("\t") else "    ") + "pass"
-    return parses(f"{top}{line}\n{body}\n{newline and below}")
+    return line.rstrip().endswith(":") and parses(f"{top}{line}\n{_deeper(line)}pass\n{rest}")
+
+
+def first_line(text: str) -> str:
+    return text.split("\n", 1)[0]
+
+
+def answer_check(before: str, after: str, shape=first_line):
+    """``accept`` for ``Engine.infill_stream`` on a hole between ``before`` and ``after`` (the
+    whole file): does ``shape(answer)``, the text the caller inserts without its last newline,
+    fit (``answer_fits``). None when the file cannot tell (``file_can_tell``)."""
+    if not file_can_tell(before, after):
+        return None
+    return lambda answer: answer_fits(before, shape(answer), after)

@@ -39,7 +39,7 @@ from training.lora import add_lora, save_adapter
 from training.objectives import (Parent, Specials, before_first, infill_batch, masked_ce_sum,
                                  masked_diffusion_loss, random_masking)
 from training.pretrain import (TokenWindows, find_checkpoint, load_checkpoint, origin_of,
-                               resumed_log, save_checkpoint)
+                               resumed_log, save_checkpoint, token_line_ends)
 
 log = logging.getLogger(__name__)
 NORMS = ("input_layernorm", "post_attention_layernorm", "norm")
@@ -147,16 +147,6 @@ def newline_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     table = torch.zeros(vocab_size, dtype=torch.bool)
     for i in range(min(vocab_size, tokenizer.vocab_size)):
         table[i] = "\n" in tokenizer.decode([i])
-    return table
-
-
-def line_end_tokens(tokenizer, vocab_size: int, eos_id: int) -> torch.Tensor:
-    """Bool per id: does the token's text end with a newline (the next token is at column 0);
-    the end-of-text token counts, it ends a file."""
-    table = torch.zeros(vocab_size, dtype=torch.bool)
-    for i in range(min(vocab_size, tokenizer.vocab_size)):
-        table[i] = tokenizer.decode([i]).endswith("\n")
-    table[eos_id] = True
     return table
 
 
@@ -319,7 +309,8 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
     data = Path(cfg.data_dir)
     train_data = TokenWindows(data / "train.bin", cfg.seq_len)
     val_data = TokenWindows(data / "val.bin", cfg.seq_len)
-    tok = DreamTokenizer.from_folder(base_folder(resolve_model(cfg.base)))
+    base_dir = base_folder(resolve_model(cfg.base))
+    tok = DreamTokenizer.from_folder(base_dir)
     parent = None
     if cfg.distill > 0:
         frozen = load_model(resolve_model(cfg.base), "cpu",
@@ -329,9 +320,9 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
     top_level = None
     if cfg.top_level_share > 0:
         firsts = [tok.encode(w)[0] for w in ("def", "class")]  # one token each in a code BPE
-        top_level = train_data.top_level_starts(firsts,
-                                                line_end_tokens(tok, mcfg.vocab_size,
-                                                                mcfg.eos_token_id))
+        ends = token_line_ends(base_dir, mcfg.vocab_size)
+        ends[mcfg.eos_token_id] = True  # the end token ends a file: the next one is at column 0
+        top_level = train_data.top_level_starts(firsts, ends)
         log.info("%d top-level def/class offsets", len(top_level))
     budget = cfg.budget_minutes * 60
     t0, last_save = time.time() - state["elapsed"], time.time()

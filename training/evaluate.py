@@ -21,7 +21,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.repetition import find_loop
 from engine.sandbox import run_python
-from engine.syntax_guard import answer_fits, file_can_tell
+from engine.syntax_guard import answer_check
 from training.decontam import human_eval_problems
 
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
@@ -176,13 +176,11 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
         middle = ""
         if engine is not None:
             s = oracle_settings(engine, settings, task) if length == "oracle" else settings
-            guarded = {}
             # the hole is whole lines, its last newline included: the stand-in line ends there
-            if guard and file_can_tell(task.prefix, "\n" + task.suffix):
-                guarded["accept"] = lambda text: answer_fits(
-                    task.prefix, inserted(text, single)[:-1], "\n" + task.suffix)
+            accept = answer_check(task.prefix, "\n" + task.suffix,
+                                  lambda text: inserted(text, single)[:-1]) if guard else None
             try:
-                res = engine.infill(task.prefix, task.suffix, s, **guarded)
+                res = engine.infill(task.prefix, task.suffix, s, accept=accept)
             except ConfigError as err:  # e.g. longer than the model's context: a failed task
                 return {"task_id": task.task_id, "passed": False, "status": f"error: {err}",
                         "completion": "", "reference": task.middle}

@@ -14,10 +14,9 @@ from engine.loading import load_model
 from engine.tokenizer import DreamTokenizer
 from tests.conftest import TEXT
 from tests.gguf_llama import write_tiny_llama_gguf
-from training.adapt import (AdaptConfig, annealed_mask, line_end_tokens, newline_tokens,
-                            prepare_model, train)
+from training.adapt import AdaptConfig, annealed_mask, newline_tokens, prepare_model, train
 from training.objectives import line_starts
-from training.pretrain import TokenWindows, find_checkpoint, load_checkpoint
+from training.pretrain import TokenWindows, find_checkpoint, load_checkpoint, token_line_ends
 
 
 @pytest.fixture
@@ -202,7 +201,11 @@ def test_line_boundaries_of_a_merging_tokenizer_are_the_newline_tokens(setup):
 
 
 def test_top_level_windows_start_at_column_zero_definitions(setup, tmp_path):
-    _, tok = setup
+    from engine.loading import base_folder, resolve_model
+
+    config, tok = setup
+    ends = token_line_ends(base_folder(resolve_model(config("t").base)), tok.vocab_size)
+    ends[0] = True  # the end token ends a file, as train() marks it
     first = ("import os\n\ndef f(x):\n    def g():\n        return 1\n    return x\n"
              "class A:\n    pass\n")
     second = "def h():\n    return 2\n"
@@ -210,7 +213,7 @@ def test_top_level_windows_start_at_column_zero_definitions(setup, tmp_path):
     np.array(ids, dtype=np.uint16).tofile(tmp_path / "defs.bin")
     windows = TokenWindows(tmp_path / "defs.bin", 8)
     firsts = [tok.encode(w)[0] for w in ("def", "class")]
-    starts = windows.top_level_starts(firsts, line_end_tokens(tok, tok.vocab_size, 0))
+    starts = windows.top_level_starts(firsts, ends)
     texts = [tok.decode(ids[s:s + 5]) for s in starts.tolist()]
     assert texts == ["def f", "class", "def h"]  # not the nested "    def g", not "import"
 
