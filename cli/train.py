@@ -34,6 +34,9 @@ def add_train_parsers(sub) -> None:
     a = tsub.add_parser("adapt", help="adapt a pretrained AR model to masked diffusion (LoRA)")
     a.add_argument("--config", type=Path, required=True, help="TOML file (training/configs/)")
     a.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
+    pl = tsub.add_parser("parent-lines", help="write the base's own continuations of corpus "
+                                              "contexts, for an adapt config's parent_lines")
+    pl.add_argument("--config", type=Path, required=True, help="TOML file (training/configs/)")
     z = tsub.add_parser("personalize", help="fine-tune a model on your repository's own code")
     z.add_argument("--repo", type=Path, required=True, help="the repository's root folder")
     z.add_argument("--out", type=Path, required=True, help="where the personalized model goes")
@@ -174,6 +177,8 @@ def run_train_command(args: argparse.Namespace) -> int:
         return _pretrain(args)
     if cmd == "adapt":
         return _adapt(args)
+    if cmd == "parent-lines":
+        return _parent_lines(args)
     if cmd == "export":
         return _export(args)
     if cmd == "personalize":
@@ -460,6 +465,28 @@ def _adapt(args) -> int:
     return _run_training(args, AdaptConfig, train, "adapt",
                          lambda rec: f"step {rec['step']} attention {rec['attn_ratio']:.2f} "
                                      f"loss {rec['loss']:.3f} ")
+
+
+def _parent_lines(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from training.adapt import AdaptConfig, build_parent_lines
+
+    try:
+        cfg = AdaptConfig.from_toml(args.config)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"bad training config {args.config}: {err}") from err
+    if not cfg.parent_lines:
+        raise ConfigError(f"{args.config} sets no parent_lines folder to build")
+    if not (Path(cfg.data_dir) / "train.bin").exists():
+        raise ConfigError(f"{Path(cfg.data_dir) / 'train.bin'} not found; run `unmask train "
+                          "corpus` and `unmask train tokenizer` first")
+    with Progress("parent lines", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn()) as bar:
+        task = bar.add_task("", total=cfg.parent_lines_count)
+        have = build_parent_lines(cfg, lambda done, total: bar.update(task, completed=done))
+    print(f"{have} records in {cfg.parent_lines}")
+    return 0
 
 
 def _run_training(args, config_cls, train, name: str, describe) -> int:

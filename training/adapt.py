@@ -35,6 +35,7 @@ except ModuleNotFoundError:  # Python 3.10
 from engine.errors import ConfigError
 from engine.loading import load_model, resolve_model
 from engine.model import DreamModel
+from training import parent_lines
 from training.lora import add_lora, save_adapter
 from training.objectives import (Parent, Specials, before_first, infill_batch, masked_ce_sum,
                                  masked_diffusion_loss, random_masking)
@@ -117,6 +118,16 @@ class AdaptConfig:
     holds (SmolLM2's unused special tokens) that pad canvases after one end token. Their rows
     train like the ``<|mask|>`` row, starting as copies of the end token's row (the model
     already reads a pad as the end); the export lists them as ``pad_cycle_token_ids``."""
+    parent_lines: str = ""
+    """A folder of the parent's own continuations (``training.parent_lines``, built by
+    ``unmask train parent-lines``); empty: none."""
+    parent_lines_share: float = 0.0
+    """Share of infilling windows that are a parent continuation, holes in its lines."""
+    parent_lines_count: int = 1024
+    """Records ``unmask train parent-lines`` builds."""
+    parent_lines_new: int = 96
+    """Tokens the parent writes per record (it reads the ``seq_len - parent_lines_new`` before
+    the cut, so every window holds its whole continuation)."""
     init: str = ""
     """An adapter folder the run starts from (a shipped version, ``models/unmask-coder-135m``):
     its LoRA matrices, norms and new token rows, made on the same ``base`` with the same rank
@@ -132,6 +143,10 @@ class AdaptConfig:
             raise ValueError("seq_len must be at least 64")
         if self.eval_every and self.eval_every % self.log_every:
             raise ValueError("eval_every must be a multiple of log_every")
+        if self.parent_lines_share > 0 and not self.parent_lines:
+            raise ValueError("parent_lines_share > 0 needs parent_lines (a folder)")
+        if self.parent_lines and not 0 < self.parent_lines_new < self.seq_len // 2:
+            raise ValueError("parent_lines_new must be between 1 and seq_len / 2")
 
     @classmethod
     def from_toml(cls, path: Path) -> "AdaptConfig":
@@ -281,6 +296,31 @@ def export(model: DreamModel, cfg: AdaptConfig, new_ids: list[int], out: Path) -
     return out
 
 
+def build_parent_lines(cfg: AdaptConfig, progress=None) -> int:
+    """Write ``cfg.parent_lines_count`` of the frozen base's continuations of training-split
+    contexts into ``cfg.parent_lines`` (resumes a stopped build); HumanEval-decontaminated like
+    the corpus. Returns how many records the folder holds."""
+    from engine.loading import base_folder
+    from engine.tokenizer import DreamTokenizer
+    from training.decontam import Decontaminator, human_eval_problems
+
+    if not cfg.parent_lines:
+        raise ConfigError("the config sets no parent_lines folder")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    base = load_model(resolve_model(cfg.base), "cpu", "bfloat16" if cfg.bf16 else "float32")
+    tok = DreamTokenizer.from_folder(base_folder(resolve_model(cfg.base)))
+    data = TokenWindows(Path(cfg.data_dir) / "train.bin", cfg.seq_len).data
+    mcfg = base.model.config
+    ends = {mcfg.eos_token_id, mcfg.pad_token_id, *cfg.pad_cycle}
+    decontam = Decontaminator.from_problems(human_eval_problems())
+    return parent_lines.build(base.model.eval(), tok, data, Path(cfg.parent_lines),
+                              cfg.parent_lines_count, cfg.seq_len,
+                              cfg.seq_len - cfg.parent_lines_new, cfg.parent_lines_new,
+                              batch=32, seed=cfg.seed, end_ids=ends, reject=decontam.reason,
+                              progress=progress)
+
+
 def train(cfg: AdaptConfig, progress=None) -> Path:
     """Run (or resume) the adaptation; returns the exported model folder."""
     from engine.tokenizer import DreamTokenizer
@@ -317,6 +357,18 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
                             "bfloat16" if cfg.bf16 else "float32").model.eval()
         parent = Parent(frozen.requires_grad_(False), cfg.distill)
     at_line = newline_tokens(tok, mcfg.vocab_size)
+    records = None
+    if cfg.parent_lines_share > 0:
+        try:
+            records = parent_lines.load(Path(cfg.parent_lines))
+        except FileNotFoundError as err:
+            raise ConfigError(f"{err}: build them first with `unmask train parent-lines "
+                              f"--config` and this run's config") from err
+        if records.context.shape[1] < cfg.seq_len:
+            raise ConfigError(f"{cfg.parent_lines} was built for windows of "
+                              f"{records.context.shape[1]} tokens, this run's are {cfg.seq_len}: "
+                              "build it again into a new folder")
+        log.info("%d parent continuations from %s", len(records), cfg.parent_lines)
     top_level = None
     if cfg.top_level_share > 0:
         firsts = [tok.encode(w)[0] for w in ("def", "class")]  # one token each in a code BPE
@@ -345,9 +397,12 @@ def train(cfg: AdaptConfig, progress=None) -> Path:
         attn = annealed_mask(x.shape[0], x.shape[1], ratio, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             if torch.rand(1, generator=gen).item() < cfg.infill_share:
+                lo = None
+                if records is not None:
+                    x, lo = parent_lines.mix_into(x, records, cfg.parent_lines_share, gen)
                 seqs, noisy, masked, t, eligible = infill_batch(
                     x, sp, at_line, cfg.eps, cfg.max_middle, gen, cfg.infill_holes,
-                    at_newline=True, single_line=cfg.single_line_share)
+                    at_newline=True, single_line=cfg.single_line_share, lo=lo)
                 loss, stats = masked_diffusion_loss(model, seqs, masked, noisy, t, eligible, attn,
                                                     parent, before_first(seqs, sp.pad_id))
             else:

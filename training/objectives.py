@@ -118,11 +118,14 @@ def line_starts(x_row: torch.Tensor, ends_line: torch.Tensor,
 
 
 def pick_hole(x_row: torch.Tensor, starts: torch.Tensor, max_middle: int,
-              gen: torch.Generator, single_line: float = 0.5) -> tuple[int, int]:
-    """One middle [a, b): 1..8 whole lines (70 %) or a random token span (30 %). A line hole is
-    exactly one line with probability ``single_line`` (the editors' most frequent request, the
-    inline completion of the current line), else 2..8 lines."""
+              gen: torch.Generator, single_line: float = 0.5,
+              span: tuple[int, int] | None = None) -> tuple[int, int]:
+    """One middle [a, b): 1..8 whole lines (70 %) or a random token span (30 %) starting in
+    ``span`` (default [8, L - 16)). A line hole is exactly one line with probability
+    ``single_line`` (the editors' most frequent request, the inline completion of the current
+    line), else 2..8 lines."""
     L = x_row.numel()
+    lo, hi = span or (8, L - 16)
     r = torch.rand(2, generator=gen)
     if r[0] < 0.7 and starts.numel() >= 2:
         i = int(torch.randint(starts.numel() - 1, (1,), generator=gen))
@@ -130,14 +133,15 @@ def pick_hole(x_row: torch.Tensor, starts: torch.Tensor, max_middle: int,
         j = min(i + n_lines, starts.numel() - 1)
         a, b = int(starts[i]), int(starts[j])
     else:
-        a = int(torch.randint(8, L - 16, (1,), generator=gen))
+        a = int(torch.randint(lo, hi, (1,), generator=gen))
         b = a + 1 + int(torch.randint(min(max_middle, 48), (1,), generator=gen))
     return a, min(b, a + max_middle)
 
 
 def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, max_middle: int,
                    gen: torch.Generator, holes: int = 1, at_newline: bool = False,
-                   single_line: float = 0.5) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+                   single_line: float = 0.5, lo: int = 0
+                   ) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
     """Cut up to ``holes`` disjoint middles out of a window and pad each one: returns
     (sequence, [(canvas_start, canvas_len), ...]).
 
@@ -146,13 +150,19 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
     canvas, cut to len(x_row) (canvases pushed past the end are dropped). Several holes per
     window give the infilling batches several times the supervised slots for the same forward
     pass; at least 8 clean tokens separate two holes. ``single_line``: see ``pick_hole``.
+    ``lo`` > 0: every hole starts at or after ``lo`` and may reach the window's last line (the
+    parent's continuation, ``training.parent_lines``: the lines after a hole are its suffix).
     """
     L = x_row.numel()
     starts = line_starts(x_row, ends_line, at_newline)
-    starts = starts[(starts > 8) & (starts < L - 16)]
+    span = None
+    if lo > 0:
+        starts, span = starts[starts >= lo], (lo, max(lo + 1, L - 2))
+    else:
+        starts = starts[(starts > 8) & (starts < L - 16)]
     chosen: list[tuple[int, int]] = []
     for _ in range(holes):
-        a, b = pick_hole(x_row, starts, max_middle, gen, single_line)
+        a, b = pick_hole(x_row, starts, max_middle, gen, single_line, span)
         if all(b + 8 <= c or d + 8 <= a for c, d in chosen):
             chosen.append((a, b))
     pieces, spans, cursor, pos = [], [], 0, 0
@@ -171,10 +181,11 @@ def infill_example(x_row: torch.Tensor, sp: Specials, ends_line: torch.Tensor, m
 
 def infill_batch(x: torch.Tensor, sp: Specials, ends_line: torch.Tensor, eps: float,
                  max_middle: int, gen: torch.Generator, max_holes: int = 1,
-                 at_newline: bool = False, single_line: float = 0.5):
+                 at_newline: bool = False, single_line: float = 0.5,
+                 lo: list[int] | None = None):
     """Infilling-shaped diffusion batch (1..max_holes holes per row): only canvas slots are
     masked. Returns loss inputs. ``at_newline``: see ``line_starts``; ``single_line``: see
-    ``pick_hole``."""
+    ``pick_hole``; ``lo``: per row, see ``infill_example``."""
     B, L = x.shape
     seqs, masked = x.clone(), torch.zeros(B, L, dtype=torch.bool)
     t = eps + (1 - eps) * torch.rand(B, generator=gen)  # (B,)
@@ -182,7 +193,8 @@ def infill_batch(x: torch.Tensor, sp: Specials, ends_line: torch.Tensor, eps: fl
     for b in range(B):
         ex = infill_example(x[b], sp, ends_line, max_middle, gen,
                             holes=int(torch.randint(1, max_holes + 1, (1,), generator=gen)),
-                            at_newline=at_newline, single_line=single_line)
+                            at_newline=at_newline, single_line=single_line,
+                            lo=lo[b] if lo else 0)
         if ex is None:
             masked[b] = torch.rand(L, generator=gen) < t[b]
             masked[b, 0] = False

@@ -11,38 +11,10 @@ import pytest
 import torch
 
 from engine.loading import load_model
-from engine.tokenizer import DreamTokenizer
 from tests.conftest import TEXT
-from tests.gguf_llama import write_tiny_llama_gguf
-from training.adapt import AdaptConfig, annealed_mask, newline_tokens, prepare_model, train
+from training.adapt import annealed_mask, newline_tokens, prepare_model, train
 from training.objectives import line_starts
 from training.pretrain import TokenWindows, find_checkpoint, load_checkpoint, token_line_ends
-
-
-@pytest.fixture
-def setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNMASK_CACHE_DIR", str(tmp_path / "cache"))
-    src = write_tiny_llama_gguf(tmp_path / "base.gguf", seed=1)
-    base = f"gguf:{src}"
-    from engine.loading import resolve_model
-
-    tok = DreamTokenizer.from_folder(resolve_model(base))
-    data = tmp_path / "tokens"
-    data.mkdir()
-    ids = np.array(tok.encode(TEXT * 3), dtype=np.uint16)
-    ids.tofile(data / "train.bin")
-    ids[: len(ids) // 2].tofile(data / "val.bin")
-
-    def config(out: str, **kw) -> AdaptConfig:
-        values = dict(out_dir=str(tmp_path / out), data_dir=str(data), base=base, lora_rank=4,
-                      lora_alpha=8.0, seq_len=64, batch_size=2, budget_minutes=1e6,
-                      max_steps=4, lr=1e-2, warmup_steps=1, anneal_steps=2,
-                      checkpoint_minutes=0.0, eval_every=0, eval_batches=1, log_every=1,
-                      infill_holes=2, seed=3)
-        values.update(kw)
-        return AdaptConfig(**values)
-
-    return config, tok
 
 
 def test_lora_trains_only_adapter_norms_and_the_mask_row(setup):
