@@ -38,7 +38,7 @@ from engine.model import DreamModel
 from training import parent_lines
 from training.lora import add_lora, save_adapter
 from training.objectives import (Parent, Specials, before_first, infill_batch, masked_ce_sum,
-                                 masked_diffusion_loss, random_masking)
+                                 masked_diffusion_loss, newline_tokens, random_masking)
 from training.pretrain import (TokenWindows, find_checkpoint, load_checkpoint, origin_of,
                                resumed_log, save_checkpoint, token_line_ends)
 
@@ -155,14 +155,6 @@ class AdaptConfig:
         if unknown:
             raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
         return cls(**raw)
-
-
-def newline_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
-    """Bool per id: does the token's text hold a newline (a line boundary of a GPT-2 BPE)."""
-    table = torch.zeros(vocab_size, dtype=torch.bool)
-    for i in range(min(vocab_size, tokenizer.vocab_size)):
-        table[i] = "\n" in tokenizer.decode([i])
-    return table
 
 
 def annealed_mask(batch: int, length: int, ratio: float, gen: torch.Generator

@@ -104,6 +104,14 @@ def random_masking(x: torch.Tensor, sp: Specials, eps: float,
     return noisy, masked, t
 
 
+def newline_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """Bool per id: does the token's text hold a newline (a line boundary of a GPT-2 BPE)."""
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, tokenizer.vocab_size)):
+        table[i] = "\n" in tokenizer.decode([i])
+    return table
+
+
 def line_starts(x_row: torch.Tensor, ends_line: torch.Tensor,
                 at_newline: bool = False) -> torch.Tensor:
     """Indices i such that token i-1 ends a line (so i begins one). x_row: (L,).

@@ -30,6 +30,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.model import LayerKV
+from training.objectives import newline_tokens
 
 MIN_LINES = 2
 """Continuations need a line after the first, so a hole in them has a suffix."""
@@ -140,8 +141,7 @@ def build(model, tokenizer, data: np.ndarray, out: Path, count: int, context_len
     out.mkdir(parents=True, exist_ok=True)
     vocab = model.config.vocab_size
     starts_line = indented_newlines(tokenizer, vocab)
-    has_newline = torch.tensor([("\n" in tokenizer.decode([i])) if i < tokenizer.vocab_size
-                                else False for i in range(vocab)])
+    has_newline = newline_tokens(tokenizer, vocab)
     have = sum(len(np.load(p)["offsets"]) - 1 for p in sorted(out.glob("part-*.npz")))
     part = len(list(out.glob("part-*.npz")))
     fruitless = 0

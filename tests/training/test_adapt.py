@@ -12,8 +12,8 @@ import torch
 
 from engine.loading import load_model
 from tests.conftest import TEXT
-from training.adapt import annealed_mask, newline_tokens, prepare_model, train
-from training.objectives import line_starts
+from training.adapt import annealed_mask, prepare_model, train
+from training.objectives import line_starts, newline_tokens
 from training.pretrain import TokenWindows, find_checkpoint, load_checkpoint, token_line_ends
 
 

@@ -14,8 +14,8 @@ from engine.autoregressive import greedy_continue
 from engine.errors import ConfigError
 from engine.loading import load_model, resolve_model
 from training import parent_lines
-from training.adapt import newline_tokens, train
-from training.objectives import Specials, causal_lm_loss, infill_batch
+from training.adapt import train
+from training.objectives import Specials, causal_lm_loss, infill_batch, newline_tokens
 
 
 def _parent(cfg, steps: int = 0):
