@@ -20,28 +20,38 @@ from engine.model import LayerKV
 
 
 @torch.inference_mode()
+def greedy_steps(model, ids: torch.Tensor):
+    """Greedy next tokens after each row of ``ids`` (B, n), all rows of one length (no
+    padding): yields (B,) per step, forever; the caller stops. The prompt fills the ``LayerKV``
+    caches in one causal pass, then each step appends one position per row."""
+    cache = [LayerKV(None) for _ in model.model.layers]
+    logits = model(ids, causal=True, cache=cache)[:, -1]  # (B, V)
+    mask_id = model.config.mask_token_id  # the parent never writes the diffusion mask
+    n = ids.shape[1]
+    while True:
+        logits = logits.float()
+        logits[:, mask_id] = float("-inf")
+        nxt = logits.argmax(-1)  # (B,)
+        yield nxt
+        for layer in cache:
+            layer.window = (n, n + 1)  # append one position; it attends to every cached key
+        logits = model(nxt[:, None], cache=cache)[:, -1]
+        n += 1
+
+
 def greedy_continue(model, ids: list[int], max_new: int, end_ids: set[int],
                     stop: tuple[str, ...] = (), decode=None) -> list[int]:
     """Up to ``max_new`` greedy tokens after ``ids`` (stops at an end id or a stop string)."""
     dev = next(model.parameters()).device
-    cache = [LayerKV(None) for _ in model.model.layers]
-    logits = model(torch.tensor([ids], device=dev), causal=True, cache=cache)[0, -1]  # (V,)
     out: list[int] = []
-    n = len(ids)
-    mask_id = model.config.mask_token_id  # the parent never writes the diffusion mask
-    for _ in range(max_new):
-        logits = logits.float()
-        logits[mask_id] = float("-inf")
-        nxt = int(logits.argmax())
+    steps = greedy_steps(model, torch.tensor([ids], device=dev))
+    for _, token in zip(range(max_new), steps):
+        nxt = int(token[0])
         if nxt in end_ids:
             break
         out.append(nxt)
         if stop and decode is not None and any(s in decode(out) for s in stop):
             break
-        for layer in cache:
-            layer.window = (n, n + 1)  # append one position; it attends to every cached key
-        logits = model(torch.tensor([[nxt]], device=dev), cache=cache)[0, -1]
-        n += 1
     return out
 
 

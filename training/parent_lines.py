@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from engine.errors import ConfigError
-from engine.model import LayerKV
+from engine.autoregressive import greedy_steps
 from training.objectives import newline_tokens
 
 MIN_LINES = 2
@@ -91,26 +91,12 @@ def pick_cuts(data: np.ndarray, count: int, context_len: int, max_new: int,
     raise ConfigError("the training data holds too few indented lines to cut contexts at")
 
 
-@torch.inference_mode()
 def greedy_rows(model, ids: torch.Tensor, max_new: int) -> torch.Tensor:
-    """``max_new`` greedy tokens after each row of ``ids`` (B, n), all rows of one length, so
-    the batch needs no padding: the prompt fills the ``LayerKV`` caches in one causal pass, then
-    every step appends one position per row. Returns (B, max_new); rows are not stopped at an
+    """``max_new`` greedy tokens after each row of ``ids`` (B, n), all rows of one length
+    (``engine.autoregressive.greedy_steps``). Returns (B, max_new); rows are not stopped at an
     end token (the caller cuts them)."""
-    cache = [LayerKV(None) for _ in model.model.layers]
-    logits = model(ids, causal=True, cache=cache)[:, -1]  # (B, V)
-    mask_id = model.config.mask_token_id  # the parent never writes the diffusion mask
-    out, n = [], ids.shape[1]
-    for _ in range(max_new):
-        logits = logits.float()
-        logits[:, mask_id] = float("-inf")
-        nxt = logits.argmax(-1)  # (B,)
-        out.append(nxt)
-        for layer in cache:
-            layer.window = (n, n + 1)  # one new position, attending to every cached key
-        logits = model(nxt[:, None], cache=cache)[:, -1]
-        n += 1
-    return torch.stack(out, 1)
+    steps = greedy_steps(model, ids)
+    return torch.stack([next(steps) for _ in range(max_new)], 1)
 
 
 def whole_lines(gen: list[int], has_newline: torch.Tensor, end_ids: set[int],
