@@ -33,7 +33,8 @@ def request_settings(s: AssistantSettings, engine, mode: str, seed: int = 0,
         length=length, seed=seed, stop=("\n",) if mode == "single" else None,
         cache_refresh=s.cache_refresh, stop_loops=s.stop_loops,
         limit_scope=s.limit_scope and mode == "multi", retries=s.syntax_retries,
-        reuse_context=s.reuse_context and s.cache_refresh > 0)
+        reuse_context=s.reuse_context and s.cache_refresh > 0,
+        parent_branches=s.parent_branches)
 
 
 def request_window(s: AssistantSettings, engine, text: str, offset: int,

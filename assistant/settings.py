@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from engine.choices import ALGORITHMS, BACKENDS, LENGTH_STRATEGIES
+from engine.choices import ALGORITHMS, BACKENDS, LENGTH_STRATEGIES, MAX_PARENT_BRANCHES
 from engine.errors import ConfigError
 
 
@@ -72,6 +72,12 @@ class AssistantSettings:
     line: engine.syntax_guard): an answer that would leave the file unparsable is withheld.
     Such an answer is never the right one, and a third of the embedded model's are
     (docs/guide.md)."""
+    parent_branches: int = 0
+    """Single-line suggestions from an adapted model: lines its autoregressive parent writes
+    too, and the one the parent finds likeliest with the code below the cursor is shown
+    (engine.rerank; the embedded model's own default is 3). 0, the default here: the diffusion
+    answer alone, since the parent's lines cost sequential passes that as-you-type suggestions
+    cannot afford within their latency targets (docs/guide.md)."""
     syntax_retries: int = 0
     """With the guard: other decodings tried before an answer is withheld (Engine.alternatives:
     left to right, then sampled; at most 2). Each costs a whole decoding; on held-out lines two
@@ -87,6 +93,9 @@ class AssistantSettings:
         if not 0 <= self.syntax_retries <= 2:
             raise ConfigError(f"setting syntax_retries must be 0, 1 or 2, got "
                               f"{self.syntax_retries}")
+        if not 0 <= self.parent_branches <= MAX_PARENT_BRANCHES:
+            raise ConfigError(f"setting parent_branches must be 0 to {MAX_PARENT_BRANCHES}, "
+                              f"got {self.parent_branches}")
         if self.suffix_tokens < 0:
             raise ConfigError(f"setting suffix_tokens must be >= 0, got {self.suffix_tokens}")
         if self.steps is not None and self.steps < 1:

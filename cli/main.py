@@ -54,6 +54,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-scope", action="store_true", default=None,
                    help="infill: cut a multi-line completion at the first line that leaves "
                         "the hole's indentation block or repeats the suffix")
+    g.add_argument("--parent-branches", type=int, default=None,
+                   help="single-line infill on an adapted model: its autoregressive parent "
+                        "writes N lines too and the one it finds likeliest with the suffix wins "
+                        "(0 = the diffusion answer alone; default: the model's)")
+    g.add_argument("--rerank-suffix-lines", type=int, default=None,
+                   help="with --parent-branches: suffix lines the parent scores")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
                         "0 = one block (default: the model's generation_config)")
@@ -81,6 +87,9 @@ def build_parser() -> Parser:
     i.add_argument("--suffix", default=None)
     i.add_argument("--prefix-file", type=Path)
     i.add_argument("--suffix-file", type=Path)
+    i.add_argument("--single-line", action="store_true",
+                   help="stop after the first line, as an editor's single-line suggestion (an "
+                        "adapted model's parent then reranks it: --parent-branches)")
     i.add_argument("--repo", type=Path, default=None,
                    help="put the most similar code of this repository before the prefix")
     i.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -118,7 +127,10 @@ def settings_from(args, engine, **request):
              "seed": args.seed, "threshold": args.threshold, "gamma": args.gamma,
              "cache_refresh": args.cache_refresh, "max_repeats": args.max_repeats,
              "stop_loops": args.stop_loops, "reuse_context": args.reuse_context,
-             "limit_scope": args.limit_scope}
+             "limit_scope": args.limit_scope, "parent_branches": args.parent_branches,
+             "rerank_suffix_lines": args.rerank_suffix_lines}
+    if getattr(args, "single_line", False):
+        flags["stop"] = ("\n",)
     return engine.settings(**{**flags, **request})
 
 

@@ -134,6 +134,10 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--length", default=None, choices=["adaptive", "fixed", "oracle"],
                     help="infill canvas (default: adaptive; repo: the editors' settings); "
                          "oracle = the reference's length (analysis only)")
+    ev.add_argument("--parent-branches", type=int, default=None,
+                    help="infill-single: the parent writes N lines too and its likeliest with "
+                         "the suffix wins (engine.rerank; 0 = off; default: the model's)")
+    ev.add_argument("--rerank-suffix-lines", type=int, default=None)
     ev.add_argument("--syntax-guard", action="store_true",
                     help="infill: decode again an answer that leaves the task's file "
                          "unparsable, as the language server does (engine.syntax_guard)")
@@ -213,10 +217,15 @@ def _eval(args) -> int:
                                     max_repeats=args.max_repeats,
                                     stop_loops=args.stop_loops,
                                     limit_scope=args.limit_scope,
-                                    reuse_context=args.reuse_context, retries=args.retries)
+                                    reuse_context=args.reuse_context, retries=args.retries,
+                                    parent_branches=args.parent_branches,
+                                    rerank_suffix_lines=args.rerank_suffix_lines)
     label = "empty" if args.empty else (args.model or "default")
     if args.syntax_guard and not args.empty:
         label += " + syntax guard"
+    if args.decode != "ar" and settings is not None and single and settings.parent_branches \
+            and engine.parent is not None:
+        label += f" + parent rerank ({settings.parent_branches} lines)"
     if args.decode == "ar":
         if engine is None or engine.backend != "torch":
             raise ConfigError("--decode ar needs a model on the torch back end (not --empty)")
@@ -472,15 +481,10 @@ def _parent_lines(args) -> int:
 
     from training.adapt import AdaptConfig, build_parent_lines
 
-    try:
-        cfg = AdaptConfig.from_toml(args.config)
-    except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(f"bad training config {args.config}: {err}") from err
+    cfg = _read_config(args, AdaptConfig)
     if not cfg.parent_lines:
         raise ConfigError(f"{args.config} sets no parent_lines folder to build")
-    if not (Path(cfg.data_dir) / "train.bin").exists():
-        raise ConfigError(f"{Path(cfg.data_dir) / 'train.bin'} not found; run `unmask train "
-                          "corpus` and `unmask train tokenizer` first")
+    _need_tokens(cfg, ("train.bin",))
     with Progress("parent lines", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn()) as bar:
         task = bar.add_task("", total=cfg.parent_lines_count)
@@ -489,20 +493,31 @@ def _parent_lines(args) -> int:
     return 0
 
 
+def _read_config(args, config_cls):
+    """``args.config`` read as ``config_cls``; a one-line error naming the file."""
+    try:
+        return config_cls.from_toml(args.config)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"bad training config {args.config}: {err}") from err
+
+
+def _need_tokens(cfg, parts: tuple[str, ...]) -> None:
+    """The token files ``cfg`` trains on, or a one-line error naming the commands that make
+    them."""
+    for part in parts:
+        if not (Path(cfg.data_dir) / part).exists():
+            raise ConfigError(f"{Path(cfg.data_dir) / part} not found; run `unmask train corpus` "
+                              "and `unmask train tokenizer` first")
+
+
 def _run_training(args, config_cls, train, name: str, describe) -> int:
     """Read the TOML config, check the data is there, run ``train`` under a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    try:
-        cfg = config_cls.from_toml(args.config)
-    except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(f"bad training config {args.config}: {err}") from err
+    cfg = _read_config(args, config_cls)
+    _need_tokens(cfg, ("train.bin", "val.bin"))
     if args.max_steps is not None:
         cfg.max_steps = args.max_steps
-    for part in ("train.bin", "val.bin"):
-        if not (Path(cfg.data_dir) / part).exists():
-            raise ConfigError(f"{Path(cfg.data_dir) / part} not found; run `unmask train corpus` "
-                              "and `unmask train tokenizer` first")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), transient=False) as bar:
         task = bar.add_task(name, total=cfg.budget_minutes, info="")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,11 +31,17 @@ from typing import Iterator
 
 import torch
 
-from engine.choices import BACKENDS, LENGTH_STRATEGIES, PARALLEL_ALGORITHMS
+from engine.choices import (
+    BACKENDS,
+    LENGTH_STRATEGIES,
+    MAX_PARENT_BRANCHES,
+    PARALLEL_ALGORITHMS,
+)
 from engine.errors import ConfigError, ModelLoadError
 from engine.healing import NO_HEALING, Healing, plan_healing
 from engine.loading import LoadedModel, base_folder, load_model, resolve_model
 from engine.repetition import cut_loop, find_loop
+from engine.rerank import rerank_line
 from engine.reuse import ContextReuse
 from engine.sampler import (
     SamplerSettings,
@@ -48,7 +55,8 @@ from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
 
 SAMPLER_KEYS = ("steps", "alg", "alg_temp", "temperature", "top_p", "top_k", "max_new_tokens",
-                "block_length", "eps", "threshold", "gamma", "cache_refresh", "max_repeats")
+                "block_length", "eps", "threshold", "gamma", "cache_refresh", "max_repeats",
+                "parent_branches", "rerank_suffix_lines")
 
 
 def known_defaults(raw: dict) -> dict:
@@ -140,6 +148,15 @@ class GenerationSettings(SamplerSettings):
     or repeats the suffix's first lines (``engine.scope``; editors' block requests). False: as
     upstream Dream."""
 
+    parent_branches: int = 0
+    """Single-line infill (a ``"\n"`` stop) on an adapted model: its autoregressive parent also
+    writes this many lines, and of those and the diffusion answer the one under which the
+    parent finds the file likeliest is the answer (``engine.rerank``); 0: the diffusion answer
+    alone. A model that is no LoRA adapter, or the llama.cpp back end, has no parent to ask."""
+    rerank_suffix_lines: int = 8
+    """With ``parent_branches``: how many lines of the suffix the parent scores after each
+    candidate (0: the candidate alone, the prefix-only parent's preference)."""
+
     retries: int = 0
     """Infill with an ``accept`` test (``Engine.infill_stream``): how many other decodings
     (``Engine.alternatives``, in order, at most 2) are tried after a rejected answer; 0: the
@@ -157,6 +174,12 @@ class GenerationSettings(SamplerSettings):
             raise ConfigError(f"unknown length strategy {self.length!r}; use adaptive or fixed")
         if self.cache_refresh < 0:
             raise ConfigError(f"--cache-refresh must be >= 0, got {self.cache_refresh}")
+        if not 0 <= self.parent_branches <= MAX_PARENT_BRANCHES:
+            raise ConfigError(f"--parent-branches must be 0 to {MAX_PARENT_BRANCHES}, got "
+                              f"{self.parent_branches}")
+        if self.rerank_suffix_lines < 0:
+            raise ConfigError(f"--rerank-suffix-lines must be >= 0, got "
+                              f"{self.rerank_suffix_lines}")
         if self.reuse_context and not self.cache_refresh:
             raise ConfigError("--reuse-context works with the context cache; add "
                               "--cache-refresh N (N >= 1)")
@@ -281,6 +304,8 @@ class Engine:
         self.defaults = known_defaults(defaults if defaults is not None
                                        else generation_defaults(folder))
         """The model's sampler defaults (generation_config.json), read once at load."""
+        self._parent: LoadedModel | None = None
+        self._parent_lock = threading.Lock()
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -335,6 +360,19 @@ class Engine:
         named = "instruct" in lowered or "grpo" in lowered
         return bool(tok.chat_template) and tok.token_id("<|im_start|>") is not None and (
             named or (tok.token_id("<|dlm_pad|>") is not None and "base" not in lowered))
+
+    @property
+    def parent(self):
+        """The adapted model's autoregressive parent, the base under its LoRA adapters (loaded
+        on first use, on the model's device and dtype); None for a model that is no adapter
+        or a back end other than torch."""
+        folder = self.folder
+        if self.backend != "torch" or base_folder(folder) == folder:
+            return None
+        with self._parent_lock:  # requests on several threads ask at once
+            if self._parent is None:
+                self._parent = load_model(base_folder(folder), str(self.device), self.dtype)
+        return self._parent.model
 
     # -- prompt building -------------------------------------------------------------------
     def _room(self, n_canvas: int) -> int:
@@ -416,8 +454,37 @@ class Engine:
                 if accept is not None:
                     best.extra.update(tries=n, accepted=ok, forward_passes=passes)
                     best.elapsed_s = time.perf_counter() - started
-                yield best
+                yield self._rerank(best, prefix, suffix, settings, context, accept, started)
                 return
+
+    def _rerank(self, done: Completion, prefix: str, suffix: str,
+                settings: GenerationSettings, context: str, accept, started: float
+                ) -> Completion:
+        """``done`` or the parent's likelier line (``settings.parent_branches``, single-line
+        requests only): ``engine.rerank``. With ``accept``, a line it rejects is never chosen
+        over one it takes. ``extra["rerank"]`` says which source won, out of how many."""
+        if not settings.parent_branches or "\n" not in settings.stop or self.parent is None:
+            return done
+        heal = plan_healing(self.tokenizer, prefix, suffix)
+        prompt = self.infill_prompt(prefix, "", settings.max_new_tokens, context)[0]
+        ranked = rerank_line(self.parent, self.tokenizer, prompt, prefix, suffix, heal,
+                             done.completion, settings.parent_branches,
+                             settings.rerank_suffix_lines, settings.max_new_tokens,
+                             set(self.end_ids))
+        if accept is not None:
+            ranked = [c for c in ranked if accept(c.line)] or ranked
+        best = ranked[0]
+        extra = {**done.extra, "rerank": {"source": best.source, "candidates": len(ranked)}}
+        if accept is not None:
+            extra["accepted"] = accept(best.line)
+        if best.source == "diffusion":
+            done.extra, done.elapsed_s = extra, time.perf_counter() - started
+            return done
+        ids = self.tokenizer.encode(best.line)
+        # as the diffusion answer of a whole-line hole would end (Healing.completion)
+        text = best.line + ("\n" if heal.newline_to_suffix else "")
+        return Completion(text, ids, list(range(len(ids))), done.steps, done.canvas_len,
+                          time.perf_counter() - started, done.prompt_tokens, extra)
 
     def _infill_once(self, prefix: str, suffix: str, settings: GenerationSettings,
                      context: str) -> Iterator[Frame | Completion]:

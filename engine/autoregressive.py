@@ -11,12 +11,41 @@ then each new token is a one-position window appended at the end.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from engine.healing import plan_healing
 from engine.model import LayerKV
+
+
+def prompt_cache(model, ids: torch.Tensor) -> tuple[list[LayerKV], torch.Tensor]:
+    """One causal pass over ``ids`` (B, n): per-layer keys and values, and the next-token
+    logits after the last position (B, V)."""
+    cache = [LayerKV(None) for _ in model.model.layers]
+    return cache, model(ids, causal=True, cache=cache)[:, -1]
+
+
+def branch_cache(cache: list[LayerKV], rows: int) -> list[LayerKV]:
+    """A copy of a one-row ``cache`` for ``rows`` continuations: each appends its own
+    positions; the shared prompt keys are read, never written."""
+    out = []
+    for layer in cache:
+        copy = LayerKV(None)
+        copy.k, copy.v = layer.k.expand(rows, -1, -1, -1), layer.v.expand(rows, -1, -1, -1)
+        out.append(copy)
+    return out
+
+
+def append(model, cache: list[LayerKV], ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Logits (B, L, V) of ``ids`` (B, L) written after the ``n`` cached positions, each
+    attending to the cache and causally within ``ids``."""
+    L = ids.shape[1]
+    for layer in cache:
+        layer.window = (n, n + L)
+    mask = None
+    if L > 1:  # one position attends to every key already; more need the causal triangle
+        keys = torch.arange(n + L, device=ids.device)
+        mask = keys[None, :] <= n + torch.arange(L, device=ids.device)[:, None]  # (L, n+L)
+        mask = mask[None, None].expand(ids.shape[0], 1, L, n + L)
+    return model(ids, attention_mask=mask, cache=cache)
 
 
 @torch.inference_mode()
@@ -24,8 +53,7 @@ def greedy_steps(model, ids: torch.Tensor):
     """Greedy next tokens after each row of ``ids`` (B, n), all rows of one length (no
     padding): yields (B,) per step, forever; the caller stops. The prompt fills the ``LayerKV``
     caches in one causal pass, then each step appends one position per row."""
-    cache = [LayerKV(None) for _ in model.model.layers]
-    logits = model(ids, causal=True, cache=cache)[:, -1]  # (B, V)
+    cache, logits = prompt_cache(model, ids)
     mask_id = model.config.mask_token_id  # the parent never writes the diffusion mask
     n = ids.shape[1]
     while True:
@@ -33,9 +61,7 @@ def greedy_steps(model, ids: torch.Tensor):
         logits[:, mask_id] = float("-inf")
         nxt = logits.argmax(-1)  # (B,)
         yield nxt
-        for layer in cache:
-            layer.window = (n, n + 1)  # append one position; it attends to every cached key
-        logits = model(nxt[:, None], cache=cache)[:, -1]
+        logits = append(model, cache, nxt[:, None], n)[:, -1]
         n += 1
 
 
@@ -53,22 +79,3 @@ def greedy_continue(model, ids: list[int], max_new: int, end_ids: set[int],
         if stop and decode is not None and any(s in decode(out) for s in stop):
             break
     return out
-
-
-def ar_completion(engine, prefix: str, max_new: int, stop: tuple[str, ...] = ()):
-    """The parent's continuation of ``prefix`` as an ``engine.api.Completion`` (the suffix is
-    not read: that is the baseline's handicap)."""
-    from engine.api import Completion
-
-    start = time.perf_counter()
-    heal = plan_healing(engine.tokenizer, prefix, "")  # what infill_prompt cuts from the prefix
-    ids = engine.infill_prompt(prefix, "", max_new)[0]
-    model = engine.denoiser.loaded.model
-    ends = engine.end_ids | ({engine.im_end_id} - {None})
-    tok = engine.tokenizer
-    # a stop string counts only after the healed cut (the continuation starts with a newline)
-    out = greedy_continue(model, ids, max_new, ends, stop,
-                          lambda o: heal.completion(tok.decode(o), final=False))
-    text = heal.completion(tok.decode(out), final=False)
-    return Completion(text, out, list(range(len(out))), len(out), max_new,
-                      time.perf_counter() - start, len(ids), {"forward_passes": len(out) + 1})

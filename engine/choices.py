@@ -10,3 +10,6 @@ BACKENDS = ("auto", "torch", "llamacpp")
 """auto = torch: its bf16 forward is the fastest measured on CPU (README back-end table)."""
 LENGTH_STRATEGIES = ("adaptive", "fixed")
 """Infill canvas: probe the hole's length first, or use max_new_tokens as upstream does."""
+MAX_PARENT_BRANCHES = 8
+"""The most lines an adapted model's parent writes for a single-line rerank (``engine.rerank``):
+each is one more row of its batched passes."""

@@ -231,7 +231,8 @@ class DreamModel(nn.Module):
 
         ``cache``: one ``LayerKV`` per layer. With their window unset the pass fills them; with
         a window (a, b) ``input_ids`` are only positions a..b-1 and the rest comes from the
-        cache (then ``attention_mask`` must be None and positions default to a..b-1)."""
+        cache (positions default to a..b-1, and ``attention_mask``, if given, is
+        (B, 1, b-a, L_all): the window's queries over every key)."""
         B, L = input_ids.shape
         window = cache[0].window if cache else None
         if position_ids is None:

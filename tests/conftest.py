@@ -81,3 +81,19 @@ def tiny_engine(tiny_model):
     from engine.api import Engine
 
     return Engine.load(str(tiny_model), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model, tmp_path_factory) -> Path:
+    """A LoRA adapter with random weights on the tiny model: the tiny model is its parent."""
+    from engine.loading import load_model
+    from training.lora import add_lora, save_adapter
+
+    model = load_model(tiny_model, "cpu", "float32").model
+    add_lora(model, r=4, alpha=8)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.3)
+    return save_adapter(model, tmp_path_factory.mktemp("adapter") / "a", str(tiny_model), 4, 8)

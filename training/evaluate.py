@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,15 +107,30 @@ class ARParent:
         self.engine, self.tokenizer = engine, engine.tokenizer
 
     def infill(self, prefix: str, suffix: str, settings):
-        from engine.autoregressive import ar_completion
-
-        return ar_completion(self.engine, prefix, settings.max_new_tokens,
-                             tuple(settings.stop or ()))
+        return self.complete(prefix, settings.max_new_tokens, tuple(settings.stop or ()))
 
     def generate(self, prompt: str, settings, raw: bool = True):
-        from engine.autoregressive import ar_completion
+        return self.complete(prompt, settings.max_new_tokens, tuple(STOP))
 
-        return ar_completion(self.engine, prompt, settings.max_new_tokens, tuple(STOP))
+    def complete(self, prefix: str, max_new: int, stop: tuple[str, ...] = ()):
+        """The continuation of ``prefix`` as an ``engine.api.Completion`` (the suffix is not
+        read: that is the baseline's handicap)."""
+        from engine.api import Completion
+        from engine.autoregressive import greedy_continue
+        from engine.healing import plan_healing
+
+        engine, tok = self.engine, self.tokenizer
+        start = time.perf_counter()
+        heal = plan_healing(tok, prefix, "")  # what infill_prompt cuts from the prefix
+        ids = engine.infill_prompt(prefix, "", max_new)[0]
+        ends = engine.end_ids | ({engine.im_end_id} - {None})
+        # a stop string counts only after the healed cut (the continuation starts with a newline)
+        out = greedy_continue(engine.denoiser.loaded.model, ids, max_new, ends, stop,
+                              lambda o: heal.completion(tok.decode(o), final=False))
+        text = heal.completion(tok.decode(out), final=False)
+        return Completion(text, out, list(range(len(out))), len(out), max_new,
+                          time.perf_counter() - start, len(ids),
+                          {"forward_passes": len(out) + 1})
 
 
 def spread(items: list, limit: int) -> list:
@@ -188,6 +204,8 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
             if guard:  # accepted False: no try parsed (an editor shows nothing)
                 extra |= {"tries": res.extra.get("tries", 1),
                           "accepted": res.extra.get("accepted", True)}
+            if "rerank" in res.extra:  # which source the parent's rerank chose
+                extra["rerank"] = res.extra["rerank"]["source"]
             extra |= {"canvas_len": res.canvas_len, "steps": res.steps,
                      "expected_len": res.extra.get("expected_len"),  # the probe's estimate
                      "reference_len": len(engine.tokenizer.encode(task.middle)),
@@ -281,4 +299,6 @@ def summarize(records: list[dict], task: str, model: str, length: str | None) ->
             "passes": round(sum(passes) / len(passes), 1) if passes else None,
             "length_error": round(sum(errors) / len(errors), 3) if errors else None,
             **({"retried": sum(r["tries"] > 1 for r in guarded),
-                "withheld": sum(not r["accepted"] for r in guarded)} if guarded else {})}
+                "withheld": sum(not r["accepted"] for r in guarded)} if guarded else {}),
+            **({"parent_chosen": sum(r["rerank"] == "parent" for r in reranked)}
+               if (reranked := [r for r in records if "rerank" in r]) else {})}

@@ -47,6 +47,17 @@ def test_infill_from_files_prints_whole_code(tiny_model, tmp_path):
     assert r.stdout.startswith("def f(x):\n") and r.stdout.rstrip().endswith("return x")
 
 
+def test_single_line_infill_on_an_adapter_is_reranked_by_its_parent(tiny_adapter):
+    args = ("infill", "--model", str(tiny_adapter), "--prefix", "def add(a, b):\n",
+            "--suffix", "    return total\n", "--max-new-tokens", "12", "--json",
+            "--dtype", "float32")
+    reranked = json.loads(unmask(*args, "--single-line", "--parent-branches", "2").stdout)
+    assert reranked["rerank"]["source"] in ("diffusion", "parent")
+    alone = json.loads(unmask(*args, "--single-line", "--parent-branches", "0").stdout)
+    assert "rerank" not in alone
+    assert "rerank" not in json.loads(unmask(*args, "--parent-branches", "2").stdout)
+
+
 def test_batch_jsonl_reports_bad_line_and_runs_the_rest(tiny_model, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text('{"id": "a", "prompt": "def f():"}\n{broken\n'
@@ -83,6 +94,7 @@ def test_batch_says_a_repeated_note_once(tiny_model, tmp_path):
     (["generate", "--prompt", "x", "--device", "tpu"], "unknown device"),
     (["generate", "--prompt", "x", "--alg", "greedy"], "invalid choice"),
     (["infill", "--prefix-file", "/no/such/file"], "cannot read"),
+    (["infill", "--prefix", "x = ", "--parent-branches", "12"], "--parent-branches must be"),
     (["generate"], "--prompt"),
     (["generate", "--prompt", "x", "--max-new-tokens", "5000"], "context"),
 ])

@@ -32,6 +32,14 @@ def test_block_length_comes_from_the_model_and_single_line_stops_at_newline(tiny
     assert service.settings_for("multi", seed=2).temperature == 0.6  # another candidate samples
     service.settings = AssistantSettings(limit_scope=False)
     assert not service.settings_for("multi").limit_scope
+    # the parent's rerank: off as you type whatever the model's default, unless the user asks
+    (folder / "generation_config.json").write_text(json.dumps({**cfg, "parent_branches": 2}))
+    service.holder.engine = Engine.load(str(folder), device="cpu", dtype="float32")
+    service.settings = AssistantSettings()
+    assert service.holder.engine.settings().parent_branches == 2
+    assert service.settings_for("single").parent_branches == 0
+    service.settings = AssistantSettings(parent_branches=3)
+    assert service.settings_for("single").parent_branches == 3
     service.holder.engine = Engine.load(str(tiny_model), device="cpu", dtype="float32")
     assert service.settings_for("multi").block_length is None
 
@@ -68,6 +76,8 @@ def test_the_single_line_canvas_follows_line_canvas_and_blocks_stay_adaptive(tin
     assert service.settings_for("multi").length == "adaptive"
     with pytest.raises(ConfigError, match="line_canvas must be one of adaptive, fixed"):
         AssistantSettings(line_canvas="probe")
+    with pytest.raises(ConfigError, match="parent_branches must be 0 to 8"):
+        AssistantSettings(parent_branches=20)
 
 
 def test_the_repository_benchmark_asks_for_holes_as_the_editors_do(tiny_model):

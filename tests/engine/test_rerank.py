@@ -1,0 +1,111 @@
+"""Single-line answers reranked by the parent's likelihood of the file (engine.rerank)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.api import Engine
+from engine.autoregressive import greedy_continue, prompt_cache
+from engine.errors import ConfigError
+from engine.healing import plan_healing
+from engine.loading import load_model
+from engine.rerank import (
+    continuation_logprobs,
+    first_line,
+    line_separator,
+    parent_lines,
+    rerank_line,
+    suffix_head,
+)
+
+PREFIX = "def add(a, b):\n    total = a + b\n"
+SUFFIX = "    return total\n\n\ndef is_even(n):\n    return n % 2 == 0\n"
+
+
+def test_continuation_logprobs_equal_a_full_causal_pass(tiny_model):
+    model = load_model(tiny_model, "cpu", "float32").model
+    prompt = [40, 41, 42, 43, 44]
+    conts = [[50, 51, 52], [60], [70, 71, 72, 73, 74]]
+    cache, logits = prompt_cache(model, torch.tensor([prompt]))
+    got = continuation_logprobs(model, cache, logits, len(prompt), conts)
+    for cont, score in zip(conts, got):
+        full = model(torch.tensor([prompt + cont]), causal=True)[0].float()  # (L, V)
+        full[:, model.config.mask_token_id] = float("-inf")
+        logp = F.log_softmax(full, -1)
+        want = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(cont))
+        assert score == pytest.approx(want, abs=1e-4)
+    # the prompt's cache is only read: scoring again gives the same numbers
+    assert continuation_logprobs(model, cache, logits, len(prompt), conts) == \
+        pytest.approx(got, abs=1e-5)
+
+
+def test_first_parent_line_is_the_greedy_line_and_branches_differ(tiny_engine):
+    model, tok = tiny_engine.denoiser.loaded.model, tiny_engine.tokenizer
+    heal = plan_healing(tok, PREFIX, SUFFIX)
+    prompt = tiny_engine.infill_prompt(PREFIX, "", 24)[0]
+    cache, logits = prompt_cache(model, torch.tensor([prompt]))
+    ends = set(tiny_engine.end_ids)
+    lines = parent_lines(model, tok, cache, logits, len(prompt), heal, 3, 24, ends)
+    greedy = greedy_continue(model, prompt, 24, ends)
+    assert lines, "a random model still writes some line"
+    assert lines[0] == first_line(heal.completion(tok.decode(greedy), final=False))
+    assert len(set(lines)) == len(lines) <= 3
+    assert all(line.strip() and "\n" not in line for line in lines)
+
+
+def test_suffix_head_and_line_separator():
+    assert suffix_head("a\nb\nc\n", 2) == "a\nb\n"
+    assert suffix_head("a\nb", 5) == "a\nb"
+    assert suffix_head("a\nb\n", 0) == ""
+    assert line_separator("x = 1\n", "y = 2\n") == "\n"  # a whole-line hole
+    assert line_separator("x = 1\n    ", "y = 2\n") == "\n"  # indentation typed
+    assert line_separator("x = f(", ")\n") == ""  # completes the cursor's own line
+    assert line_separator("x = 1\n", "\ny = 2\n") == ""  # the line's own newline follows
+
+
+def test_the_answer_is_the_candidate_the_parent_scores_highest(tiny_adapter, tiny_model):
+    engine = Engine.load(str(tiny_adapter), device="cpu", dtype="float32")
+    assert engine.parent is not None and engine.parent is not engine.denoiser.loaded.model
+    plain = engine.settings(max_new_tokens=16, steps=16, temperature=0.0, stop=("\n",),
+                            length="fixed")
+    alone = engine.infill(PREFIX, SUFFIX, plain)
+    assert "rerank" not in alone.extra
+    reranked = engine.infill(PREFIX, SUFFIX, plain, parent_branches=3, rerank_suffix_lines=4)
+    prompt = engine.infill_prompt(PREFIX, "", 16)[0]
+    ranked = rerank_line(engine.parent, engine.tokenizer, prompt, PREFIX, SUFFIX,
+                         plan_healing(engine.tokenizer, PREFIX, SUFFIX), alone.completion, 3, 4,
+                         16, set(engine.end_ids))
+    assert first_line(reranked.completion) == ranked[0].line
+    assert reranked.extra["rerank"] == {"source": ranked[0].source, "candidates": len(ranked)}
+    assert [c.logprob for c in ranked] == sorted((c.logprob for c in ranked), reverse=True)
+    assert {c.source for c in ranked} >= {"diffusion"} and len(ranked) >= 2
+    # the parent is the base, so a prefix-only parent line appears among the candidates
+    base = load_model(tiny_model, "cpu", "float32").model
+    greedy = greedy_continue(base, prompt, 16, set(engine.end_ids))
+    heal = plan_healing(engine.tokenizer, PREFIX, SUFFIX)
+    line = first_line(heal.completion(engine.tokenizer.decode(greedy), final=False))
+    assert not line.strip() or line in {c.line for c in ranked}
+
+    # a line the syntax guard rejects is never chosen over one it accepts
+    last = ranked[-1].line
+    guarded = engine.infill(PREFIX, SUFFIX, plain, parent_branches=3, rerank_suffix_lines=4,
+                            accept=lambda text: first_line(text) == last)
+    assert first_line(guarded.completion) == last and guarded.extra["accepted"] is True
+
+
+def test_a_model_without_parent_answers_alone(tiny_engine):
+    assert tiny_engine.parent is None
+    s = tiny_engine.settings(max_new_tokens=12, steps=12, temperature=0.0, stop=("\n",),
+                             length="fixed")
+    with_branches = tiny_engine.infill(PREFIX, SUFFIX, s, parent_branches=2)
+    assert "rerank" not in with_branches.extra
+    assert with_branches.completion == tiny_engine.infill(PREFIX, SUFFIX, s).completion
+
+
+@pytest.mark.parametrize("bad", [{"parent_branches": 9}, {"parent_branches": -1},
+                                 {"rerank_suffix_lines": -2}])
+def test_bad_rerank_settings_are_refused(tiny_engine, bad):
+    with pytest.raises(ConfigError, match="--parent-branches|--rerank-suffix-lines"):
+        tiny_engine.settings(**bad)
