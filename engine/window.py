@@ -105,6 +105,8 @@ def fit_infill(prefix: str, suffix: str, tokenizer, budget: int) -> tuple[str, s
     The suffix gets what the prefix leaves, but at least a quarter of the budget when both are
     long: code after the hole constrains it less than code before it.
     """
+    if budget < 0:  # the shrinking loop below would never end: a caller sized its canvas wrong
+        raise ValueError(f"fit_infill needs a budget of at least 0 tokens, got {budget}")
     n_pre, n_suf = len(tokenizer.encode(prefix)), len(tokenizer.encode(suffix))
     if n_pre + n_suf <= budget:
         return prefix, suffix, None

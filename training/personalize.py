@@ -84,6 +84,9 @@ class PersonalizeConfig:
             raise ConfigError(f"--minutes must be positive, got {self.minutes}")
         if self.seq_len < 128:
             raise ConfigError(f"seq_len must be at least 128, got {self.seq_len}")
+        if not 0 < self.max_middle <= self.seq_len // 2:
+            raise ConfigError(f"max_middle must be in 1..seq_len/2 = {self.seq_len // 2}, "
+                              f"got {self.max_middle}")
         if self.lora_rank < 0:
             raise ConfigError(f"--lora-rank must be >= 0, got {self.lora_rank}")
         if self.lr <= 0:
@@ -113,7 +116,10 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
     middle = tokenizer.encode(heal.middle(hole.middle))
     if not middle or len(middle) > cfg.max_middle:
         return None
-    canvas = middle + canvas_padding(rng.randint(0, 2 * len(middle) + 8), sp)
+    # padding as an editor's canvas overshoots, but never more than half the sequence in all,
+    # so the prompt around it always has room (max_middle <= seq_len // 2 is checked)
+    pad = min(rng.randint(0, 2 * len(middle) + 8), cfg.seq_len // 2 - len(middle))
+    canvas = middle + canvas_padding(pad, sp)
     room = cfg.seq_len - len(canvas) - 1
     context = ""
     if index is not None and rng.random() < cfg.context_share:

@@ -3,6 +3,8 @@ the suggestion cache and the single/multi-line decision."""
 
 from __future__ import annotations
 
+import pytest
+
 from assistant.completion import SuggestionCache
 from assistant.edits import cut_body
 from assistant.syntax import completion_mode
@@ -73,6 +75,8 @@ def test_fit_infill_leaves_fitting_text_alone_and_gives_the_suffix_a_quarter():
     assert suf == "s\n" and len(pre) == 38
     pre, suf, _ = fit_infill("y" * 100, "z" * 100, tok, 40)  # one huge line: tokens, not lines
     assert pre == "y" * 30 and suf == "z" * 10
+    with pytest.raises(ValueError, match="budget"):  # a negative room fails, never loops
+        fit_infill(prefix, suffix, tok, -3)
 
 
 def test_suggestion_cache_serves_the_rest_when_the_user_types_its_start():

@@ -286,6 +286,28 @@ def test_replay_mixes_general_code_into_personalization(repo, tiny_model, tmp_pa
     assert 0 < summary["replayed_examples"] < 2 * summary["steps"]
 
 
+def test_examples_fit_the_sequence_even_when_the_middle_is_the_longest_allowed(tiny_engine):
+    # a canvas padded past the sequence left the prompt a negative room, and the prompt's
+    # shrinking loop never ended (it hung CI); the padding now stops at half the sequence
+    import random
+
+    from training.holes import Hole
+    from training.objectives import Specials
+    from training.personalize import PersonalizeConfig, make_example
+
+    tok = tiny_engine.tokenizer
+    cfg = PersonalizeConfig(repo=".", out="o", base="b", seq_len=128, max_middle=64)
+    middle = "".join(f"v{i} = {i}\n" for i in range(40))
+    middle = tok.decode(tok.encode(middle)[:64])
+    hole = Hole("m.py", 3, 9, "block", "def f(a):\n" * 30, middle, "    return a\n" * 30)
+    sp = Specials(tiny_engine.mask_id, tiny_engine.eos_id, tiny_engine.eos_id)
+    for seed in range(20):
+        ids, start, n = make_example(hole, None, tok, cfg, sp, random.Random(seed))
+        assert len(ids) <= cfg.seq_len and n >= len(tok.encode(middle)) - 2 and start > 0
+    with pytest.raises(ConfigError, match="max_middle"):
+        PersonalizeConfig(repo=".", out="o", base="b", seq_len=128, max_middle=65)
+
+
 def test_personalizing_an_adapter_stacks_a_second_adapter_on_it(repo, tiny_model, tmp_path):
     # the shipped model is an adapter: personalizing it writes an adapter whose base is that
     # adapter, loading merges the chain in order, and it decodes with the first one's defaults
