@@ -41,6 +41,10 @@ class Ticket:
     submitted: float = field(default_factory=time.perf_counter)
     chat: bool = False
     """A chat prompt (``prefix``) for an instruct model: decoded alone, with its template."""
+    rerank: bool = False
+    """The final answer may be replaced by the parent's likelier one (``Engine.reranked``,
+    ``settings.parent_branches``): for requests that only read the final answer, since the
+    streamed steps would disagree with a replaced one."""
 
     def key(self) -> tuple:
         """Requests with equal keys can share a batch (same canvas and sampling)."""
@@ -149,6 +153,9 @@ class Scheduler:
                         return
                 else:
                     for t, completion in zip(batch, item):
+                        if t.rerank and not t.cancelled.is_set():
+                            completion = engine.reranked(completion, t.prefix, t.suffix,
+                                                         t.settings, t.context)
                         t.events.put(("done", completion))
                     self.stats.completed += len(batch)
         except UnmaskError as err:

@@ -73,11 +73,11 @@ class AssistantSettings:
     Such an answer is never the right one, and a third of the embedded model's are
     (docs/guide.md)."""
     parent_branches: int = 0
-    """Single-line suggestions from an adapted model: lines its autoregressive parent writes
-    too, and the one the parent finds likeliest with the code below the cursor is shown
-    (engine.rerank; the embedded model's own default is 3). 0, the default here: the diffusion
-    answer alone, since the parent's lines cost sequential passes that as-you-type suggestions
-    cannot afford within their latency targets (docs/guide.md)."""
+    """Suggestions from an adapted model: answers its autoregressive parent writes too, and
+    the one the parent finds likeliest with the code below the cursor is shown (a block at
+    every length; engine.rerank; the embedded model's own default is 3). 0, the default here:
+    the diffusion answer alone, since the parent's answers cost sequential passes that
+    as-you-type suggestions cannot afford within their latency targets (docs/guide.md)."""
     syntax_retries: int = 0
     """With the guard: other decodings tried before an answer is withheld (Engine.alternatives:
     left to right, then sampled; at most 2). Each costs a whole decoding; on held-out lines two

@@ -62,7 +62,7 @@ def main() -> None:
     from engine.autoregressive import prompt_cache
     from engine.healing import plan_healing
     from engine.loading import base_folder
-    from engine.rerank import candidate_lines, parent_lines, score_lines
+    from engine.rerank import candidate_texts, parent_texts, score_texts
     from engine.syntax_guard import first_line, parses
 
     torch.set_num_threads(2)
@@ -101,25 +101,26 @@ def main() -> None:
         start = time.perf_counter()
         cache, logits = prompt_cache(parent, torch.tensor([prompt]))
         t_cache = time.perf_counter() - start
-        greedy = parent_lines(parent, engine.tokenizer, cache, logits, len(prompt), heal, 1,
+        greedy = parent_texts(parent, engine.tokenizer, cache, logits, len(prompt), heal, 1,
                               settings.max_new_tokens, ends)
         count(parent_row, greedy[0] if greedy else "", middle, ok,
               (time.perf_counter() - start) * 1000, before, after)
         for branches in sorted({b for b, _ in grid}):
             start = time.perf_counter()
-            lines = candidate_lines(parent, engine.tokenizer, cache, logits, len(prompt), heal,
-                                    answer, branches, settings.max_new_tokens, ends)
+            lines = candidate_texts(answer, parent_texts(
+                parent, engine.tokenizer, cache, logits, len(prompt), heal, branches,
+                settings.max_new_tokens, ends), block=False)
             t_lines = time.perf_counter() - start
             for b, n in grid:
                 if b != branches:
                     continue
                 start = time.perf_counter()
-                best = score_lines(parent, engine.tokenizer, cache, logits, len(prompt), lines,
+                best = score_texts(parent, engine.tokenizer, cache, logits, len(prompt), lines,
                                    prefix, suffix, heal, n, ends)[0]
                 spent = t_diffusion + t_cache + t_lines + time.perf_counter() - start
                 row = f"rerank: diffusion + {b} parent lines, {n} suffix lines"
                 chosen[row] = chosen.get(row, 0) + (best.source == "parent")
-                count(row, best.line, middle, ok, spent * 1000, before, after)
+                count(row, best.text, middle, ok, spent * 1000, before, after)
     print(f"| answer | exact line | file parses (of {sum(valid)}) | ms/hole | "
           "models resident, MiB | parent's line chosen |")
     print("|---|---:|---:|---:|---:|---:|")

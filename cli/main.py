@@ -55,9 +55,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="infill: cut a multi-line completion at the first line that leaves "
                         "the hole's indentation block or repeats the suffix")
     g.add_argument("--parent-branches", type=int, default=None,
-                   help="single-line infill on an adapted model: its autoregressive parent "
-                        "writes N lines too and the one it finds likeliest with the suffix wins "
-                        "(0 = the diffusion answer alone; default: the model's)")
+                   help="infill on an adapted model: its autoregressive parent writes N "
+                        "answers too and, of those and every length of a block, the one it "
+                        "finds likeliest with the suffix wins (0 = the diffusion answer alone; "
+                        "default: the model's)")
     g.add_argument("--rerank-suffix-lines", type=int, default=None,
                    help="with --parent-branches: suffix lines the parent scores")
     g.add_argument("--block-length", type=int, default=None,

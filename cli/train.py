@@ -135,8 +135,9 @@ def add_train_parsers(sub) -> None:
                     help="infill canvas (default: adaptive; repo: the editors' settings); "
                          "oracle = the reference's length (analysis only)")
     ev.add_argument("--parent-branches", type=int, default=None,
-                    help="infill-single: the parent writes N lines too and its likeliest with "
-                         "the suffix wins (engine.rerank; 0 = off; default: the model's)")
+                    help="infill: the parent writes N answers too and its likeliest with the "
+                         "suffix wins, blocks at every length (engine.rerank; 0 = off; "
+                         "default: the model's)")
     ev.add_argument("--rerank-suffix-lines", type=int, default=None)
     ev.add_argument("--syntax-guard", action="store_true",
                     help="infill: decode again an answer that leaves the task's file "
@@ -223,9 +224,9 @@ def _eval(args) -> int:
     label = "empty" if args.empty else (args.model or "default")
     if args.syntax_guard and not args.empty:
         label += " + syntax guard"
-    if args.decode != "ar" and settings is not None and single and settings.parent_branches \
-            and engine.parent is not None:
-        label += f" + parent rerank ({settings.parent_branches} lines)"
+    if args.decode != "ar" and settings is not None and single is not None \
+            and settings.parent_branches and engine.parent is not None:
+        label += f" + parent rerank ({settings.parent_branches} answers)"
     if args.decode == "ar":
         if engine is None or engine.backend != "torch":
             raise ConfigError("--decode ar needs a model on the torch back end (not --empty)")

@@ -41,7 +41,7 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.healing import NO_HEALING, Healing, plan_healing
 from engine.loading import LoadedModel, base_folder, load_model, resolve_model
 from engine.repetition import cut_loop, find_loop
-from engine.rerank import rerank_line
+from engine.rerank import first_lines, line_separator, rerank
 from engine.reuse import ContextReuse
 from engine.sampler import (
     SamplerSettings,
@@ -149,10 +149,12 @@ class GenerationSettings(SamplerSettings):
     upstream Dream."""
 
     parent_branches: int = 0
-    """Single-line infill (a ``"\n"`` stop) on an adapted model: its autoregressive parent also
-    writes this many lines, and of those and the diffusion answer the one under which the
-    parent finds the file likeliest is the answer (``engine.rerank``); 0: the diffusion answer
-    alone. A model that is no LoRA adapter, or the llama.cpp back end, has no parent to ask."""
+    """Infill on an adapted model: its autoregressive parent also writes this many answers,
+    and of those and the diffusion answer the one under which the parent finds the file
+    likeliest is the answer (``engine.rerank``): first lines for a single-line request (a
+    ``"\n"`` stop), every length of each for a block, which needs a suffix to judge its end;
+    0: the diffusion answer alone. A model that is no LoRA adapter, or the llama.cpp back end,
+    has no parent to ask."""
     rerank_suffix_lines: int = 8
     """With ``parent_branches``: how many lines of the suffix the parent scores after each
     candidate (0: the candidate alone, the prefix-only parent's preference)."""
@@ -454,37 +456,44 @@ class Engine:
                 if accept is not None:
                     best.extra.update(tries=n, accepted=ok, forward_passes=passes)
                     best.elapsed_s = time.perf_counter() - started
-                yield self._rerank(best, prefix, suffix, settings, context, accept, started)
+                yield self.reranked(best, prefix, suffix, settings, context, accept)
                 return
 
-    def _rerank(self, done: Completion, prefix: str, suffix: str,
-                settings: GenerationSettings, context: str, accept, started: float
-                ) -> Completion:
-        """``done`` or the parent's likelier line (``settings.parent_branches``, single-line
-        requests only): ``engine.rerank``. With ``accept``, a line it rejects is never chosen
-        over one it takes. ``extra["rerank"]`` says which source won, out of how many."""
-        if not settings.parent_branches or "\n" not in settings.stop or self.parent is None:
+    def reranked(self, done: Completion, prefix: str, suffix: str,
+                 settings: GenerationSettings, context: str = "", accept=None) -> Completion:
+        """``done``, the diffusion answer of this hole, or a likelier answer by the parent
+        (``settings.parent_branches``): ``engine.rerank``. A single-line request compares
+        lines; a block request compares every length of each answer, judged by the code after
+        it, so a block before a blank suffix is left alone. With ``accept``, an answer it
+        rejects is never chosen over one it takes. ``extra["rerank"]`` says which source won,
+        out of how many; the time spent is added to ``elapsed_s``."""
+        started = time.perf_counter() - done.elapsed_s
+        single = "\n" in settings.stop
+        if not settings.parent_branches or self.parent is None or \
+                not (single or suffix.strip()):
             return done
         heal = plan_healing(self.tokenizer, prefix, suffix)
+        # what follows the answer in the file, as the diffusion answer of the hole would end
+        sep = ("\n" if heal.newline_to_suffix else "") if single else \
+            line_separator(prefix, suffix)
         prompt = self.infill_prompt(prefix, "", settings.max_new_tokens, context)[0]
-        ranked = rerank_line(self.parent, self.tokenizer, prompt, prefix, suffix, heal,
-                             done.completion, settings.parent_branches,
-                             settings.rerank_suffix_lines, settings.max_new_tokens,
-                             set(self.end_ids))
+        ranked = rerank(self.parent, self.tokenizer, prompt, prefix, suffix, heal,
+                        done.completion, settings.parent_branches, settings.rerank_suffix_lines,
+                        settings.max_new_tokens, set(self.end_ids), block=not single)
+        extra = {**done.extra, "rerank": {"candidates": len(ranked)}}
         if accept is not None:
-            ranked = [c for c in ranked if accept(c.line)] or ranked
+            taken = [c for c in ranked if accept(c.text + sep)]
+            ranked, extra["accepted"] = taken or ranked, bool(taken)
         best = ranked[0]
-        extra = {**done.extra, "rerank": {"source": best.source, "candidates": len(ranked)}}
-        if accept is not None:
-            extra["accepted"] = accept(best.line)
-        if best.source == "diffusion":
+        extra["rerank"]["source"] = best.source
+        kept = first_lines(done.completion, 1) if single else done.completion.rstrip("\n")
+        if best.text == kept:  # the diffusion answer as it was
             done.extra, done.elapsed_s = extra, time.perf_counter() - started
             return done
-        ids = self.tokenizer.encode(best.line)
-        # as the diffusion answer of a whole-line hole would end (Healing.completion)
-        text = best.line + ("\n" if heal.newline_to_suffix else "")
-        return Completion(text, ids, list(range(len(ids))), done.steps, done.canvas_len,
-                          time.perf_counter() - started, done.prompt_tokens, extra)
+        ids = self.tokenizer.encode(best.text + sep)
+        return Completion(best.text + sep, ids, list(range(len(ids))), done.steps,
+                          done.canvas_len, time.perf_counter() - started, done.prompt_tokens,
+                          extra)
 
     def _infill_once(self, prefix: str, suffix: str, settings: GenerationSettings,
                      context: str) -> Iterator[Frame | Completion]:

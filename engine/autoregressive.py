@@ -48,18 +48,22 @@ def append(model, cache: list[LayerKV], ids: torch.Tensor, n: int) -> torch.Tens
     return model(ids, attention_mask=mask, cache=cache)
 
 
+def without_mask(model, logits: torch.Tensor) -> torch.Tensor:
+    """fp32 ``logits`` with the diffusion mask id impossible (the parent never writes it); a
+    new tensor, so a shared prompt's logits stay as they are."""
+    return logits.float().index_fill(-1, torch.tensor([model.config.mask_token_id],
+                                                      device=logits.device), float("-inf"))
+
+
 @torch.inference_mode()
 def greedy_steps(model, ids: torch.Tensor):
     """Greedy next tokens after each row of ``ids`` (B, n), all rows of one length (no
     padding): yields (B,) per step, forever; the caller stops. The prompt fills the ``LayerKV``
     caches in one causal pass, then each step appends one position per row."""
     cache, logits = prompt_cache(model, ids)
-    mask_id = model.config.mask_token_id  # the parent never writes the diffusion mask
     n = ids.shape[1]
     while True:
-        logits = logits.float()
-        logits[:, mask_id] = float("-inf")
-        nxt = logits.argmax(-1)  # (B,)
+        nxt = without_mask(model, logits).argmax(-1)  # (B,)
         yield nxt
         logits = append(model, cache, nxt[:, None], n)[:, -1]
         n += 1

@@ -1,19 +1,27 @@
-"""Single-line answers picked by the parent's likelihood of the whole file.
+"""Infill answers picked by the parent's likelihood of the whole file.
 
 An autoregressive LM scores any filled-in file exactly, and for a hole
 p(middle | prefix, suffix) is proportional to p(middle | prefix) * p(suffix | prefix, middle):
-of several candidate lines, the one under which the prefix, the line and the code after it are
-likeliest is the posterior's choice among them. The adapted model's parent (its pretrained
+of several candidate answers, the one under which the prefix, the answer and the code after it
+are likeliest is the posterior's choice among them. The adapted model's parent (its pretrained
 base, ``engine.gguf_base``, read with a causal mask) is such an LM, already on disk. It writes
 better lines than the diffusion model but cannot read the suffix (the model card: 0.301 against
 0.222 on HumanEval single-line); the diffusion model reads the suffix. So the candidates are
-the diffusion model's answer and ``branches`` lines of the parent (greedy, except that the
-first token holding more than whitespace is each of its ``branches`` likeliest), and the
+the diffusion model's answer and ``branches`` continuations of the parent (greedy, except that
+the first token holding more than whitespace is each of its ``branches`` likeliest), and the
 parent scores each as the log-probability of the text from the prompt's cut through the
 answer and the next ``suffix_lines`` lines of the suffix, in one batched causal pass over the
 cached prompt. Reranking candidates by a full-context score is how Fried et al. (InCoder, 2022)
 and Bavarian et al. (2022, FIM) rank infills; here the proposer that reads the suffix is the
 diffusion model.
+
+A single-line request compares first lines. A block compares lengths too: every run of the
+first k lines of each answer is a candidate (the parent writes one line more than the
+diffusion answer holds), so the suffix's likelihood decides where the block ends, which is
+where a diffusion canvas most often goes wrong (a stray line or function after the right ones).
+A block needs code after it to be judged: scored against the file's end token instead, whole
+functions came out one line long (docs/adaptation.md), so a block before a blank suffix is left
+as the diffusion model wrote it.
 """
 
 from __future__ import annotations
@@ -23,15 +31,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.autoregressive import append, branch_cache, prompt_cache
+from engine.autoregressive import append, branch_cache, prompt_cache, without_mask
 from engine.healing import Healing
-from engine.syntax_guard import first_line
 
 
 @dataclass(frozen=True)
 class Candidate:
-    line: str
-    """The answer's first line as inserted at the cursor (no newline)."""
+    text: str
+    """The answer as inserted at the cursor, without the separator before the suffix: one line
+    (a single-line request) or whole lines (a block), no final newline."""
     source: str
     """``diffusion`` or ``parent``."""
     logprob: float
@@ -50,31 +58,37 @@ def suffix_head(suffix: str, lines: int) -> str:
     return suffix[:end]
 
 
+def first_lines(text: str, k: int) -> str:
+    """``text`` before its ``k``-th newline (all of it when it has fewer)."""
+    return "\n".join(text.split("\n")[:k])
+
+
+def line_runs(text: str) -> list[str]:
+    """Each run of ``text``'s first k lines that ends on a line holding code, shortest first:
+    a block's candidate lengths."""
+    lines = text.split("\n")
+    return ["\n".join(lines[:k]) for k in range(1, len(lines) + 1) if lines[k - 1].strip()]
+
+
 def line_separator(prefix: str, suffix: str) -> str:
-    """What goes between a single-line answer and the suffix in the file: a newline when the
-    hole is a whole line (the prefix ends at a line's start, the suffix starts the next one),
-    nothing when the answer completes the cursor's own line."""
+    """What goes between an answer and the suffix in the file: a newline when the hole is
+    whole lines (the prefix ends at a line's start, the suffix starts the next one), nothing
+    when the answer completes the cursor's own line."""
     at_line_start = prefix == "" or "\n" in prefix[len(prefix.rstrip()):]
     return "\n" if at_line_start and suffix and not suffix.startswith("\n") else ""
 
 
-def _masked(logits: torch.Tensor, banned: list[int]) -> torch.Tensor:
-    """fp32 logits with ``banned`` ids impossible; a new tensor (the prompt's are shared)."""
-    ids = torch.tensor(banned, device=logits.device)
-    return logits.float().index_fill(-1, ids, float("-inf"))
-
-
 @torch.inference_mode()
-def parent_lines(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: Healing,
-                 branches: int, max_new: int, end_ids: set[int]) -> list[str]:
-    """Up to ``branches`` distinct lines the parent writes after a prompt of ``n`` cached
-    positions (``logits``: its next-token logits, (1, V)): greedy through the leading
-    whitespace (the healed newline and indentation), then one line per each of the
-    ``branches`` likeliest first tokens that hold more than whitespace, each continued
-    greedily to the end of its line."""
-    banned, dev = [model.config.mask_token_id], logits.device
+def parent_texts(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: Healing,
+                 branches: int, max_new: int, end_ids: set[int], lines: int = 1) -> list[str]:
+    """Up to ``branches`` distinct answers of ``lines`` lines the parent writes after a prompt
+    of ``n`` cached positions (``logits``: its next-token logits, (1, V)): greedy through the
+    leading whitespace (the healed newline and indentation), then one answer per each of the
+    ``branches`` likeliest first tokens that hold more than whitespace, each continued greedily
+    to the end of its ``lines``-th line (or ``max_new`` tokens, or an end token)."""
+    dev = logits.device
     lead: list[int] = []
-    logits = _masked(logits, banned)
+    logits = without_mask(model, logits)
     while True:  # the whitespace before the line; one row, the cache is only read
         token = int(logits[0].argmax())
         if token in end_ids or len(lead) >= max_new - 1:
@@ -83,18 +97,22 @@ def parent_lines(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: He
             break
         lead.append(token)
         cache = branch_cache(cache, 1) if len(lead) == 1 else cache
-        logits = _masked(append(model, cache, torch.tensor([[token]], device=dev), n)[:, -1], banned)
-        n += 1
+        step = append(model, cache, torch.tensor([[token]], device=dev), n)
+        logits, n = without_mask(model, step[:, -1]), n + 1
     firsts = [t for t in logits[0].topk(branches + len(end_ids)).indices.tolist()
               if t not in end_ids and tokenizer.decode([t]).strip()][:branches]
     rows = [lead + [t] for t in firsts]
     rows_cache = branch_cache(cache, len(rows))
-    done = ["\n" in heal.completion(tokenizer.decode(r), final=False) for r in rows]
+
+    def text(row: list[int]) -> str:
+        return heal.completion(tokenizer.decode(row), final=False)
+
+    done = [text(r).count("\n") >= lines for r in rows]
     cur = torch.tensor([[t] for t in firsts], device=dev)  # (B, 1)
     for _ in range(max_new - len(lead) - 1):  # each row holds lead + 1 so far
         if all(done):
             break
-        logits = _masked(append(model, rows_cache, cur, n)[:, -1], banned)  # (B, V)
+        logits = without_mask(model, append(model, rows_cache, cur, n)[:, -1])  # (B, V)
         n += 1
         cur = logits.argmax(-1, keepdim=True)  # (B, 1)
         for i, token in enumerate(cur[:, 0].tolist()):
@@ -104,9 +122,9 @@ def parent_lines(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: He
                 done[i] = True
             else:
                 rows[i].append(token)
-                done[i] = "\n" in heal.completion(tokenizer.decode(rows[i]), final=False)
-    lines = [first_line(heal.completion(tokenizer.decode(r), final=False)) for r in rows]
-    return list(dict.fromkeys(line for line in lines if line.strip()))
+                done[i] = text(rows[i]).count("\n") >= lines
+    answers = [first_lines(text(r), lines).rstrip("\n") for r in rows]
+    return list(dict.fromkeys(a for a in answers if a.strip()))
 
 
 @torch.inference_mode()
@@ -114,7 +132,7 @@ def continuation_logprobs(model, cache, logits: torch.Tensor, n: int,
                           continuations: list[list[int]]) -> list[float]:
     """log p(continuation | prompt) of each token list, the prompt being the ``n`` cached
     positions whose next-token logits are ``logits`` (1, V); one batched pass."""
-    banned, dev = [model.config.mask_token_id], logits.device
+    dev = logits.device
     width = max(len(c) for c in continuations)
     ids = torch.tensor([c + [c[-1]] * (width - len(c)) for c in continuations],
                        device=dev)  # (B, W), right-padded: causal, so padding changes nothing
@@ -122,44 +140,46 @@ def continuation_logprobs(model, cache, logits: torch.Tensor, n: int,
     out = append(model, branch_cache(cache, len(continuations)), ids[:, :-1], n) \
         if width > 1 else logits.new_zeros(len(continuations), 0, logits.shape[-1])
     scores = torch.cat([logits.expand(len(continuations), -1)[:, None], out], 1)  # (B, W, V)
-    logp = F.log_softmax(_masked(scores, banned), -1).gather(-1, ids[..., None])[..., 0]
+    logp = F.log_softmax(without_mask(model, scores), -1).gather(-1, ids[..., None])[..., 0]
     keep = torch.arange(width, device=dev)[None, :] < lengths[:, None]  # (B, W)
     return (logp * keep).sum(-1).tolist()  # (B,)
 
 
-def candidate_lines(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: Healing,
-                    answer: str, branches: int, max_new: int, end_ids: set[int]
-                    ) -> dict[str, str]:
-    """line -> source: the diffusion ``answer``'s first line, then the parent's lines."""
-    lines = {first_line(answer): "diffusion"}
-    for line in parent_lines(model, tokenizer, cache, logits, n, heal, branches, max_new,
-                             end_ids):
-        lines.setdefault(line, "parent")
-    return lines
+def candidate_texts(answer: str, parents: list[str], block: bool) -> dict[str, str]:
+    """text -> source: the diffusion ``answer``'s, then the parent's. A single line is each
+    answer's first line; a block is every ``line_runs`` length of each."""
+    out: dict[str, str] = {}
+    for source, texts in (("diffusion", [answer]), ("parent", parents)):
+        for text in texts:
+            for run in (line_runs(text.rstrip("\n")) if block else [first_lines(text, 1)]):
+                out.setdefault(run, source)
+    return out
 
 
-def score_lines(model, tokenizer, cache, logits: torch.Tensor, n: int, lines: dict[str, str],
+def score_texts(model, tokenizer, cache, logits: torch.Tensor, n: int, texts: dict[str, str],
                 prefix: str, suffix: str, heal: Healing, suffix_lines: int,
                 end_ids: set[int]) -> list[Candidate]:
-    """``lines`` scored by the parent with ``suffix_lines`` lines of the suffix, best first
+    """``texts`` scored by the parent with ``suffix_lines`` lines of the suffix, best first
     (the earlier candidate first among equals)."""
     tail = line_separator(prefix, suffix) + suffix_head(suffix, suffix_lines)
-    conts = [tokenizer.encode(heal.cut + line + tail) or [min(end_ids)] for line in lines]
+    conts = [tokenizer.encode(heal.cut + text + tail) or [min(end_ids)] for text in texts]
     scores = continuation_logprobs(model, cache, logits, n, conts)
-    ranked = [Candidate(line, source, score)
-              for (line, source), score in zip(lines.items(), scores)]
+    ranked = [Candidate(text, source, score)
+              for (text, source), score in zip(texts.items(), scores)]
     return sorted(ranked, key=lambda c: -c.logprob)
 
 
-def rerank_line(model, tokenizer, prompt: list[int], prefix: str, suffix: str, heal: Healing,
-                answer: str, branches: int, suffix_lines: int, max_new: int,
-                end_ids: set[int]) -> list[Candidate]:
-    """The diffusion ``answer``'s first line and the parent's ``branches`` lines, scored, best
-    first. ``prompt``: the healed prefix's token ids as the parent reads them
-    (``Engine.infill_prompt(prefix, "", ...)``)."""
+def rerank(model, tokenizer, prompt: list[int], prefix: str, suffix: str, heal: Healing,
+           answer: str, branches: int, suffix_lines: int, max_new: int, end_ids: set[int],
+           block: bool = False) -> list[Candidate]:
+    """The diffusion ``answer`` and the parent's ``branches`` answers, scored, best first;
+    first lines, or (``block``) every length of each. ``prompt``: the healed prefix's token
+    ids as the parent reads them (``Engine.infill_prompt(prefix, "", ...)``)."""
     dev = next(model.parameters()).device
     cache, logits = prompt_cache(model, torch.tensor([prompt], device=dev))
-    lines = candidate_lines(model, tokenizer, cache, logits, len(prompt), heal, answer,
-                            branches, max_new, end_ids)
-    return score_lines(model, tokenizer, cache, logits, len(prompt), lines, prefix, suffix,
+    lines = len(answer.rstrip("\n").split("\n")) + 1 if block else 1
+    parents = parent_texts(model, tokenizer, cache, logits, len(prompt), heal, branches,
+                           max_new, end_ids, lines)
+    texts = candidate_texts(answer, parents, block)
+    return score_texts(model, tokenizer, cache, logits, len(prompt), texts, prefix, suffix,
                        heal, suffix_lines, end_ids)

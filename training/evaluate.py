@@ -234,7 +234,8 @@ def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
                         "completion": "", "generated": ""}
             generated = res.completion
             body = truncate_function(generated)
-            extra = {"forward_passes": res.extra.get("forward_passes")}
+            extra = {"forward_passes": res.extra.get("forward_passes"),
+                     "elapsed_s": round(res.elapsed_s, 4)}
         r = run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
         return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
                 "completion": body, "generated": generated, **extra}

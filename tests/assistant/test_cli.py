@@ -47,7 +47,7 @@ def test_infill_from_files_prints_whole_code(tiny_model, tmp_path):
     assert r.stdout.startswith("def f(x):\n") and r.stdout.rstrip().endswith("return x")
 
 
-def test_single_line_infill_on_an_adapter_is_reranked_by_its_parent(tiny_adapter):
+def test_infill_on_an_adapter_is_reranked_by_its_parent_lines_and_blocks(tiny_adapter):
     args = ("infill", "--model", str(tiny_adapter), "--prefix", "def add(a, b):\n",
             "--suffix", "    return total\n", "--max-new-tokens", "12", "--json",
             "--dtype", "float32")
@@ -55,7 +55,10 @@ def test_single_line_infill_on_an_adapter_is_reranked_by_its_parent(tiny_adapter
     assert reranked["rerank"]["source"] in ("diffusion", "parent")
     alone = json.loads(unmask(*args, "--single-line", "--parent-branches", "0").stdout)
     assert "rerank" not in alone
-    assert "rerank" not in json.loads(unmask(*args, "--parent-branches", "2").stdout)
+    block = json.loads(unmask(*args, "--parent-branches", "2").stdout)
+    assert block["rerank"]["source"] in ("diffusion", "parent")
+    at_end = args[:5] + ("--suffix", "") + args[7:]  # nothing after a block to judge it by
+    assert "rerank" not in json.loads(unmask(*at_end, "--parent-branches", "2").stdout)
 
 
 def test_batch_jsonl_reports_bad_line_and_runs_the_rest(tiny_model, tmp_path):

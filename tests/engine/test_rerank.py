@@ -1,4 +1,4 @@
-"""Single-line answers reranked by the parent's likelihood of the file (engine.rerank)."""
+"""Single-line and block answers reranked by the parent's likelihood of the file (engine.rerank)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from engine.errors import ConfigError
 from engine.healing import plan_healing
 from engine.loading import load_model
 from engine.rerank import (
+    candidate_texts,
     continuation_logprobs,
-    first_line,
+    first_lines,
+    line_runs,
     line_separator,
-    parent_lines,
-    rerank_line,
+    parent_texts,
+    rerank,
     suffix_head,
 )
 
@@ -47,12 +49,26 @@ def test_first_parent_line_is_the_greedy_line_and_branches_differ(tiny_engine):
     prompt = tiny_engine.infill_prompt(PREFIX, "", 24)[0]
     cache, logits = prompt_cache(model, torch.tensor([prompt]))
     ends = set(tiny_engine.end_ids)
-    lines = parent_lines(model, tok, cache, logits, len(prompt), heal, 3, 24, ends)
+    lines = parent_texts(model, tok, cache, logits, len(prompt), heal, 3, 24, ends)
     greedy = greedy_continue(model, prompt, 24, ends)
+    written = heal.completion(tok.decode(greedy), final=False)
     assert lines, "a random model still writes some line"
-    assert lines[0] == first_line(heal.completion(tok.decode(greedy), final=False))
+    assert lines[0] == first_lines(written, 1)
     assert len(set(lines)) == len(lines) <= 3
     assert all(line.strip() and "\n" not in line for line in lines)
+    # a block: the same greedy row, continued through its second line
+    blocks = parent_texts(model, tok, cache, logits, len(prompt), heal, 3, 24, ends, lines=2)
+    assert blocks[0] == first_lines(written, 2).rstrip("\n")
+    assert all(b.count("\n") <= 1 for b in blocks)
+
+
+def test_a_block_is_a_candidate_at_every_length_ending_on_code():
+    assert first_lines("a\nb\nc", 2) == "a\nb" and first_lines("a", 3) == "a"
+    assert line_runs("x = 1\n\n    y = 2\nz") == ["x = 1", "x = 1\n\n    y = 2",
+                                                    "x = 1\n\n    y = 2\nz"]
+    got = candidate_texts("a\nb\n", ["a\nc", "d"], block=True)
+    assert got == {"a": "diffusion", "a\nb": "diffusion", "a\nc": "parent", "d": "parent"}
+    assert candidate_texts("a\nb\n", ["c"], block=False) == {"a": "diffusion", "c": "parent"}
 
 
 def test_suffix_head_and_line_separator():
@@ -74,10 +90,10 @@ def test_the_answer_is_the_candidate_the_parent_scores_highest(tiny_adapter, tin
     assert "rerank" not in alone.extra
     reranked = engine.infill(PREFIX, SUFFIX, plain, parent_branches=3, rerank_suffix_lines=4)
     prompt = engine.infill_prompt(PREFIX, "", 16)[0]
-    ranked = rerank_line(engine.parent, engine.tokenizer, prompt, PREFIX, SUFFIX,
-                         plan_healing(engine.tokenizer, PREFIX, SUFFIX), alone.completion, 3, 4,
-                         16, set(engine.end_ids))
-    assert first_line(reranked.completion) == ranked[0].line
+    ranked = rerank(engine.parent, engine.tokenizer, prompt, PREFIX, SUFFIX,
+                    plan_healing(engine.tokenizer, PREFIX, SUFFIX), alone.completion, 3, 4,
+                    16, set(engine.end_ids))
+    assert first_lines(reranked.completion, 1) == ranked[0].text
     assert reranked.extra["rerank"] == {"source": ranked[0].source, "candidates": len(ranked)}
     assert [c.logprob for c in ranked] == sorted((c.logprob for c in ranked), reverse=True)
     assert {c.source for c in ranked} >= {"diffusion"} and len(ranked) >= 2
@@ -85,14 +101,35 @@ def test_the_answer_is_the_candidate_the_parent_scores_highest(tiny_adapter, tin
     base = load_model(tiny_model, "cpu", "float32").model
     greedy = greedy_continue(base, prompt, 16, set(engine.end_ids))
     heal = plan_healing(engine.tokenizer, PREFIX, SUFFIX)
-    line = first_line(heal.completion(engine.tokenizer.decode(greedy), final=False))
-    assert not line.strip() or line in {c.line for c in ranked}
+    line = first_lines(heal.completion(engine.tokenizer.decode(greedy), final=False), 1)
+    assert not line.strip() or line in {c.text for c in ranked}
 
     # a line the syntax guard rejects is never chosen over one it accepts
-    last = ranked[-1].line
+    last = ranked[-1].text
     guarded = engine.infill(PREFIX, SUFFIX, plain, parent_branches=3, rerank_suffix_lines=4,
-                            accept=lambda text: first_line(text) == last)
-    assert first_line(guarded.completion) == last and guarded.extra["accepted"] is True
+                            accept=lambda text: first_lines(text, 1) == last)
+    assert first_lines(guarded.completion, 1) == last and guarded.extra["accepted"] is True
+
+
+def test_a_block_answer_is_the_length_and_source_the_parent_scores_highest(tiny_adapter):
+    engine = Engine.load(str(tiny_adapter), device="cpu", dtype="float32")
+    block = engine.settings(max_new_tokens=24, steps=24, temperature=0.0, length="fixed")
+    alone = engine.infill(PREFIX, SUFFIX, block)
+    reranked = engine.infill(PREFIX, SUFFIX, block, parent_branches=2, rerank_suffix_lines=4)
+    heal = plan_healing(engine.tokenizer, PREFIX, SUFFIX)
+    prompt = engine.infill_prompt(PREFIX, "", 24)[0]
+    ranked = rerank(engine.parent, engine.tokenizer, prompt, PREFIX, SUFFIX, heal,
+                    alone.completion, 2, 4, 24, set(engine.end_ids), block=True)
+    # the file gets the best candidate and then the newline before the suffix's line
+    assert reranked.completion == ranked[0].text + "\n"
+    assert reranked.extra["rerank"] == {"source": ranked[0].source, "candidates": len(ranked)}
+    assert [c.logprob for c in ranked] == sorted((c.logprob for c in ranked), reverse=True)
+    runs = line_runs(alone.completion.rstrip("\n"))
+    assert {c.text for c in ranked if c.source == "diffusion"} == set(runs)
+    # at the end of a file no code after the block judges its length: the answer stands
+    at_end = engine.infill(PREFIX, "", block, parent_branches=2)
+    assert "rerank" not in at_end.extra
+    assert at_end.completion == engine.infill(PREFIX, "", block).completion
 
 
 def test_a_model_without_parent_answers_alone(tiny_engine):

@@ -196,3 +196,36 @@ def test_a_full_queue_refuses_at_once():
     with pytest.raises(QueueFull):
         sched.submit(Ticket("b", "", "", None))
     sched.close()
+
+
+def test_only_requests_that_read_the_final_answer_get_the_parents_rerank(tiny_adapter):
+    # the scheduler reranks a ticket's final answer (Engine.reranked) when the route asks: a
+    # non-streamed request; a streamed one keeps the answer its steps showed
+    from assistant.scheduler import Scheduler, Ticket
+    from engine.api import Engine
+
+    engine = Engine.load(str(tiny_adapter), device="cpu", dtype="float32")
+    settings = engine.settings(max_new_tokens=8, steps=8, length="fixed", temperature=0.0,
+                               stop=("\n",), parent_branches=2)
+    sched = Scheduler(lambda: engine, batching=False)
+    prefix, suffix = "def add(a, b):\n    total = a + b\n", "    return total\n"
+    try:
+        streamed = sched.submit(Ticket(prefix, suffix, "", settings))
+        whole = sched.submit(Ticket(prefix, suffix, "", settings, rerank=True))
+        finals = [next(e for e in iter(t.events.get, None) if e[0] != "step")
+                  for t in (streamed, whole)]
+    finally:
+        sched.close()
+    (kind_s, plain), (kind_w, reranked) = finals
+    assert kind_s == kind_w == "done"
+    assert "rerank" not in plain.extra and reranked.extra["rerank"]["candidates"] >= 2
+    again = engine.reranked(plain, prefix, suffix, settings)
+    assert reranked.completion == again.completion
+    assert reranked.extra["rerank"] == again.extra["rerank"]
+
+
+def test_a_bad_parent_branches_flag_is_refused_before_loading(tiny_model):
+    p = subprocess.run([sys.executable, "-m", "cli", "serve", "--model", str(tiny_model),
+                        "--parent-branches", "12"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and "--parent-branches must be 0 to 8" in p.stderr

@@ -20,6 +20,7 @@ from assistant.completion import EngineHolder
 from assistant.scheduler import QueueFull, Scheduler, Ticket
 from assistant.settings import AssistantSettings
 from engine.api import Completion
+from engine.choices import MAX_PARENT_BRANCHES
 from engine.errors import UnmaskError
 from engine.healing import plan_healing
 from ui.http.requests import BadRequest, InfillRequest, parse_chat, parse_completion, \
@@ -41,8 +42,12 @@ def error(status: int, message: str, kind: str = "invalid_request_error", code=N
 class Server:
     """The app's state: the engine holder, the scheduler and the limits."""
 
-    def __init__(self, holder: EngineHolder, api_key: str | None, scheduler: Scheduler) -> None:
+    def __init__(self, holder: EngineHolder, api_key: str | None, scheduler: Scheduler,
+                 parent_branches: int = 0) -> None:
         self.holder, self.api_key, self.scheduler = holder, api_key, scheduler
+        self.parent_branches = parent_branches
+        """``--parent-branches``: the parent's rerank of non-streamed infill answers; 0 (the
+        default, as in the editors: llama.vim asks as you type) leaves them as decoded."""
 
     @property
     def engine(self):
@@ -78,9 +83,11 @@ class Server:
         if req.model and req.model not in (engine.name, "unmask", str(engine.folder)):
             raise BadRequest(f"model {req.model!r} is not served here; GET /v1/models lists "
                              f"{engine.name!r}", 404, "model_not_found")
-        settings = engine.settings(**req.settings)  # the model's defaults under the request's
+        # the model's defaults under the request's; the rerank is the server's choice
+        settings = engine.settings(**{**req.settings, "parent_branches": self.parent_branches})
         context = req.context(engine)
-        return Ticket(req.prefix, req.suffix, context, settings, chat=req.chat)
+        return Ticket(req.prefix, req.suffix, context, settings, chat=req.chat,
+                      rerank=not req.stream and not req.chat)
 
     def submit(self, ticket: Ticket) -> Ticket:
         try:
@@ -359,7 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batching", choices=["auto", "on", "off"], default="auto",
                     help="denoise concurrent requests in one batch; auto = on a GPU only "
                          "(on a 2-core CPU a batch is compute-bound and slower, see README)")
+    ap.add_argument("--parent-branches", type=int, default=0,
+                    help="an adapted model's parent writes N answers too and the likeliest "
+                         "with the suffix is returned, for requests that do not stream "
+                         f"(engine.rerank; 0 = off, the default: it adds seconds; at most "
+                         f"{MAX_PARENT_BRANCHES})")
     args = ap.parse_args(argv)
+    if not 0 <= args.parent_branches <= MAX_PARENT_BRANCHES:
+        sys.stderr.write(f"unmask: error: --parent-branches must be 0 to "
+                         f"{MAX_PARENT_BRANCHES}, got {args.parent_branches}\n")
+        return 2
     if args.host not in LOOPBACK and not args.api_key:
         sys.stderr.write(f"unmask: error: --host {args.host} exposes the model beyond this "
                          "machine; add --api-key KEY (or keep the default 127.0.0.1)\n")
@@ -373,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     batching = args.batching == "on" or (args.batching == "auto" and torch.cuda.is_available())
     scheduler = Scheduler(lambda: holder.engine, args.max_batch, args.max_queue,
                           batching=batching)
-    app = create_app(Server(holder, args.api_key, scheduler))
+    app = create_app(Server(holder, args.api_key, scheduler, args.parent_branches))
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
