@@ -41,7 +41,7 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.healing import NO_HEALING, Healing, plan_healing
 from engine.loading import LoadedModel, base_folder, load_model, resolve_model
 from engine.repetition import cut_loop, find_loop
-from engine.rerank import first_lines, line_separator, rerank
+from engine.rerank import line_separator, rerank
 from engine.reuse import ContextReuse
 from engine.sampler import (
     SamplerSettings,
@@ -51,6 +51,7 @@ from engine.sampler import (
     predicting_positions,
 )
 from engine.scope import limit_scope
+from engine.syntax_guard import first_line
 from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
 
@@ -486,7 +487,7 @@ class Engine:
             ranked, extra["accepted"] = taken or ranked, bool(taken)
         best = ranked[0]
         extra["rerank"]["source"] = best.source
-        kept = first_lines(done.completion, 1) if single else done.completion.rstrip("\n")
+        kept = first_line(done.completion) if single else done.completion.rstrip("\n")
         if best.text == kept:  # the diffusion answer as it was
             done.extra, done.elapsed_s = extra, time.perf_counter() - started
             return done

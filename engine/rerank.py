@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from engine.autoregressive import append, branch_cache, prompt_cache, without_mask
 from engine.healing import Healing
+from engine.syntax_guard import first_line
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def candidate_texts(answer: str, parents: list[str], block: bool) -> dict[str, s
     out: dict[str, str] = {}
     for source, texts in (("diffusion", [answer]), ("parent", parents)):
         for text in texts:
-            for run in (line_runs(text.rstrip("\n")) if block else [first_lines(text, 1)]):
+            for run in (line_runs(text) if block else [first_line(text)]):
                 out.setdefault(run, source)
     return out
 
