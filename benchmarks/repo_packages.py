@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/repo_packages.py [--packages cachetools,funcy] [--minutes 10]
         [--grpo-minutes 10] [--holes 60] [--lora-rank 16] [--lr 1e-4] [--replay 0]
-        [--work DIR] [--base-only]
+        [--work DIR] [--parent-minutes M] [--parent-branches N] [--base-only]
 
 For each package: its sdist is fetched from the package registry (the only network this
 script uses, before any model runs) into ``--work``, its test dependencies are installed, then
@@ -89,7 +89,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     # named by the base model's weights and the settings: a folder of another run would resume
     # (or, made from other weights, be refused), not retrain
     recipe = f"{args.origin}-r{args.lora_rank}-lr{args.lr:g}-replay{args.replay:g}-" \
-        f"{args.minutes:g}min"
+        f"{args.minutes:g}min" + (f"-parent{args.parent_minutes:g}min" if args.parent_minutes
+                                  else "")
     personal = args.work / f"{name}-personal-{recipe}"
     tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min-on-{recipe}"
     models: list[str] = []
@@ -97,16 +98,46 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
         timed("personalize", minutes, unmask, "train", "personalize", "--repo", str(root),
               *excludes, "--out", str(personal), "--minutes", str(args.minutes),
               "--lora-rank", str(args.lora_rank), "--lr", str(args.lr), "--replay",
-              str(args.replay))
+              str(args.replay), "--parent-minutes", str(args.parent_minutes))
         timed("grpo", minutes, unmask, "train", "grpo", "--repo", str(root), *excludes,
               "--init", str(personal), "--out", str(tuned), "--minutes", str(args.grpo_minutes),
               "--lora-rank", str(args.lora_rank))
         models = ["--personalized", str(personal), "--grpo", str(tuned)]
-    scores_file = args.work / f"{name}-scores.jsonl"
+    scores_file = args.work / f"{name}-scores-p{args.parent_branches}.jsonl"
     result = timed("eval", minutes, unmask, "eval", "repo", "--repo", str(root), *excludes,
                    "--holes", str(args.holes), *models, "--out", str(scores_file),
+                   "--parent-branches", str(args.parent_branches),
                    *(["--fresh"] if args.fresh else []))
-    return json.loads(result), minutes
+    rows = json.loads(result)
+    if args.parent_minutes and not args.base_only:
+        rows["parent loss"] = held_out_parent_loss(root, pkg.held_out, personal / "parent")
+    return rows, minutes
+
+
+def held_out_parent_loss(root: Path, held_out: tuple[str, ...], taught: Path) -> dict:
+    """The parents' next-token loss (nats per token) on the held-out files, which neither
+    read: the generic base's and the one personalization taught (``OUT/parent``)."""
+    import torch
+
+    from engine.loading import base_folder, load_model
+    from engine.tokenizer import DreamTokenizer
+    from training.objectives import causal_lm_loss
+    from training.personalize import file_stream
+
+    generic = base_folder(taught)
+    tok = DreamTokenizer.from_folder(generic)
+    stream = torch.tensor(file_stream({h: (root / h).read_text() for h in held_out}, tok,
+                                      tok.token_id("<|endoftext|>") or 0))
+    losses = {}
+    for name, folder in (("generic", generic), ("taught", taught)):
+        model = load_model(folder, "cpu", "float32").model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for a in range(0, len(stream) - 1, 512):  # 512-token windows, as it was taught
+                x = stream[a:a + 513][None]
+                total += causal_lm_loss(model, x)[0].item() * (x.shape[1] - 1)
+        losses[name] = round(total / (len(stream) - 1), 4)
+    return losses
 
 
 def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
@@ -114,6 +145,8 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
            "| configuration | line pass@1 | line exact | block pass@1 | block exact |",
            "|---|---:|---:|---:|---:|"]
     for label, res in rows.items():
+        if label == "parent loss":
+            continue
         cells = []
         for kind in ("line", "block"):
             r = res.get(kind, {})
@@ -121,6 +154,9 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
             cells += [f"{round(r['pass@1'] * n)}/{n}", f"{round(r['exact'] * n)}/{n}"] if n \
                 else ["-", "-"]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "parent loss" in rows:
+        out += ["", "the parent's next-token loss on the held-out files (nats/token): " +
+                ", ".join(f"{k} {v}" for k, v in rows["parent loss"].items())]
     out += ["", "minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()), ""]
     return "\n".join(out)
 
@@ -137,6 +173,11 @@ def main() -> None:
                     help="personalization's share of general-code examples (0.25 measured: "
                          "no gain)")
     ap.add_argument("--work", type=Path, default=Path("runs/repo-packages"))
+    ap.add_argument("--parent-minutes", type=float, default=0.0,
+                    help="personalization's minutes teaching the repository to the parent "
+                         "(the rerank's judge; matters with --parent-branches)")
+    ap.add_argument("--parent-branches", type=int, default=0,
+                    help="the editors' parentBranches when scoring (the parent's rerank; 0 off)")
     ap.add_argument("--base-only", action="store_true",
                     help="score the base model only (no training)")
     ap.add_argument("--fresh", action="store_true",

@@ -52,6 +52,10 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--replay", type=float, default=0.0,
                    help="share of examples from general code (the standard library) so the "
                         "model keeps what it knew (default 0)")
+    z.add_argument("--parent-minutes", type=float, default=0.0,
+                   help="then teach the repository to the model's parent, whose likelihood "
+                        "reranks answers (--parent-branches), for this many minutes: a LoRA "
+                        "adapter in OUT/parent (default 0: the generic parent)")
     r = tsub.add_parser("grpo", help="coupled-GRPO with your repository's tests as the reward")
     r.add_argument("--repo", type=Path, required=True, help="the repository's root folder")
     r.add_argument("--out", type=Path, required=True, help="where the trained model goes")
@@ -137,7 +141,7 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--parent-branches", type=int, default=None,
                     help="infill: the parent writes N answers too and its likeliest with the "
                          "suffix wins, blocks at every length (engine.rerank; 0 = off; "
-                         "default: the model's)")
+                         "default: the model's; repo: the editors' parentBranches, 0)")
     ev.add_argument("--rerank-suffix-lines", type=int, default=None)
     ev.add_argument("--syntax-guard", action="store_true",
                     help="infill: decode again an answer that leaves the task's file "
@@ -225,7 +229,7 @@ def _eval(args) -> int:
     if args.syntax_guard and not args.empty:
         label += " + syntax guard"
     if args.decode != "ar" and settings is not None and single is not None \
-            and settings.parent_branches and engine.parent is not None:
+            and settings.parent_branches and engine.parent_folder is not None:
         label += f" + parent rerank ({settings.parent_branches} answers)"
     if args.decode == "ar":
         if engine is None or engine.backend != "torch":
@@ -299,9 +303,10 @@ def _personalize(args) -> int:
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
                             base=args.base, minutes=args.minutes, seed=args.seed,
                             lora_rank=args.lora_rank, replay=args.replay,
+                            parent_minutes=args.parent_minutes,
                             **({"lr": args.lr} if args.lr is not None else {}))
-    summary = _with_bar("personalize", cfg.minutes * 60, "", lambda rec: (
-        f"step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),
+    summary = _with_bar("personalize", (cfg.minutes + cfg.parent_minutes) * 60, "", lambda rec: (
+        f"{rec['phase']} step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),
         lambda progress: personalize(cfg, progress))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"personalized model: {args.out} (use --model {args.out})", file=sys.stderr)
@@ -351,16 +356,18 @@ def _with_bar(label: str, total_s: float, first: str, describe, run):
         return run(progress)
 
 
-def editor_request(engine, hole, length: str | None = None):
+def editor_request(engine, hole, length: str | None = None, parent_branches: int = 0):
     """``training.repo_eval.Request``: a hole asked for as the editors ask with the default
     settings (a line hole as a single-line suggestion, a block as an explicit request).
     ``length`` replaces the editors' canvas: adaptive, fixed, or oracle (the removed lines'
-    own length: how much a right-sized canvas would give, for analysis only)."""
+    own length: how much a right-sized canvas would give, for analysis only);
+    ``parent_branches`` is the editors' ``parentBranches`` setting (the parent's rerank)."""
     from assistant.requests import request_settings, request_window
     from assistant.settings import AssistantSettings
     from training.evaluate import oracle_settings
 
-    s, mode = AssistantSettings(), "single" if hole.kind == "line" else "multi"
+    s = AssistantSettings(parent_branches=parent_branches)
+    mode = "single" if hole.kind == "line" else "multi"
     window = request_window(s, engine, hole.prefix + hole.suffix, len(hole.prefix), mode)
     if length == "oracle":
         return window.prefix, window.suffix, oracle_settings(
@@ -374,12 +381,17 @@ def _eval_repo(args) -> int:
 
     from engine.api import Engine
     from engine.loading import cache_dir
+    from engine.choices import MAX_PARENT_BRANCHES
     from engine.sandbox import RepoSandbox
     from training import repo_eval
 
     if args.repo is None:
         raise ConfigError("eval repo needs --repo PATH")
     repo = args.repo.resolve()
+    branches = 0 if args.parent_branches is None else args.parent_branches
+    if not 0 <= branches <= MAX_PARENT_BRANCHES:  # before any work
+        raise ConfigError(f"--parent-branches must be 0 to {MAX_PARENT_BRANCHES}, got "
+                          f"{branches}")
     progress = EvalProgress("repo")
     with RepoSandbox(repo, args.test_cmd, args.test_timeout) as sandbox, progress:
         def tick(label, done, total, passed):
@@ -404,13 +416,15 @@ def _eval_repo(args) -> int:
             for ctx in contexts:
                 label = f"{name}{' + context' if ctx else ''}"
                 rows.append((label, repo_eval.score(
-                    engine, bench, sandbox, ctx, partial(editor_request, length=args.length),
+                    engine, bench, sandbox, ctx, partial(editor_request, length=args.length,
+                                                         parent_branches=branches),
                     tick, label, records, args.retrieval or RETRIEVAL, answers)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
     chosen = "".join(f", {name}: {value}" for name, value in
-                     (("canvas", args.length), ("retrieval", args.retrieval)) if value)
+                     (("canvas", args.length), ("retrieval", args.retrieval),
+                      ("parent branches", branches)) if value)
     table = Table(title=f"repo holes: {repo.name}, held out: {', '.join(bench.held_out)}{chosen}")
     for col in ("model", "line n", "line pass@1", "line exact", "block n", "block pass@1",
                 "block exact"):

@@ -39,7 +39,8 @@ from engine.choices import (
 )
 from engine.errors import ConfigError, ModelLoadError
 from engine.healing import NO_HEALING, Healing, plan_healing
-from engine.loading import LoadedModel, base_folder, load_model, resolve_model
+from engine.loading import LoadedModel, adapter_chain, base_folder, load_model, resolve_model
+from engine.lora import is_adapter
 from engine.repetition import cut_loop, find_loop
 from engine.rerank import line_separator, rerank
 from engine.reuse import ContextReuse
@@ -365,16 +366,29 @@ class Engine:
             named or (tok.token_id("<|dlm_pad|>") is not None and "base" not in lowered))
 
     @property
+    def parent_folder(self) -> Path | None:
+        """Where the parent loads from: the nearest ``parent/`` adapter of the model's chain (a
+        parent taught the user's repository, ``unmask train personalize --parent-minutes``),
+        else the base under the LoRA adapters; None for a model that is no adapter and has no
+        ``parent/``, or a back end other than torch."""
+        if self.backend != "torch":
+            return None
+        chain = adapter_chain(self.folder)
+        for part in chain:
+            if is_adapter(part / "parent"):
+                return part / "parent"
+        return chain[-1] if len(chain) > 1 else None
+
+    @property
     def parent(self):
-        """The adapted model's autoregressive parent, the base under its LoRA adapters (loaded
-        on first use, on the model's device and dtype); None for a model that is no adapter
-        or a back end other than torch."""
-        folder = self.folder
-        if self.backend != "torch" or base_folder(folder) == folder:
+        """The adapted model's autoregressive parent (``parent_folder``, loaded on first use,
+        on the model's device and dtype); None where there is none."""
+        folder = self.parent_folder
+        if folder is None:
             return None
         with self._parent_lock:  # requests on several threads ask at once
             if self._parent is None:
-                self._parent = load_model(base_folder(folder), str(self.device), self.dtype)
+                self._parent = load_model(folder, str(self.device), self.dtype)
         return self._parent.model
 
     # -- prompt building -------------------------------------------------------------------

@@ -78,6 +78,15 @@ class PersonalizeConfig:
     repository does not erase what the model knew."""
     replay_files: int = 200
     """General files the replay holes come from."""
+    parent_minutes: float = 0.0
+    """Minutes spent, after the diffusion model's, teaching the repository to the model's
+    parent (the autoregressive base whose likelihood reranks answers, ``engine.rerank``):
+    next-token loss on windows of the repository's files, a rank-``lora_rank`` (16 when 0)
+    LoRA adapter written to ``out/parent``, which the engine then asks instead of the generic
+    parent. 0: the rerank keeps the generic parent. Needs an adapted model (one that has a
+    parent)."""
+    parent_window: int = 512
+    """Tokens per window of the parent's training."""
 
     def __post_init__(self) -> None:
         if self.minutes <= 0:
@@ -93,6 +102,8 @@ class PersonalizeConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.replay < 1:
             raise ConfigError(f"--replay is a share of examples in [0, 1), got {self.replay}")
+        if self.parent_minutes < 0:
+            raise ConfigError(f"--parent-minutes must be >= 0, got {self.parent_minutes}")
 
 
 Span = tuple[str, int, int]
@@ -153,7 +164,7 @@ def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: f
 def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     """Fine-tune; returns the run's summary (also written to ``out/personalize.json``)."""
     from engine.api import model_generation_config, pad_cycle
-    from engine.loading import base_folder, load_model, resolve_model
+    from engine.loading import adapter_chain, base_folder, load_model, resolve_model
     from engine.tokenizer import DreamTokenizer
 
     repo = Path(cfg.repo)
@@ -172,6 +183,10 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
             raise ConfigError("--replay found no general Python to replay (the standard "
                               "library's sources are missing); use --replay 0")
     base = resolve_model(cfg.base)
+    if cfg.parent_minutes and len(adapter_chain(base)) < 2:  # refused before any training
+        raise ConfigError(f"--parent-minutes needs an adapted model (a LoRA adapter over a "
+                          f"pretrained base); {base} has no parent to teach: use "
+                          "--parent-minutes 0")
     loaded = load_model(base, "cpu", "float32")
     model, mcfg = loaded.model, loaded.config
     tok = DreamTokenizer.from_folder(base_folder(base))  # an adapter reads its base's
@@ -202,8 +217,9 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         rel, a, b = rng.choice(pool[kind])
         return hole_at(rel, texts[rel], a, b, kind)
 
-    budget, start, last_save = cfg.minutes * 60, time.time() - state["elapsed"], time.time()
-    while state["elapsed"] < budget:
+    budget = cfg.minutes * 60
+
+    def diffusion_step():
         batch = []
         while len(batch) < cfg.batch_size:
             replayed = cfg.replay > 0 and rng.random() < cfg.replay  # replay 0: as before
@@ -213,29 +229,11 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
                 batch.append(ex)
                 state["replayed"] = state.get("replayed", 0) + replayed
         x, noisy, masked, t, eligible, attn = make_batch(batch, pad_id, mcfg.mask_token_id, gen)
-        frac = state["elapsed"] / budget
-        lr = cfg.lr * min(1.0, (state["step"] + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(
-            math.pi * frac)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        opt.step()
-        state["step"] += 1
-        state["tokens"] += int(sum(len(ids) for ids, _, _ in batch))
-        state["supervised"] += int(eligible.sum())
-        state["elapsed"] = time.time() - start
-        if progress is not None:
-            progress({"step": state["step"], "loss": stats["loss"], "lr": lr,
-                      "elapsed_s": state["elapsed"], "budget_s": budget,
-                      "tok_per_s": state["tokens"] / max(state["elapsed"], 1e-9)})
-        if time.time() - last_save > cfg.checkpoint_seconds:
-            save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
-            last_save = time.time()
-    save_checkpoint(ckpt, model, opt, state, trainable_only=bool(cfg.lora_rank))
+        loss, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn)
+        return loss, stats, sum(len(ids) for ids, _, _ in batch), int(eligible.sum())
+
+    train_for(model, trained, opt, state, budget, ckpt, cfg, diffusion_step, progress,
+              lora=bool(cfg.lora_rank))
     summary = {"base": str(base), "repo": str(repo.resolve()), "files": len(index.files),
                "holes": {k: len(v) for k, v in holes.items()},
                "replay_files": len(general_texts),
@@ -252,7 +250,99 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         (out / "personalize.json").write_text(json.dumps(summary, indent=2))
     else:
         write_model_folder(model, base, out, summary)
+    if cfg.parent_minutes:
+        summary["parent"] = personalize_parent(cfg, base, index.files, tok, progress)
+        (out / "personalize.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def train_for(model, trained: list, opt, state: dict, budget: float, ckpt: Path,
+              cfg: PersonalizeConfig, step_loss, progress=None, lora: bool = False,
+              phase: str = "diffusion", offset: float = 0.0) -> None:
+    """The resumable, time-budgeted loop (warm-up, cosine to a tenth, bf16 autocast, clipping,
+    a checkpoint every ``cfg.checkpoint_seconds`` and at the end) around ``step_loss() ->
+    (loss, stats, tokens, supervised)``. ``lora``: checkpoint only the trained weights;
+    ``offset``: seconds of earlier phases, so progress runs on across phases."""
+    start, last_save = time.time() - state["elapsed"], time.time()
+    while state["elapsed"] < budget:
+        frac = state["elapsed"] / budget
+        lr = cfg.lr * min(1.0, (state["step"] + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(
+            math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, stats, tokens, supervised = step_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        opt.step()
+        state["step"] += 1
+        state["tokens"] += int(tokens)
+        state["supervised"] += int(supervised)
+        state["elapsed"] = time.time() - start
+        if progress is not None:
+            progress({"step": state["step"], "loss": stats["loss"], "lr": lr,
+                      "elapsed_s": offset + state["elapsed"], "budget_s": offset + budget,
+                      "tok_per_s": state["tokens"] / max(state["elapsed"], 1e-9),
+                      "phase": phase})
+        if time.time() - last_save > cfg.checkpoint_seconds:
+            save_checkpoint(ckpt, model, opt, state, trainable_only=lora)
+            last_save = time.time()
+    save_checkpoint(ckpt, model, opt, state, trainable_only=lora)
+
+
+def file_stream(files: dict[str, str], tokenizer, end_id: int) -> list[int]:
+    """The repository as the parent reads it: each file under a ``# path`` line (the way
+    ``engine.repo`` shows retrieved code), files separated by the end-of-text token."""
+    ids: list[int] = []
+    for rel in sorted(files):
+        ids += tokenizer.encode(f"# {rel}\n{files[rel]}") + [end_id]
+    return ids
+
+
+def personalize_parent(cfg: PersonalizeConfig, base: Path, files: dict[str, str], tok,
+                       progress=None) -> dict:
+    """Teach the repository to the parent: next-token loss with a causal mask on random
+    windows of ``file_stream``, a LoRA adapter on the root base in ``out/parent`` (resumable
+    from ``out/parent/checkpoint``). Returns the phase's summary."""
+    from engine.loading import adapter_chain, load_model
+    from engine.lora import adapter_config
+    from training.lora import add_lora, save_adapter
+    from training.objectives import causal_lm_loss
+
+    chain = adapter_chain(base)  # an adapter chain: personalize checked it first
+    spec = adapter_config(chain[-2])["base_model_name_or_path"]  # how the chain names its root
+    loaded = load_model(chain[-1], "cpu", "float32")
+    model = loaded.model
+    rank = cfg.lora_rank or 16
+    add_lora(model, rank, cfg.lora_alpha)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
+    out = Path(cfg.out) / "parent"
+    ckpt = out / "checkpoint"
+    origin = origin_of(chain[-1], lora_rank=rank, parent=True)
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0, "origin": origin}
+    if (found := find_checkpoint(ckpt)) is not None:
+        state = load_checkpoint(found, model, opt, origin)
+        log.info("resumed %s at step %d", ckpt, state["step"])
+    model.train()
+    stream = torch.tensor(file_stream(files, tok, loaded.config.eos_token_id))
+    n = min(cfg.parent_window, len(stream))
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + state["step"])
+
+    def parent_step():
+        starts = torch.randint(len(stream) - n + 1, (cfg.batch_size,), generator=gen)
+        x = torch.stack([stream[a:a + n] for a in starts.tolist()])  # (B, n)
+        loss, stats = causal_lm_loss(model, x)
+        return loss, stats, x.numel(), x.numel() - len(x)
+
+    train_for(model, trained, opt, state, cfg.parent_minutes * 60, ckpt, cfg, parent_step,
+              progress, lora=True, phase="parent", offset=cfg.minutes * 60)
+    save_adapter(model, out, spec, rank, cfg.lora_alpha)
+    return {"steps": state["step"], "tokens": state["tokens"],
+            "minutes": round(state["elapsed"] / 60, 2),
+            "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),
+            "stream_tokens": len(stream), "lora_rank": rank}
 
 
 def write_generation_config(base: Path, out: Path) -> None:

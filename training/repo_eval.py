@@ -86,8 +86,9 @@ class AnswerCache:
         code = hashlib.sha256()
         for f in sorted(Path(engine_package.__file__).parent.glob("*.py")):
             code.update(f.read_bytes())
+        parent = engine.parent_folder  # the rerank's judge, when the settings ask for it
         self.salt = json.dumps([model_origin, code.hexdigest(), engine.backend, str(engine.dtype),
-                                engine.device.type])
+                                engine.device.type, origin_of(parent) if parent else None])
         self.path = folder / f"{model_origin}.jsonl"
         self.answers: dict[str, str] = {}
         if self.path.exists():

@@ -181,6 +181,10 @@ def test_cli_personalize_and_infill_with_repo_context(repo, tmp_path):
     bad = unmask("train", "personalize", "--repo", str(repo), "--out", str(tmp_path / "o"),
                  "--replay", "1")
     assert bad.returncode == 2 and "--replay is a share" in bad.stderr
+    bad = unmask("train", "personalize", "--repo", str(repo), "--out", str(tmp_path / "o"),
+                 "--base", str(tiny_model), "--parent-minutes", "5")  # no adapter: no parent
+    assert bad.returncode == 2 and "--parent-minutes needs an adapted model" in bad.stderr
+    assert not (tmp_path / "o").exists()
     bad = unmask("infill", "--model", str(tiny_model), "--repo", str(repo), "--exclude", "zz.py",
                  "--prefix", "x")
     assert bad.returncode == 2 and "matches no Python file" in bad.stderr
@@ -222,6 +226,9 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode != 0 and "does not pass on the unmodified repository" in r.stderr
     assert "Traceback" not in r.stderr
+    r = subprocess.run(args + ["--parent-branches", "9"], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 2 and "--parent-branches must be 0 to 8" in r.stderr
 
 
 def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo, tiny_model,
@@ -366,3 +373,64 @@ def test_kept_answers_are_keyed_by_everything_that_shapes_them(tiny_engine, tmp_
     b = AnswerCache(tmp_path, tiny_engine)  # another run of the same model
     assert b.get(key) == "    return x\n" and b.get(others[0]) is None
     assert (b.hits, b.misses) == (1, 1)
+
+
+def test_parent_minutes_teach_the_repository_to_the_rerank_parent_and_resume(repo, tiny_model,
+                                                                              tmp_path):
+    # the parent (whose likelihood reranks answers) learns the repository as a LoRA adapter in
+    # OUT/parent; the engine then asks it instead of the generic base, also for an adapter
+    # stacked on the personalized one (GRPO's), and a rerun resumes that phase
+    import torch
+
+    from engine.api import Engine
+    from engine.loading import load_model
+    from training.objectives import causal_lm_loss
+    from training.personalize import PersonalizeConfig, file_stream, personalize
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    personalize(PersonalizeConfig(repo=str(repo), out=str(first), base=str(tiny_model),
+                                  minutes=0.02, batch_size=2, seq_len=192, lora_rank=4))
+    cfg = dict(repo=str(repo), out=str(second), base=str(first), minutes=0.02, batch_size=2,
+               seq_len=192, lora_rank=4, lr=2e-2, parent_window=64)
+    summary = personalize(PersonalizeConfig(**cfg, parent_minutes=0.05))
+    taught = second / "parent"
+    assert json.loads((taught / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == str(tiny_model)
+    assert Engine.load(str(first), device="cpu", dtype="float32").parent_folder == tiny_model
+    eng = Engine.load(str(second), device="cpu", dtype="float32")
+    assert eng.parent_folder == taught
+
+    tok = eng.tokenizer
+    files = RepoIndex(repo, []).files
+    stream = torch.tensor(file_stream(files, tok, 0)[:512])[None]
+    with torch.no_grad():
+        generic = causal_lm_loss(load_model(tiny_model, "cpu", "float32").model, stream)[1]
+        learned = causal_lm_loss(eng.parent, stream)[1]
+    assert learned["loss"] < generic["loss"] - 0.1
+
+    resumed = personalize(PersonalizeConfig(**cfg, parent_minutes=0.1))
+    assert resumed["steps"] == summary["steps"]  # the diffusion phase was already done
+    assert resumed["parent"]["steps"] > summary["parent"]["steps"]
+
+    with pytest.raises(ConfigError, match="--parent-minutes"):  # before any training
+        personalize(PersonalizeConfig(repo=str(repo), out=str(tmp_path / "x"),
+                                      base=str(tiny_model), minutes=0.01, batch_size=2,
+                                      seq_len=192, parent_minutes=0.01))
+    assert not (tmp_path / "x").exists()
+
+
+def test_kept_answers_are_keyed_by_the_parent_that_reranks(tiny_adapter, tmp_path):
+    # a rerank's answer depends on the parent's weights: a taught parent/ is another key
+    import shutil
+
+    from engine.api import Engine, GenerationSettings
+    from training.repo_eval import AnswerCache
+
+    taught = tmp_path / "taught"
+    shutil.copytree(tiny_adapter, taught)
+    shutil.copytree(tiny_adapter, taught / "parent")  # an adapter on the same base
+    settings = GenerationSettings(max_new_tokens=4, parent_branches=2)
+    keys = [AnswerCache(tmp_path / "answers", Engine.load(str(f), device="cpu",
+                                                          dtype="float32"))
+            .key("def f(x):\n", "\n", "", settings) for f in (tiny_adapter, taught)]
+    assert keys[0] != keys[1]
