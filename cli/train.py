@@ -42,7 +42,8 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--out", type=Path, required=True, help="where the personalized model goes")
     z.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="a path or glob relative to the root that is never read (repeatable)")
-    z.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    z.add_argument("--minutes", type=float, default=10.0,
+                   help="time budget (default 10; 0 with --parent-minutes: the parent only)")
     z.add_argument("--base", default=None, help="model to start from (default: embedded)")
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--lora-rank", type=int, default=0,

@@ -46,7 +46,8 @@ class PersonalizeConfig:
     base: str | None = None
     """Model to start from (default: the embedded one)."""
     minutes: float = 10.0
-    """Wall-clock budget, resumed runs included."""
+    """Wall-clock budget of the diffusion model's training, resumed runs included (0 with
+    ``parent_minutes``: the diffusion model stays as it was and only the parent learns)."""
     seq_len: int = 768
     """Longest training sequence (context + prefix + canvas + suffix)."""
     batch_size: int = 4
@@ -89,8 +90,9 @@ class PersonalizeConfig:
     """Tokens per window of the parent's training."""
 
     def __post_init__(self) -> None:
-        if self.minutes <= 0:
-            raise ConfigError(f"--minutes must be positive, got {self.minutes}")
+        if self.minutes < 0 or not self.minutes and not self.parent_minutes:
+            raise ConfigError(f"--minutes must be positive (0 only with --parent-minutes: "
+                              f"teach the parent alone), got {self.minutes}")
         if self.seq_len < 128:
             raise ConfigError(f"seq_len must be at least 128, got {self.seq_len}")
         if not 0 < self.max_middle <= self.seq_len // 2:

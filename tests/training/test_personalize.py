@@ -417,6 +417,18 @@ def test_parent_minutes_teach_the_repository_to_the_rerank_parent_and_resume(rep
                                       base=str(tiny_model), minutes=0.01, batch_size=2,
                                       seq_len=192, parent_minutes=0.01))
     assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="--minutes must be positive"):
+        PersonalizeConfig(repo=str(repo), out=str(tmp_path / "x"), minutes=0)
+
+    # --minutes 0: only the parent learns; the diffusion model decodes as before
+    alone = tmp_path / "alone"
+    personalize(PersonalizeConfig(**{**cfg, "out": str(alone), "minutes": 0},
+                                  parent_minutes=0.02))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(load_model(alone, "cpu", "float32").model.state_dict()[q],
+                       load_model(first, "cpu", "float32").model.state_dict()[q])
+    assert Engine.load(str(alone), device="cpu", dtype="float32").parent_folder == \
+        alone / "parent"
 
 
 def test_kept_answers_are_keyed_by_the_parent_that_reranks(tiny_adapter, tmp_path):
