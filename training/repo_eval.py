@@ -153,10 +153,8 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Reques
     index = RepoIndex(bench.repo, bench.exclude, retrieval) if with_context else None
     results: dict = {}
     seen: dict[tuple[str, str], bool] = {}
-    total = sum(len(v) for v in bench.holes.values())
-    done = 0
     for kind, holes in bench.holes.items():
-        passed = exact = 0
+        passed = exact = done = 0
         for hole in holes:
             middle = completion_for(engine, hole, index, request, answers)
             key = (hole.key, middle)
@@ -171,8 +169,8 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Reques
                 records.append({"config": label, "hole": hole.key, "kind": kind,
                                 "completion": middle, "reference": hole.middle,
                                 "passed": seen[key]})
-            if progress is not None:
-                progress(label, done, total, passed)
+            if progress is not None:  # a phase per kind: a block costs several lines' time
+                progress(f"{label}, {kind}s", done, len(holes), passed)
         n = len(holes)
         results[kind] = {"n": n, "pass@1": round(passed / n, 4) if n else 0.0,
                          "exact": round(exact / n, 4) if n else 0.0}
