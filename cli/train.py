@@ -381,8 +381,8 @@ def _eval_repo(args) -> int:
     from rich.table import Table
 
     from engine.api import Engine
-    from engine.loading import cache_dir
     from engine.choices import MAX_PARENT_BRANCHES
+    from engine.loading import cache_dir
     from engine.sandbox import RepoSandbox
     from training import repo_eval
 
