@@ -125,12 +125,15 @@ def held_out_parent_loss(root: Path, held_out: tuple[str, ...], taught: Path) ->
     from training.personalize import file_stream
 
     generic = base_folder(taught)
-    tok = DreamTokenizer.from_folder(generic)
-    stream = torch.tensor(file_stream({h: (root / h).read_text() for h in held_out}, tok,
-                                      tok.token_id("<|endoftext|>") or 0))
+    loaded = {name: load_model(folder, "cpu", "float32")
+              for name, folder in (("generic", generic), ("taught", taught))}
+    # files joined as personalize_parent joins them, with the model's own end id
+    stream = torch.tensor(file_stream({h: (root / h).read_text() for h in held_out},
+                                      DreamTokenizer.from_folder(generic),
+                                      loaded["generic"].config.eos_token_id))
     losses = {}
-    for name, folder in (("generic", generic), ("taught", taught)):
-        model = load_model(folder, "cpu", "float32").model.eval()
+    for name, parent in loaded.items():
+        model = parent.model.eval()
         total = 0.0
         with torch.no_grad():
             for a in range(0, len(stream) - 1, 512):  # 512-token windows, as it was taught

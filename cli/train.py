@@ -380,8 +380,7 @@ def _eval_repo(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from engine.api import Engine
-    from engine.choices import MAX_PARENT_BRANCHES
+    from engine.api import Engine, GenerationSettings
     from engine.loading import cache_dir
     from engine.sandbox import RepoSandbox
     from training import repo_eval
@@ -390,9 +389,7 @@ def _eval_repo(args) -> int:
         raise ConfigError("eval repo needs --repo PATH")
     repo = args.repo.resolve()
     branches = 0 if args.parent_branches is None else args.parent_branches
-    if not 0 <= branches <= MAX_PARENT_BRANCHES:  # before any work
-        raise ConfigError(f"--parent-branches must be 0 to {MAX_PARENT_BRANCHES}, got "
-                          f"{branches}")
+    GenerationSettings(parent_branches=branches)  # its check of the flag, before any work
     progress = EvalProgress("repo")
     with RepoSandbox(repo, args.test_cmd, args.test_timeout) as sandbox, progress:
         def tick(label, done, total, passed):

@@ -26,6 +26,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -365,12 +366,12 @@ class Engine:
         return bool(tok.chat_template) and tok.token_id("<|im_start|>") is not None and (
             named or (tok.token_id("<|dlm_pad|>") is not None and "base" not in lowered))
 
-    @property
+    @cached_property
     def parent_folder(self) -> Path | None:
         """Where the parent loads from: the nearest ``parent/`` adapter of the model's chain (a
         parent taught the user's repository, ``unmask train personalize --parent-minutes``),
         else the base under the LoRA adapters; None for a model that is no adapter and has no
-        ``parent/``, or a back end other than torch."""
+        ``parent/``, or a back end other than torch. Found once: every rerank asks for it."""
         if self.backend != "torch":
             return None
         chain = adapter_chain(self.folder)

@@ -198,18 +198,8 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     sp = Specials(mcfg.mask_token_id, pad_id, mcfg.eos_token_id,
                   pad_cycle(model_generation_config(base)))
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
-    if cfg.lora_rank:
-        from training.lora import add_lora
-
-        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
-    origin = origin_of(base, lora_rank=cfg.lora_rank)
-    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0, "origin": origin}
-    if (found := find_checkpoint(ckpt)) is not None:
-        state = load_checkpoint(found, model, opt, origin)
-        log.info("resumed %s at step %d", ckpt, state["step"])
-    model.train()
+    trained, opt, state = start_or_resume(model, cfg, cfg.lora_rank, ckpt,
+                                          origin_of(base, lora_rank=cfg.lora_rank))
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + state["step"])
 
@@ -256,6 +246,25 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         summary["parent"] = personalize_parent(cfg, base, index.files, tok, progress)
         (out / "personalize.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def start_or_resume(model, cfg: PersonalizeConfig, lora_rank: int, ckpt: Path,
+                    origin: str) -> tuple[list, torch.optim.Optimizer, dict]:
+    """(trained parameters, optimizer, loop state) of a phase: a rank-``lora_rank`` LoRA on
+    ``model`` (0: every weight trains), resumed from ``ckpt`` when a run of the same
+    ``origin`` (``origin_of``) left one there."""
+    if lora_rank:
+        from training.lora import add_lora
+
+        add_lora(model, lora_rank, cfg.lora_alpha)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0, "origin": origin}
+    if (found := find_checkpoint(ckpt)) is not None:
+        state = load_checkpoint(found, model, opt, origin)
+        log.info("resumed %s at step %d", ckpt, state["step"])
+    model.train()
+    return trained, opt, state
 
 
 def train_for(model, trained: list, opt, state: dict, budget: float, ckpt: Path,
@@ -309,7 +318,7 @@ def personalize_parent(cfg: PersonalizeConfig, base: Path, files: dict[str, str]
     from ``out/parent/checkpoint``). Returns the phase's summary."""
     from engine.loading import adapter_chain, load_model
     from engine.lora import adapter_config
-    from training.lora import add_lora, save_adapter
+    from training.lora import save_adapter
     from training.objectives import causal_lm_loss
 
     chain = adapter_chain(base)  # an adapter chain: personalize checked it first
@@ -317,17 +326,10 @@ def personalize_parent(cfg: PersonalizeConfig, base: Path, files: dict[str, str]
     loaded = load_model(chain[-1], "cpu", "float32")
     model = loaded.model
     rank = cfg.lora_rank or 16
-    add_lora(model, rank, cfg.lora_alpha)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out) / "parent"
     ckpt = out / "checkpoint"
-    origin = origin_of(chain[-1], lora_rank=rank, parent=True)
-    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "supervised": 0, "origin": origin}
-    if (found := find_checkpoint(ckpt)) is not None:
-        state = load_checkpoint(found, model, opt, origin)
-        log.info("resumed %s at step %d", ckpt, state["step"])
-    model.train()
+    trained, opt, state = start_or_resume(model, cfg, rank, ckpt,
+                                          origin_of(chain[-1], lora_rank=rank, parent=True))
     stream = torch.tensor(file_stream(files, tok, loaded.config.eos_token_id))
     n = min(cfg.parent_window, len(stream))
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + state["step"])

@@ -19,9 +19,9 @@ import uuid
 from assistant.completion import EngineHolder
 from assistant.scheduler import QueueFull, Scheduler, Ticket
 from assistant.settings import AssistantSettings
-from engine.api import Completion
+from engine.api import Completion, GenerationSettings
 from engine.choices import MAX_PARENT_BRANCHES
-from engine.errors import UnmaskError
+from engine.errors import ConfigError, UnmaskError
 from engine.healing import plan_healing
 from ui.http.requests import BadRequest, InfillRequest, parse_chat, parse_completion, \
     parse_infill, select_fields
@@ -372,9 +372,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"(engine.rerank; 0 = off, the default: it adds seconds; at most "
                          f"{MAX_PARENT_BRANCHES})")
     args = ap.parse_args(argv)
-    if not 0 <= args.parent_branches <= MAX_PARENT_BRANCHES:
-        sys.stderr.write(f"unmask: error: --parent-branches must be 0 to "
-                         f"{MAX_PARENT_BRANCHES}, got {args.parent_branches}\n")
+    try:
+        GenerationSettings(parent_branches=args.parent_branches)  # its check of the flag
+    except ConfigError as err:
+        sys.stderr.write(f"unmask: error: {err}\n")
         return 2
     if args.host not in LOOPBACK and not args.api_key:
         sys.stderr.write(f"unmask: error: --host {args.host} exposes the model beyond this "
