@@ -61,6 +61,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "default: the model's)")
     g.add_argument("--rerank-suffix-lines", type=int, default=None,
                    help="with --parent-branches: suffix lines the parent scores")
+    g.add_argument("--check-examples", action="store_true", default=None,
+                   help="with --parent-branches, a function: run its docstring's >>> examples "
+                        "on each candidate in the sandbox and prefer the ones that pass")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
                         "0 = one block (default: the model's generation_config)")
@@ -129,7 +132,8 @@ def settings_from(args, engine, **request):
              "cache_refresh": args.cache_refresh, "max_repeats": args.max_repeats,
              "stop_loops": args.stop_loops, "reuse_context": args.reuse_context,
              "limit_scope": args.limit_scope, "parent_branches": args.parent_branches,
-             "rerank_suffix_lines": args.rerank_suffix_lines}
+             "rerank_suffix_lines": args.rerank_suffix_lines,
+             "check_examples": args.check_examples}
     if getattr(args, "single_line", False):
         flags["stop"] = ("\n",)
     return engine.settings(**{**flags, **request})

@@ -144,6 +144,10 @@ def add_train_parsers(sub) -> None:
                          "suffix wins, blocks at every length (engine.rerank; 0 = off; "
                          "default: the model's; repo: the editors' parentBranches, 0)")
     ev.add_argument("--rerank-suffix-lines", type=int, default=None)
+    ev.add_argument("--check-examples", action="store_true", default=None,
+                    help="function: run each candidate on the prompt's >>> examples in the "
+                         "sandbox and prefer those that pass (also scores the parent's pick "
+                         "without them)")
     ev.add_argument("--syntax-guard", action="store_true",
                     help="infill: decode again an answer that leaves the task's file "
                          "unparsable, as the language server does (engine.syntax_guard)")
@@ -225,13 +229,15 @@ def _eval(args) -> int:
                                     limit_scope=args.limit_scope,
                                     reuse_context=args.reuse_context, retries=args.retries,
                                     parent_branches=args.parent_branches,
-                                    rerank_suffix_lines=args.rerank_suffix_lines)
+                                    rerank_suffix_lines=args.rerank_suffix_lines,
+                                    check_examples=args.check_examples)
     label = "empty" if args.empty else (args.model or "default")
     if args.syntax_guard and not args.empty:
         label += " + syntax guard"
-    if args.decode != "ar" and settings is not None and single is not None \
+    if args.decode != "ar" and settings is not None \
             and settings.parent_branches and engine.parent_folder is not None:
         label += f" + parent rerank ({settings.parent_branches} answers)"
+        label += " + docstring examples" if settings.check_examples and single is None else ""
     if args.decode == "ar":
         if engine is None or engine.backend != "torch":
             raise ConfigError("--decode ar needs a model on the torch back end (not --empty)")
@@ -246,7 +252,8 @@ def _eval(args) -> int:
             records = ev.eval_infill(engine, settings, single, args.limit, length, args.jobs,
                                      progress, guard=args.syntax_guard)
     summary = ev.summarize(records, args.task, label,
-                           None if args.empty or args.decode == "ar" else length)
+                           None if args.empty or args.decode == "ar" or single is None
+                           else length)  # a function's canvas is --max-new-tokens
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))

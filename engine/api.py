@@ -39,11 +39,12 @@ from engine.choices import (
     PARALLEL_ALGORITHMS,
 )
 from engine.errors import ConfigError, ModelLoadError
+from engine.examples import passes_examples, prompt_examples
 from engine.healing import NO_HEALING, Healing, plan_healing
 from engine.loading import LoadedModel, adapter_chain, base_folder, load_model, resolve_model
 from engine.lora import is_adapter
 from engine.repetition import cut_loop, find_loop
-from engine.rerank import line_separator, rerank
+from engine.rerank import Candidate, line_separator, request_kind, rerank
 from engine.reuse import ContextReuse
 from engine.sampler import (
     SamplerSettings,
@@ -161,6 +162,11 @@ class GenerationSettings(SamplerSettings):
     rerank_suffix_lines: int = 8
     """With ``parent_branches``: how many lines of the suffix the parent scores after each
     candidate (0: the candidate alone, the prefix-only parent's preference)."""
+    check_examples: bool = False
+    """With ``parent_branches``, for a function (a request before a blank suffix): run the
+    ``>>>`` examples of the docstring it ends in against each candidate in the sandbox
+    (``engine.examples``), and put the candidates that pass them all first. It runs the file
+    before the cursor with each candidate, so it is asked for, never assumed."""
 
     retries: int = 0
     """Infill with an ``accept`` test (``Engine.infill_stream``): how many other decodings
@@ -422,17 +428,22 @@ class Engine:
     # -- streams -----------------------------------------------------------------------------
     def generate_stream(self, prompt: str, settings: GenerationSettings,
                         raw: bool = False) -> Iterator[Frame | Completion]:
-        """Whole-function / free generation: prompt followed by ``max_new_tokens`` masks."""
+        """Whole-function / free generation: prompt followed by ``max_new_tokens`` masks.
+        Code (``raw``, or a model that is not an instruct model) is an infill with a blank
+        suffix: its boundary is healed as any hole's (a prompt ending after a newline, as
+        HumanEval's do, is out of distribution for a tokenizer that merges newlines with the
+        indentation after them) and the parent's rerank judges it as a function."""
         chat = settings.chat if settings.chat is not None else self.is_instruct
-        template = 0 if raw or not chat else len(self.tokenizer.encode_chat(""))
+        if raw or not chat:
+            yield from self.infill_stream(prompt, "", replace(settings, length="fixed"))
+            return
+        template = len(self.tokenizer.encode_chat(""))
         prompt, note = fit_prompt(prompt, self.tokenizer,
                                   self._room(settings.max_new_tokens) - template)
-        ids = self.tokenizer.encode(prompt) if raw or not chat else \
-            self.tokenizer.encode_chat(prompt)
-        ids = self._start(ids)
+        ids = self._start(self.tokenizer.encode_chat(prompt))
         self._check_fits(len(ids), settings.max_new_tokens)
         yield from self._run(ids, settings.max_new_tokens, [], settings, settings.steps,
-                             instruct=chat and not raw, extra={"note": note} if note else {})
+                             instruct=True, extra={"note": note} if note else {})
 
     @staticmethod
     def alternatives(settings: GenerationSettings) -> list[GenerationSettings]:
@@ -480,26 +491,30 @@ class Engine:
         """``done``, the diffusion answer of this hole, or a likelier answer by the parent
         (``settings.parent_branches``): ``engine.rerank``. A single-line request compares
         lines; a block request compares every length of each answer, judged by the code after
-        it, so a block before a blank suffix is left alone. With ``accept``, an answer it
-        rejects is never chosen over one it takes. ``extra["rerank"]`` says which source won,
+        it; before a blank suffix (a function) whole answers, per token. With ``accept``, an
+        answer it rejects is never chosen over one it takes. ``extra["rerank"]`` says which source won,
         out of how many; the time spent is added to ``elapsed_s``."""
         started = time.perf_counter() - done.elapsed_s
         single = "\n" in settings.stop
-        if not settings.parent_branches or self.parent is None or \
-                not (single or suffix.strip()):
+        if not settings.parent_branches or self.parent is None:
             return done
         heal = plan_healing(self.tokenizer, prefix, suffix)
         # what follows the answer in the file, as the diffusion answer of the hole would end
         sep = ("\n" if heal.newline_to_suffix else "") if single else \
             line_separator(prefix, suffix)
         prompt = self.infill_prompt(prefix, "", settings.max_new_tokens, context)[0]
+        kind = request_kind(single, suffix)
         ranked = rerank(self.parent, self.tokenizer, prompt, prefix, suffix, heal,
                         done.completion, settings.parent_branches, settings.rerank_suffix_lines,
-                        settings.max_new_tokens, set(self.end_ids), block=not single)
+                        settings.max_new_tokens, set(self.end_ids), kind)
+        if not ranked:  # a blank answer and no parent answer: nothing to choose from
+            return done
         extra = {**done.extra, "rerank": {"candidates": len(ranked)}}
         if accept is not None:
             taken = [c for c in ranked if accept(c.text + sep)]
             ranked, extra["accepted"] = taken or ranked, bool(taken)
+        if settings.check_examples and kind == "function":
+            ranked = self.by_examples(ranked, prefix, sep, extra["rerank"])
         best = ranked[0]
         extra["rerank"]["source"] = best.source
         kept = first_line(done.completion) if single else done.completion.rstrip("\n")
@@ -510,6 +525,22 @@ class Engine:
         return Completion(best.text + sep, ids, list(range(len(ids))), done.steps,
                           done.canvas_len, time.perf_counter() - started, done.prompt_tokens,
                           extra)
+
+    @staticmethod
+    def by_examples(ranked: list[Candidate], prefix: str, sep: str,
+                    record: dict) -> list[Candidate]:
+        """``ranked`` with the candidates that pass the docstring's examples first, each part
+        in its order (``engine.examples``; unchanged when the docstring has none). ``record``
+        (``extra["rerank"]``) gets how many passed, and ``unchecked``, the answer the parent
+        alone would have given, when the examples changed it."""
+        examples = prompt_examples(prefix)
+        if not examples:
+            return ranked
+        passing = [c for c in ranked if passes_examples(prefix, c.text + sep, examples)]
+        record["examples_passed"] = len(passing)
+        if passing and passing[0] != ranked[0]:
+            record["unchecked"] = ranked[0].text + sep
+        return passing + [c for c in ranked if c not in passing]
 
     def _infill_once(self, prefix: str, suffix: str, settings: GenerationSettings,
                      context: str) -> Iterator[Frame | Completion]:

@@ -19,13 +19,18 @@ A single-line request compares first lines. A block compares lengths too: every 
 first k lines of each answer is a candidate (the parent writes one line more than the
 diffusion answer holds), so the suffix's likelihood decides where the block ends, which is
 where a diffusion canvas most often goes wrong (a stray line or function after the right ones).
-A block needs code after it to be judged: scored against the file's end token instead, whole
-functions came out one line long (docs/adaptation.md), so a block before a blank suffix is left
-as the diffusion model wrote it.
+A block before a blank suffix (a whole function, or the end of a file) has no code after it
+to judge its length: scored by the sum of log-probabilities against the file's end token,
+whole functions came out one line long (docs/adaptation.md). So there each answer is whole,
+ended where it leaves the hole's indentation scope (``engine.scope``: the parent writes until
+its function ends), and the judge is the mean log-probability per token, which does not favour
+the shortest answer (Chen et al. 2021, Codex: ranking samples by mean log-probability beats
+picking at random).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 
 from engine.autoregressive import append, branch_cache, prompt_cache, without_mask
 from engine.healing import Healing
+from engine.scope import limit_scope
 from engine.syntax_guard import first_line
 
 
@@ -45,7 +51,7 @@ class Candidate:
     """``diffusion`` or ``parent``."""
     logprob: float
     """The parent's log-probability of the file text from the prompt's cut to the suffix
-    lines scored, given the prompt."""
+    lines scored, given the prompt (a function: per token)."""
 
 
 def suffix_head(suffix: str, lines: int) -> str:
@@ -71,6 +77,22 @@ def line_runs(text: str) -> list[str]:
     return ["\n".join(lines[:k]) for k in range(1, len(lines) + 1) if lines[k - 1].strip()]
 
 
+def line_end(lines: int) -> Callable[[str], str | None]:
+    """A written answer's end for a line or block: its first ``lines`` lines once it holds
+    them, None before."""
+    return lambda text: first_lines(text, lines) if text.count("\n") >= lines else None
+
+
+def scope_end(prefix: str) -> Callable[[str], str | None]:
+    """A written answer's end for a function: its lines inside the hole's indentation scope
+    once a line has left it (``engine.scope``: the body ends at a line back at the ``def``'s
+    level), None before."""
+    def end(text: str) -> str | None:
+        kept = limit_scope(text, prefix, "")
+        return kept if len(kept) < len(text) else None
+    return end
+
+
 def line_separator(prefix: str, suffix: str) -> str:
     """What goes between an answer and the suffix in the file: a newline when the hole is
     whole lines (the prefix ends at a line's start, the suffix starts the next one), nothing
@@ -81,12 +103,14 @@ def line_separator(prefix: str, suffix: str) -> str:
 
 @torch.inference_mode()
 def parent_texts(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: Healing,
-                 branches: int, max_new: int, end_ids: set[int], lines: int = 1) -> list[str]:
-    """Up to ``branches`` distinct answers of ``lines`` lines the parent writes after a prompt
-    of ``n`` cached positions (``logits``: its next-token logits, (1, V)): greedy through the
-    leading whitespace (the healed newline and indentation), then one answer per each of the
+                 branches: int, max_new: int, end_ids: set[int],
+                 end: Callable[[str], str | None] = line_end(1)) -> list[str]:
+    """Up to ``branches`` distinct answers the parent writes after a prompt of ``n`` cached
+    positions (``logits``: its next-token logits, (1, V)): greedy through the leading
+    whitespace (the healed newline and indentation), then one answer per each of the
     ``branches`` likeliest first tokens that hold more than whitespace, each continued greedily
-    to the end of its ``lines``-th line (or ``max_new`` tokens, or an end token)."""
+    until ``end`` says it is complete (``line_end``, ``scope_end``), or ``max_new`` tokens,
+    or an end token."""
     dev = logits.device
     lead: list[int] = []
     logits = without_mask(model, logits)
@@ -108,7 +132,7 @@ def parent_texts(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: He
     def text(row: list[int]) -> str:
         return heal.completion(tokenizer.decode(row), final=False)
 
-    done = [text(r).count("\n") >= lines for r in rows]
+    done = [end(text(r)) is not None for r in rows]
     cur = torch.tensor([[t] for t in firsts], device=dev)  # (B, 1)
     for _ in range(max_new - len(lead) - 1):  # each row holds lead + 1 so far
         if all(done):
@@ -123,8 +147,9 @@ def parent_texts(model, tokenizer, cache, logits: torch.Tensor, n: int, heal: He
                 done[i] = True
             else:
                 rows[i].append(token)
-                done[i] = text(rows[i]).count("\n") >= lines
-    answers = [first_lines(text(r), lines).rstrip("\n") for r in rows]
+                done[i] = end(text(rows[i])) is not None
+    answers = [(kept if (kept := end(text(r))) is not None else text(r)).rstrip("\n")
+               for r in rows]
     return list(dict.fromkeys(a for a in answers if a.strip()))
 
 
@@ -146,41 +171,65 @@ def continuation_logprobs(model, cache, logits: torch.Tensor, n: int,
     return (logp * keep).sum(-1).tolist()  # (B,)
 
 
-def candidate_texts(answer: str, parents: list[str], block: bool) -> dict[str, str]:
-    """text -> source: the diffusion ``answer``'s, then the parent's. A single line is each
-    answer's first line; a block is every ``line_runs`` length of each."""
+def candidate_texts(answer: str, parents: list[str], kind: str,
+                    prefix: str = "") -> dict[str, str]:
+    """text -> source: the diffusion ``answer``'s, then the parent's. A line is each answer's
+    first line; a block is every ``line_runs`` length of each; a function is each answer whole,
+    the diffusion answer cut where it leaves the scope of the hole after ``prefix``."""
+    def runs(text: str) -> list[str]:
+        if kind == "line":
+            return [first_line(text)]
+        if kind == "block":
+            return line_runs(text)
+        return [text.rstrip("\n")] if text.strip() else []
+
     out: dict[str, str] = {}
-    for source, texts in (("diffusion", [answer]), ("parent", parents)):
+    whole = limit_scope(answer, prefix, "") if kind == "function" else answer
+    for source, texts in (("diffusion", [whole]), ("parent", parents)):
         for text in texts:
-            for run in (line_runs(text) if block else [first_line(text)]):
+            for run in runs(text):
                 out.setdefault(run, source)
     return out
 
 
 def score_texts(model, tokenizer, cache, logits: torch.Tensor, n: int, texts: dict[str, str],
                 prefix: str, suffix: str, heal: Healing, suffix_lines: int,
-                end_ids: set[int]) -> list[Candidate]:
+                end_ids: set[int], per_token: bool = False) -> list[Candidate]:
     """``texts`` scored by the parent with ``suffix_lines`` lines of the suffix, best first
-    (the earlier candidate first among equals)."""
+    (the earlier candidate first among equals); ``per_token``: the mean log-probability."""
     tail = line_separator(prefix, suffix) + suffix_head(suffix, suffix_lines)
     conts = [tokenizer.encode(heal.cut + text + tail) or [min(end_ids)] for text in texts]
     scores = continuation_logprobs(model, cache, logits, n, conts)
+    if per_token:
+        scores = [score / len(cont) for score, cont in zip(scores, conts)]
     ranked = [Candidate(text, source, score)
               for (text, source), score in zip(texts.items(), scores)]
     return sorted(ranked, key=lambda c: -c.logprob)
 
 
+def request_kind(single: bool, suffix: str) -> str:
+    """What a request asks for: a single-line request is a line; lines before code are a
+    block (judged with the code after them), before a blank suffix a function (judged per
+    token)."""
+    return "line" if single else "block" if suffix.strip() else "function"
+
+
 def rerank(model, tokenizer, prompt: list[int], prefix: str, suffix: str, heal: Healing,
            answer: str, branches: int, suffix_lines: int, max_new: int, end_ids: set[int],
-           block: bool = False) -> list[Candidate]:
-    """The diffusion ``answer`` and the parent's ``branches`` answers, scored, best first;
-    first lines, or (``block``) every length of each. ``prompt``: the healed prefix's token
-    ids as the parent reads them (``Engine.infill_prompt(prefix, "", ...)``)."""
+           kind: str = "line") -> list[Candidate]:
+    """The diffusion ``answer`` and the parent's ``branches`` answers, scored, best first:
+    first lines, every length of each (a block), or each whole, per token (a function; the
+    file's text after it is the newline that ends its last line). ``prompt``: the healed
+    prefix's token ids as the parent reads them (``Engine.infill_prompt(prefix, "", ...)``)."""
     dev = next(model.parameters()).device
     cache, logits = prompt_cache(model, torch.tensor([prompt], device=dev))
-    lines = len(answer.rstrip("\n").split("\n")) + 1 if block else 1
+    end = scope_end(prefix) if kind == "function" else \
+        line_end(len(answer.rstrip("\n").split("\n")) + 1 if kind == "block" else 1)
     parents = parent_texts(model, tokenizer, cache, logits, len(prompt), heal, branches,
-                           max_new, end_ids, lines)
-    texts = candidate_texts(answer, parents, block)
+                           max_new, end_ids, end)
+    texts = candidate_texts(answer, parents, kind, prefix)
+    if kind == "function":
+        return score_texts(model, tokenizer, cache, logits, len(prompt), texts, prefix, "\n",
+                           heal, 1, end_ids, per_token=True)
     return score_texts(model, tokenizer, cache, logits, len(prompt), texts, prefix, suffix,
                        heal, suffix_lines, end_ids)

@@ -119,6 +119,9 @@ def fit_infill(prefix: str, suffix: str, tokenizer, budget: int) -> tuple[str, s
         if k_pre + k_suf <= budget:
             break
         pre_budget, suf_budget = pre_budget * 9 // 10, suf_budget * 9 // 10
+    if not n_suf:  # a prompt to continue (``Engine.generate``): as ``fit_prompt`` says it
+        return pre, suf, (f"the prompt is {n_pre} tokens, more than the model's context; the "
+                          f"model saw its last {k_pre}")
     note = (f"the file is {n_pre + n_suf} tokens, more than the model's context; the model saw "
             f"the {k_pre} prefix and {k_suf} suffix tokens nearest the hole")
     return pre, suf, note

@@ -218,6 +218,20 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
     return _pool(tasks, work, jobs, progress)
 
 
+def unchecked_record(p: dict, rerank: dict) -> dict:
+    """With ``--check-examples``: how many candidates passed the prompt's examples and whether
+    the answer the parent alone preferred passes the tests (the same as the answer's unless the
+    examples changed it), so one run scores both."""
+    if "examples_passed" not in rerank:
+        return {}
+    out = {"examples_passed": rerank["examples_passed"]}
+    if "unchecked" in rerank:
+        body = truncate_function(rerank["unchecked"])
+        out["passed_unchecked"] = run_python(program(p["prompt"], body, "", p["test"],
+                                                     p["entry_point"])).passed
+    return out
+
+
 def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
                   progress=None) -> list[dict]:
     """Per-problem records of HumanEval whole-function pass@1 (``engine=None``: empty body)."""
@@ -236,6 +250,9 @@ def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
             body = truncate_function(generated)
             extra = {"forward_passes": res.extra.get("forward_passes"),
                      "elapsed_s": round(res.elapsed_s, 4)}
+            if "rerank" in res.extra:  # which source the parent's rerank chose
+                extra["rerank"] = res.extra["rerank"]["source"]
+                extra.update(unchecked_record(p, res.extra["rerank"]))
         r = run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
         return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
                 "completion": body, "generated": generated, **extra}
@@ -302,4 +319,8 @@ def summarize(records: list[dict], task: str, model: str, length: str | None) ->
             **({"retried": sum(r["tries"] > 1 for r in guarded),
                 "withheld": sum(not r["accepted"] for r in guarded)} if guarded else {}),
             **({"parent_chosen": sum(r["rerank"] == "parent" for r in reranked)}
-               if (reranked := [r for r in records if "rerank" in r]) else {})}
+               if (reranked := [r for r in records if "rerank" in r]) else {}),
+            **({"with_examples_checked": sum(r["examples_passed"] > 0 for r in checked),
+                "passed_without_the_check": sum(r.get("passed_unchecked", r["passed"])
+                                                for r in records)}
+               if (checked := [r for r in records if "examples_passed" in r]) else {})}

@@ -57,8 +57,19 @@ def test_infill_on_an_adapter_is_reranked_by_its_parent_lines_and_blocks(tiny_ad
     assert "rerank" not in alone
     block = json.loads(unmask(*args, "--parent-branches", "2").stdout)
     assert block["rerank"]["source"] in ("diffusion", "parent")
-    at_end = args[:5] + ("--suffix", "") + args[7:]  # nothing after a block to judge it by
-    assert "rerank" not in json.loads(unmask(*at_end, "--parent-branches", "2").stdout)
+    at_end = args[:5] + ("--suffix", "") + args[7:]  # a function: judged per token
+    assert json.loads(unmask(*at_end, "--parent-branches", "2").stdout)["rerank"]["source"] \
+        in ("diffusion", "parent")
+
+
+def test_generate_checks_the_docstring_examples_when_asked(tiny_adapter):
+    prompt = 'def double(x):\n    """Twice x.\n\n    >>> double(2)\n    4\n    """\n'
+    args = ("generate", "--model", str(tiny_adapter), "--prompt", prompt, "--json",
+            "--max-new-tokens", "12", "--dtype", "float32", "--parent-branches", "2")
+    checked = json.loads(unmask(*args, "--check-examples").stdout)
+    record = checked["rerank"]  # every candidate was run on the examples
+    assert 0 <= record["examples_passed"] <= record["candidates"]
+    assert "examples_passed" not in json.loads(unmask(*args).stdout)["rerank"]
 
 
 def test_batch_jsonl_reports_bad_line_and_runs_the_rest(tiny_model, tmp_path):

@@ -15,10 +15,13 @@ from engine.rerank import (
     candidate_texts,
     continuation_logprobs,
     first_lines,
+    line_end,
     line_runs,
     line_separator,
     parent_texts,
+    request_kind,
     rerank,
+    scope_end,
     suffix_head,
 )
 
@@ -57,7 +60,8 @@ def test_first_parent_line_is_the_greedy_line_and_branches_differ(tiny_engine):
     assert len(set(lines)) == len(lines) <= 3
     assert all(line.strip() and "\n" not in line for line in lines)
     # a block: the same greedy row, continued through its second line
-    blocks = parent_texts(model, tok, cache, logits, len(prompt), heal, 3, 24, ends, lines=2)
+    blocks = parent_texts(model, tok, cache, logits, len(prompt), heal, 3, 24, ends,
+                          line_end(2))
     assert blocks[0] == first_lines(written, 2).rstrip("\n")
     assert all(b.count("\n") <= 1 for b in blocks)
 
@@ -66,9 +70,24 @@ def test_a_block_is_a_candidate_at_every_length_ending_on_code():
     assert first_lines("a\nb\nc", 2) == "a\nb" and first_lines("a", 3) == "a"
     assert line_runs("x = 1\n\n    y = 2\nz") == ["x = 1", "x = 1\n\n    y = 2",
                                                     "x = 1\n\n    y = 2\nz"]
-    got = candidate_texts("a\nb\n", ["a\nc", "d"], block=True)
+    got = candidate_texts("a\nb\n", ["a\nc", "d"], "block")
     assert got == {"a": "diffusion", "a\nb": "diffusion", "a\nc": "parent", "d": "parent"}
-    assert candidate_texts("a\nb\n", ["c"], block=False) == {"a": "diffusion", "c": "parent"}
+    assert candidate_texts("a\nb\n", ["c"], "line") == {"a": "diffusion", "c": "parent"}
+
+
+def test_a_function_is_a_candidate_whole_and_ends_with_its_scope():
+    prefix = 'def f(x):\n    """Double."""\n'
+    body = "    y = x * 2\n\n    return y\n"
+    # the diffusion answer is cut where it leaves the function; blank answers are no candidate
+    got = candidate_texts(body + "\n\ndef g():\n    pass\n", ["    return 2 * x", "  "],
+                          "function", prefix)
+    assert got == {body.rstrip("\n"): "diffusion", "    return 2 * x": "parent"}
+    end = scope_end(prefix)
+    assert end(body) is None  # still inside: the body may go on
+    assert end(body + "\nprint(f(2))").rstrip("\n") == body.rstrip("\n")
+    assert line_end(2)("a\nb") is None and line_end(2)("a\nb\nc") == "a\nb"
+    assert [request_kind(True, "x"), request_kind(False, "  x\n"), request_kind(False, "\n ")] \
+        == ["line", "block", "function"]
 
 
 def test_suffix_head_and_line_separator():
@@ -119,17 +138,37 @@ def test_a_block_answer_is_the_length_and_source_the_parent_scores_highest(tiny_
     heal = plan_healing(engine.tokenizer, PREFIX, SUFFIX)
     prompt = engine.infill_prompt(PREFIX, "", 24)[0]
     ranked = rerank(engine.parent, engine.tokenizer, prompt, PREFIX, SUFFIX, heal,
-                    alone.completion, 2, 4, 24, set(engine.end_ids), block=True)
+                    alone.completion, 2, 4, 24, set(engine.end_ids), "block")
     # the file gets the best candidate and then the newline before the suffix's line
     assert reranked.completion == ranked[0].text + "\n"
     assert reranked.extra["rerank"] == {"source": ranked[0].source, "candidates": len(ranked)}
     assert [c.logprob for c in ranked] == sorted((c.logprob for c in ranked), reverse=True)
     runs = line_runs(alone.completion.rstrip("\n"))
     assert {c.text for c in ranked if c.source == "diffusion"} == set(runs)
-    # at the end of a file no code after the block judges its length: the answer stands
-    at_end = engine.infill(PREFIX, "", block, parent_branches=2)
-    assert "rerank" not in at_end.extra
-    assert at_end.completion == engine.infill(PREFIX, "", block).completion
+
+
+def test_a_function_answer_is_the_whole_answer_the_parent_scores_highest_per_token(
+        tiny_adapter):
+    engine = Engine.load(str(tiny_adapter), device="cpu", dtype="float32")
+    block = engine.settings(max_new_tokens=24, steps=24, temperature=0.0, length="fixed")
+    alone = engine.infill(PREFIX, "", block)
+    reranked = engine.infill(PREFIX, "", block, parent_branches=2)
+    heal = plan_healing(engine.tokenizer, PREFIX, "")
+    prompt = engine.infill_prompt(PREFIX, "", 24)[0]
+    ranked = rerank(engine.parent, engine.tokenizer, prompt, PREFIX, "", heal,
+                    alone.completion, 2, 8, 24, set(engine.end_ids), "function")
+    assert reranked.completion == ranked[0].text  # nothing follows a function's last line
+    assert reranked.extra["rerank"] == {"source": ranked[0].source, "candidates": len(ranked)}
+    # scores are means per token: each is the summed log-probability over the tokens scored
+    for c in ranked:
+        cont = engine.tokenizer.encode(heal.cut + c.text + "\n")
+        total = continuation_logprobs(engine.parent, *prompt_cache(
+            engine.parent, torch.tensor([prompt])), len(prompt), [cont])[0]
+        assert c.logprob == pytest.approx(total / len(cont), abs=1e-4)
+    assert [c.logprob for c in ranked] == sorted((c.logprob for c in ranked), reverse=True)
+    # code generation is that same request: a prompt and a blank suffix
+    generated = engine.generate(PREFIX, block, raw=True, parent_branches=2)
+    assert generated.completion == reranked.completion
 
 
 def test_a_model_without_parent_answers_alone(tiny_engine):
