@@ -191,6 +191,9 @@ class GenerationSettings(SamplerSettings):
         if self.rerank_suffix_lines < 0:
             raise ConfigError(f"--rerank-suffix-lines must be >= 0, got "
                               f"{self.rerank_suffix_lines}")
+        if self.check_examples and not self.parent_branches:
+            raise ConfigError("--check-examples orders the parent's candidates; drop "
+                              "--parent-branches 0 or --check-examples")
         if self.reuse_context and not self.cache_refresh:
             raise ConfigError("--reuse-context works with the context cache; add "
                               "--cache-refresh N (N >= 1)")
@@ -492,8 +495,8 @@ class Engine:
         (``settings.parent_branches``): ``engine.rerank``. A single-line request compares
         lines; a block request compares every length of each answer, judged by the code after
         it; before a blank suffix (a function) whole answers, per token. With ``accept``, an
-        answer it rejects is never chosen over one it takes. ``extra["rerank"]`` says which source won,
-        out of how many; the time spent is added to ``elapsed_s``."""
+        answer it rejects is never chosen over one it takes. ``extra["rerank"]`` says which
+        source won, out of how many; the time spent is added to ``elapsed_s``."""
         started = time.perf_counter() - done.elapsed_s
         single = "\n" in settings.stop
         if not settings.parent_branches or self.parent is None:

@@ -181,7 +181,8 @@ def test_a_model_without_parent_answers_alone(tiny_engine):
 
 
 @pytest.mark.parametrize("bad", [{"parent_branches": 9}, {"parent_branches": -1},
-                                 {"rerank_suffix_lines": -2}])
+                                 {"rerank_suffix_lines": -2},
+                                 {"parent_branches": 0, "check_examples": True}])
 def test_bad_rerank_settings_are_refused(tiny_engine, bad):
     with pytest.raises(ConfigError, match="--parent-branches|--rerank-suffix-lines"):
         tiny_engine.settings(**bad)
