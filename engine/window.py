@@ -120,8 +120,7 @@ def fit_infill(prefix: str, suffix: str, tokenizer, budget: int) -> tuple[str, s
             break
         pre_budget, suf_budget = pre_budget * 9 // 10, suf_budget * 9 // 10
     if not n_suf:  # a prompt to continue (``Engine.generate``): as ``fit_prompt`` says it
-        return pre, suf, (f"the prompt is {n_pre} tokens, more than the model's context; the "
-                          f"model saw its last {k_pre}")
+        return pre, suf, prompt_note(n_pre, k_pre)
     note = (f"the file is {n_pre + n_suf} tokens, more than the model's context; the model saw "
             f"the {k_pre} prefix and {k_suf} suffix tokens nearest the hole")
     return pre, suf, note
@@ -136,8 +135,14 @@ def fit_prompt(prompt: str, tokenizer, budget: int) -> tuple[str, str | None]:
     while len(tokenizer.encode(kept)) > budget:
         budget = budget * 9 // 10
         kept = tail_by_tokens(prompt, tokenizer, budget)
-    return kept, (f"the prompt is {n} tokens, more than the model's context; the model saw its "
-                  f"last {len(tokenizer.encode(kept))}")
+    return kept, prompt_note(n, len(tokenizer.encode(kept)))
+
+
+def prompt_note(n: int, kept: int) -> str:
+    """What a prompt of ``n`` tokens cut to its last ``kept`` says (``fit_prompt``, and
+    ``fit_infill`` when there is no suffix)."""
+    return (f"the prompt is {n} tokens, more than the model's context; the model saw its last "
+            f"{kept}")
 
 
 def infill_ids(tokenizer, prefix: str, suffix: str, context: str, room: int

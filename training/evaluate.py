@@ -226,10 +226,13 @@ def unchecked_record(p: dict, rerank: dict) -> dict:
         return {}
     out = {"examples_passed": rerank["examples_passed"]}
     if "unchecked" in rerank:
-        body = truncate_function(rerank["unchecked"])
-        out["passed_unchecked"] = run_python(program(p["prompt"], body, "", p["test"],
-                                                     p["entry_point"])).passed
+        out["passed_unchecked"] = run_function(p, truncate_function(rerank["unchecked"])).passed
     return out
+
+
+def run_function(p: dict, body: str):
+    """HumanEval problem ``p``'s tests on its prompt and ``body``, in the sandbox."""
+    return run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
 
 
 def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
@@ -253,7 +256,7 @@ def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
             if "rerank" in res.extra:  # which source the parent's rerank chose
                 extra["rerank"] = res.extra["rerank"]["source"]
                 extra.update(unchecked_record(p, res.extra["rerank"]))
-        r = run_python(program(p["prompt"], body, "", p["test"], p["entry_point"]))
+        r = run_function(p, body)
         return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
                 "completion": body, "generated": generated, **extra}
 
