@@ -166,10 +166,12 @@ class CompletionService:
         """The request's context window (``assistant.requests.request_window``)."""
         return request_window(self.settings, self.holder.engine, text, offset, mode)
 
-    def settings_for(self, mode: str, seed: int = 0, length: str | None = None):
+    def settings_for(self, mode: str, seed: int = 0, length: str | None = None,
+                     check_examples: bool = False):
         """The request's generation settings (``assistant.requests.request_settings``); needs
         a loaded engine."""
-        return request_settings(self.settings, self.holder.engine, mode, seed, length)
+        return request_settings(self.settings, self.holder.engine, mode, seed, length,
+                                check_examples)
 
     def context(self, path, prefix: str, suffix: str) -> str:
         """Repository context for a hole in ``path`` (empty when off, not indexed yet, or no
@@ -220,14 +222,17 @@ class CompletionService:
         settings = self.settings_for("multi", seed, length="fixed")
         return self.run_stream(job, engine.generate_stream(prompt, settings, raw=True), on_frame)
 
-    def fill(self, job: Job, prefix: str, suffix: str, seed: int = 0, on_frame=None, path=None):
-        """Fill a hole (a function body, a selection); None when not ready or cancelled."""
+    def fill(self, job: Job, prefix: str, suffix: str, seed: int = 0, on_frame=None, path=None,
+             check_examples: bool = False):
+        """Fill a hole (a function body, a selection); None when not ready or cancelled.
+        ``check_examples``: a body whose docstring has ``>>>`` examples, its candidates run
+        on them in the sandbox (``extra["rerank"]["examples_passed"]`` says how many passed)."""
         engine = self.holder.engine
         if engine is None:
             return None
         return self.run_stream(job, engine.infill_stream(
-            prefix, suffix, self.settings_for("multi", seed), self.context(path, prefix, suffix)),
-            on_frame)
+            prefix, suffix, self.settings_for("multi", seed, check_examples=check_examples),
+            self.context(path, prefix, suffix)), on_frame)
 
     def run_stream(self, job: Job, stream, on_frame=None):
         """Consume a denoising stream, stopping between steps when the job is cancelled;

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from assistant.syntax import FunctionInfo, function_at
+from engine.examples import prompt_examples
 
 
 @dataclass
@@ -21,6 +22,12 @@ class EditPlan:
     function: FunctionInfo | None = None
     leading_newline: bool = False
     """The body goes after a docstring on the same line: start it on a new line."""
+
+    @property
+    def examples(self) -> str:
+        """The ``>>>`` examples of the docstring of the function whose body this writes ("" for
+        a selection, or a docstring without them): what "checked by its examples" runs."""
+        return prompt_examples(self.prefix) if self.function is not None else ""
 
     def finish(self, completion: str) -> str:
         """The text that replaces [start, end) once the model has written ``completion``."""

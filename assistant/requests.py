@@ -20,12 +20,18 @@ def canvas_slots(s: AssistantSettings, mode: str) -> int:
 
 
 def request_settings(s: AssistantSettings, engine, mode: str, seed: int = 0,
-                     length: str | None = None):
+                     length: str | None = None, check_examples: bool = False):
     """``mode`` single: a single-line suggestion as you type; multi: a block, a body, an
     explicit request. ``Engine.settings`` (the model's generation_config) under the user's
     settings. ``seed`` > 0 asks for another candidate, so it samples (temperature at least
-    0.6). ``length`` None: ``line_canvas`` for a single line, adaptive otherwise."""
+    0.6). ``length`` None: ``line_canvas`` for a single line, adaptive otherwise.
+    ``check_examples``: a body checked by its docstring's examples, which needs the parent's
+    candidates: the user's ``parent_branches``, else the model's own count, else 3 (the
+    embedded model's)."""
     new = canvas_slots(s, mode)
+    branches = s.parent_branches
+    if check_examples:
+        branches = branches or engine.settings().parent_branches or 3
     length = length or (s.line_canvas if mode == "single" else "adaptive")
     temperature = s.temperature if seed == 0 else max(s.temperature or 0.0, 0.6)
     return engine.settings(
@@ -34,7 +40,7 @@ def request_settings(s: AssistantSettings, engine, mode: str, seed: int = 0,
         cache_refresh=s.cache_refresh, stop_loops=s.stop_loops,
         limit_scope=s.limit_scope and mode == "multi", retries=s.syntax_retries,
         reuse_context=s.reuse_context and s.cache_refresh > 0,
-        parent_branches=s.parent_branches)
+        parent_branches=branches, check_examples=check_examples)
 
 
 def request_window(s: AssistantSettings, engine, text: str, offset: int,

@@ -62,8 +62,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rerank-suffix-lines", type=int, default=None,
                    help="with --parent-branches: suffix lines the parent scores")
     g.add_argument("--check-examples", action="store_true", default=None,
-                   help="with --parent-branches, a function: run its docstring's >>> examples "
-                        "on each candidate in the sandbox and prefer the ones that pass")
+                   help="with --parent-branches, a whole function body (the prefix ends at "
+                        "its docstring): run the docstring's >>> examples on each candidate in "
+                        "the sandbox and prefer the ones that pass")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive blocks of this many slots, left to right; "
                         "0 = one block (default: the model's generation_config)")

@@ -159,7 +159,11 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--decode", default="diffusion", choices=["diffusion", "ar"],
                     help="ar: the model as its autoregressive parent (causal mask, greedy, "
                          "prefix only, healed): the baseline a diffusion model must beat")
-    ev.add_argument("--out", type=Path, help="write per-task results as JSONL")
+    ev.add_argument("--out", type=Path, help="write per-task results as JSONL (each kept in "
+                    "OUT.partial as it finishes)")
+    ev.add_argument("--resume", action="store_true",
+                    help="with --out: reuse the records of a stopped run with the same flags "
+                         "(OUT.partial) and run only the tasks missing")
     ev.add_argument("--val", type=Path, default=DATA / "tokens" / "val.bin")
 
 
@@ -245,18 +249,19 @@ def _eval(args) -> int:
             raise ConfigError("--syntax-guard decodes again with the diffusion engine; drop it "
                               "with --decode ar")
         engine, label = ev.ARParent(engine), f"{label} (AR, prefix only)"
+    journal = _journal(args, engine, settings, label, length)
     with EvalProgress(args.task) as progress:
         if single is None:
-            records = ev.eval_function(engine, settings, args.limit, args.jobs, progress)
+            records = ev.eval_function(engine, settings, args.limit, args.jobs, progress,
+                                       journal)
         else:
             records = ev.eval_infill(engine, settings, single, args.limit, length, args.jobs,
-                                     progress, guard=args.syntax_guard)
+                                     progress, guard=args.syntax_guard, journal=journal)
     summary = ev.summarize(records, args.task, label,
                            None if args.empty or args.decode == "ar" or single is None
                            else length)  # a function's canvas is --max-new-tokens
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if journal is not None:
+        journal.finish(records)
     table = Table(title=f"HumanEval {args.task}")
     for col in ("model", "length", "tasks", "passed", "pass@1", "looping", "passes/task",
                 "length error"):
@@ -268,6 +273,31 @@ def _eval(args) -> int:
     Console().print(table)
     print(json.dumps(summary), file=sys.stderr)
     return 0
+
+
+def _journal(args, engine, settings, label: str, length: str):
+    """``--out``'s journal (``training.journal``), keyed by everything that makes a record:
+    the task set, the model's weights, the decoding and every generation setting."""
+    if not args.out:
+        if args.resume:
+            raise ConfigError("--resume continues the run that --out names; add --out FILE")
+        return None
+    from dataclasses import asdict
+
+    from training.journal import Journal, weights_digest
+
+    folder = getattr(engine, "folder", None)  # an ARParent wraps the engine: same folder
+    folder = folder or getattr(getattr(engine, "engine", None), "folder", None)
+    key = {"task": args.task, "limit": args.limit, "label": label, "length": length,
+           "decode": args.decode, "syntax_guard": args.syntax_guard,
+           "model": str(folder) if folder else None,
+           "weights": weights_digest(folder) if folder else None,
+           "settings": asdict(settings) if settings is not None else None}
+    journal = Journal(args.out, key, args.resume)
+    if journal.done:
+        print(f"resuming: {len(journal.done)} task records kept in {journal.partial}",
+              file=sys.stderr)
+    return journal
 
 
 class EvalProgress:
@@ -285,6 +315,7 @@ class EvalProgress:
                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                             console=Console(stderr=True))
         self.task = None
+        self.first = None  # tasks done before this run's first one finished
         self.started = self.logged = time.monotonic()
 
     def __enter__(self):
@@ -298,10 +329,13 @@ class EvalProgress:
     def __call__(self, done: int, total: int, passed: int) -> None:
         self.bar.update(self.task, completed=done, total=total, info=f"passed {passed}")
         now = time.monotonic()
+        # the rate of this run's tasks: a resumed run starts with the kept ones done
+        self.first = done - 1 if self.first is None else self.first
         if not self.bar.console.is_terminal and (done % 50 == 0 or done == total
                                                  or now - self.logged >= 60):
             self.logged, spent = now, now - self.started
-            eta = f", about {spent / done * (total - done) / 60:.0f} min left" if done else ""
+            ran = done - self.first
+            eta = f", about {spent / ran * (total - done) / 60:.0f} min left" if ran else ""
             self.bar.console.print(f"{self.label}: {done}/{total} done, {passed} passed{eta}")
 
 

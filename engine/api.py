@@ -163,8 +163,9 @@ class GenerationSettings(SamplerSettings):
     """With ``parent_branches``: how many lines of the suffix the parent scores after each
     candidate (0: the candidate alone, the prefix-only parent's preference)."""
     check_examples: bool = False
-    """With ``parent_branches``, for a function (a request before a blank suffix): run the
-    ``>>>`` examples of the docstring it ends in against each candidate in the sandbox
+    """With ``parent_branches``, for a multi-line request that is a whole function body (the
+    prefix ends at the docstring of a function whose body has not begun, whatever follows):
+    run the docstring's ``>>>`` examples against each candidate in the sandbox
     (``engine.examples``), and put the candidates that pass them all first. It runs the file
     before the cursor with each candidate, so it is asked for, never assumed."""
 
@@ -516,7 +517,7 @@ class Engine:
         if accept is not None:
             taken = [c for c in ranked if accept(c.text + sep)]
             ranked, extra["accepted"] = taken or ranked, bool(taken)
-        if settings.check_examples and kind == "function":
+        if settings.check_examples and kind != "line":
             ranked = self.by_examples(ranked, prefix, sep, extra["rerank"])
         best = ranked[0]
         extra["rerank"]["source"] = best.source

@@ -37,14 +37,15 @@ def docstring(definition: str) -> str:
     except SyntaxError:
         return ""
     node = tree.body[-1] if tree.body else None
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return ""
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(node.body) != 2:
+        return ""  # not a function, or its body has begun: the docstring and our ``pass`` only
     return ast.get_docstring(node) or ""
 
 
 def prompt_examples(prefix: str) -> str:
     """The docstring of the last function definition in ``prefix`` when it holds ``>>>``
-    examples, else ""."""
+    examples and ``prefix`` ends before its body, else "": only a whole body can be checked
+    (the rest of a body begun above the cursor, or written below it, is not in the check)."""
     starts = [m.start() for m in _DEF.finditer(prefix)]
     text = docstring(prefix[starts[-1]:]) if starts else ""
     try:

@@ -54,20 +54,16 @@ class Candidate:
     lines scored, given the prompt (a function: per token)."""
 
 
-def suffix_head(suffix: str, lines: int) -> str:
-    """The suffix through its ``lines``-th newline (all of it when shorter)."""
-    end = 0
-    for _ in range(lines):
-        nl = suffix.find("\n", end)
-        if nl < 0:
-            return suffix
-        end = nl + 1
-    return suffix[:end]
-
-
 def first_lines(text: str, k: int) -> str:
     """``text`` before its ``k``-th newline (all of it when it has fewer)."""
     return "\n".join(text.split("\n")[:k])
+
+
+def suffix_head(suffix: str, lines: int) -> str:
+    """The suffix through its ``lines``-th newline (all of it when shorter)."""
+    if suffix.count("\n") < lines:
+        return suffix
+    return first_lines(suffix, lines) + "\n" if lines else ""
 
 
 def line_runs(text: str) -> list[str]:

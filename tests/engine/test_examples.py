@@ -33,6 +33,8 @@ def test_the_examples_are_those_of_the_last_function():
     assert examples.endswith("[0, 2,  4]")  # the docstring's text: no closing quotes
     assert prompt_examples('def f():\n    """No examples here."""\n') == ""
     assert prompt_examples("x = 1\n") == ""
+    # a body begun above the cursor: a candidate would be checked without its first lines
+    assert prompt_examples(PROMPT + "    y = x\n") == ""
 
 
 def test_a_body_passes_only_when_every_example_does():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -18,12 +19,17 @@ def inline(client, uri=URI, line=7, character=4):
         "context": {"triggerKind": 1}})
 
 
-@pytest.fixture
-def client(tiny_model):
-    c = RawClient("--model", str(tiny_model))
+def served(model):
+    """A server on ``model`` for one test, killed after it if it is still running."""
+    c = RawClient("--model", str(model))
     yield c
     if c.proc.poll() is None:
         c.proc.kill()
+
+
+@pytest.fixture
+def client(tiny_model):
+    yield from served(tiny_model)
 
 
 def ready(client, options=None, root_uri=None):
@@ -144,6 +150,65 @@ def test_generate_body_action_applies_one_versioned_edit(client):
     assert text_edit["range"]["start"] == {"line": 2, "character": 0}
     assert text_edit["range"]["end"] == {"line": 2, "character": 8}
     client.response(rid)
+    assert client.close() == 0
+
+
+EXAMPLES = ('def double(x):\n    """Twice x.\n\n    >>> double(2)\n    4\n    """\n    pass\n\n\n'
+            'print(double(3))\n')
+
+
+def body_actions(client, uri, version):
+    client.open(uri, EXAMPLES, version=version)
+    rid = client.request("textDocument/codeAction", {
+        "textDocument": {"uri": uri},
+        "range": {"start": {"line": 0, "character": 4}, "end": {"line": 0, "character": 4}},
+        "context": {"diagnostics": []}})
+    return client.response(rid)["result"]
+
+
+def run_checked(client, actions) -> str:
+    """Runs the checked action and returns the message the server shows after it."""
+    cmd = actions[1]["command"]
+    assert cmd["arguments"][3] is True
+    client.request("workspace/executeCommand", {"command": cmd["command"],
+                                                "arguments": cmd["arguments"]})
+    shown = client.wait_for(lambda m: m.get("method") == "window/showMessage", timeout=120)
+    return shown["params"]["message"]
+
+
+@pytest.fixture
+def adapter_client(tiny_adapter):
+    """A server on a LoRA adapter, which has a parent to write candidates."""
+    yield from served(tiny_adapter)
+
+
+def test_a_body_checked_by_its_examples_runs_them_on_the_parents_candidates(adapter_client):
+    c = adapter_client
+    ready(c)
+    actions = body_actions(c, URI, 4)
+    assert [a["title"] for a in actions] == [
+        "Unmask: generate body of double",
+        "Unmask: generate body of double, checked by its examples"]
+    message = run_checked(c, actions)
+    edit = next(m for m in c.seen if m.get("method") == "workspace/applyEdit")
+    assert edit["params"]["edit"]["documentChanges"][0]["textDocument"]["version"] == 4
+    # the random tiny adapter writes no right body, but every candidate was run
+    candidates = int(re.search(r"\(0 of (\d+)\)", message).group(1))
+    assert candidates >= 2 and "no candidate passed" in message
+    assert c.close() == 0
+
+
+def test_a_checked_body_needs_a_parent_and_examples(client):
+    ready(client)
+    message = run_checked(client, body_actions(client, URI, 2))
+    assert "needs the candidates of an adapted model's parent" in message
+    assert not any(m.get("method") == "workspace/applyEdit" for m in client.seen)
+    client.open(URI, SOURCE, version=5)  # add's docstring has no examples: not offered
+    rid = client.request("textDocument/codeAction", {
+        "textDocument": {"uri": URI},
+        "range": {"start": {"line": 0, "character": 4}, "end": {"line": 0, "character": 4}},
+        "context": {"diagnostics": []}})
+    assert len(client.response(rid)["result"]) == 1
     assert client.close() == 0
 
 

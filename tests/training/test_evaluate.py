@@ -45,6 +45,50 @@ def test_eval_cli_prints_table_and_summary(tmp_path):
     summary = json.loads(r.stderr.strip().splitlines()[-1])
     assert summary["n"] == 8 and summary["model"] == "empty"
     assert len(out.read_text().splitlines()) == 8
+    assert not (tmp_path / "r.jsonl.partial").exists()  # the journal is gone once all are in
+    r = subprocess.run([sys.executable, "-m", "cli", "eval", "infill-single", "--empty",
+                        "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "add --out FILE" in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_stopped_eval_resumes_from_its_journal_and_refuses_another_runs(tiny_engine,
+                                                                          tmp_path):
+    import pytest
+
+    from engine.errors import ConfigError
+    from training.evaluate import eval_infill, task_settings
+    from training.journal import Journal
+
+    settings = task_settings(tiny_engine, True, max_new_tokens=6, steps=3)
+    key = {"task": "infill-single", "settings": settings}
+    fresh = eval_infill(tiny_engine, settings, True, 4, "fixed")
+
+    def stop_after_two(done, total, passed):
+        if done == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or the session ending
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        eval_infill(tiny_engine, settings, True, 4, "fixed", progress=stop_after_two,
+                    journal=Journal(out, key, resume=False))
+    partial = tmp_path / "r.jsonl.partial"
+    with partial.open("a") as f:
+        f.write('{"task_id": "HumanEval/9')  # the record being written when it was killed
+    seen = []
+    journal = Journal(out, key, resume=True)
+    assert len(journal.done) == 2
+    records = eval_infill(tiny_engine, settings, True, 4, "fixed",
+                          progress=lambda done, total, passed: seen.append(done),
+                          journal=journal)
+    assert seen == [3, 4]  # only the two tasks missing ran
+    journal.finish(records)
+    strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+    assert strip == [{k: v for k, v in r.items() if k != "elapsed_s"} for r in fresh]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == records
+    assert not partial.exists()
+    # another run's records are never mixed in
+    Journal(out, key, resume=False).add(records[0])
+    with pytest.raises(ConfigError, match="records of another run"):
+        Journal(out, {**key, "task": "infill-multi"}, resume=True)
 
 
 def test_spread_picks_evenly_and_keeps_everything_without_a_limit():
@@ -112,3 +156,20 @@ def test_the_syntax_guard_decodes_again_only_answers_that_break_the_task_file(ti
         file_can_tell(t.prefix, "\n" + t.suffix) and not fits(t, b["completion"])
         for t, b in zip(tasks, guarded))
     assert "retried" not in summarize(plain, "infill-single", "tiny", "adaptive")
+
+
+def test_the_parent_alone_baseline_decodes_lines_blocks_and_functions(tiny_engine):
+    from training.evaluate import ARParent, eval_function, eval_infill, task_settings
+
+    parent = ARParent(tiny_engine)
+    for single in (True, False):
+        records = eval_infill(parent, task_settings(tiny_engine, single, max_new_tokens=8), single,
+                              3, "fixed")
+        assert len(records) == 3 and not any(r["status"].startswith("error") for r in records)
+        if single:
+            assert all(r["completion"].count("\n") <= 1 for r in records)
+        else:  # told the reference's line count: never more lines than the hole
+            assert all(r["completion"].count("\n") <= r["reference"].count("\n")
+                       for r in records)
+    (record,) = eval_function(parent, task_settings(tiny_engine, None, max_new_tokens=8), 1)
+    assert record["forward_passes"] >= 1
