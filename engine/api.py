@@ -508,17 +508,18 @@ class Engine:
             line_separator(prefix, suffix)
         prompt = self.infill_prompt(prefix, "", settings.max_new_tokens, context)[0]
         kind = request_kind(single, suffix)
+        examples = prompt_examples(prefix) if settings.check_examples and not single else ""
         ranked = rerank(self.parent, self.tokenizer, prompt, prefix, suffix, heal,
                         done.completion, settings.parent_branches, settings.rerank_suffix_lines,
-                        settings.max_new_tokens, set(self.end_ids), kind)
+                        settings.max_new_tokens, set(self.end_ids), kind, bool(examples))
         if not ranked:  # a blank answer and no parent answer: nothing to choose from
             return done
         extra = {**done.extra, "rerank": {"candidates": len(ranked)}}
         if accept is not None:
             taken = [c for c in ranked if accept(c.text + sep)]
             ranked, extra["accepted"] = taken or ranked, bool(taken)
-        if settings.check_examples and kind != "line":
-            ranked = self.by_examples(ranked, prefix, sep, extra["rerank"])
+        if examples:
+            ranked = self.by_examples(ranked, prefix, sep, extra["rerank"], examples)
         best = ranked[0]
         extra["rerank"]["source"] = best.source
         kept = first_line(done.completion) if single else done.completion.rstrip("\n")
@@ -531,13 +532,14 @@ class Engine:
                           extra)
 
     @staticmethod
-    def by_examples(ranked: list[Candidate], prefix: str, sep: str,
-                    record: dict) -> list[Candidate]:
-        """``ranked`` with the candidates that pass the docstring's examples first, each part
-        in its order (``engine.examples``; unchanged when the docstring has none). ``record``
-        (``extra["rerank"]``) gets how many passed, and ``unchecked``, the answer the parent
-        alone would have given, when the examples changed it."""
-        examples = prompt_examples(prefix)
+    def by_examples(ranked: list[Candidate], prefix: str, sep: str, record: dict,
+                    examples: str | None = None) -> list[Candidate]:
+        """``ranked`` with the candidates that pass the docstring's examples (``examples``,
+        else ``prompt_examples(prefix)``) first, each part in its order (``engine.examples``;
+        unchanged when the docstring has none). ``record`` (``extra["rerank"]``) gets how many
+        passed, and ``unchecked``, the answer the parent alone would have given, when the
+        examples changed it."""
+        examples = prompt_examples(prefix) if examples is None else examples
         if not examples:
             return ranked
         passing = [c for c in ranked if passes_examples(prefix, c.text + sep, examples)]

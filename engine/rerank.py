@@ -212,14 +212,17 @@ def request_kind(single: bool, suffix: str) -> str:
 
 def rerank(model, tokenizer, prompt: list[int], prefix: str, suffix: str, heal: Healing,
            answer: str, branches: int, suffix_lines: int, max_new: int, end_ids: set[int],
-           kind: str = "line") -> list[Candidate]:
+           kind: str = "line", whole_bodies: bool = False) -> list[Candidate]:
     """The diffusion ``answer`` and the parent's ``branches`` answers, scored, best first:
     first lines, every length of each (a block), or each whole, per token (a function; the
     file's text after it is the newline that ends its last line). ``prompt``: the healed
-    prefix's token ids as the parent reads them (``Engine.infill_prompt(prefix, "", ...)``)."""
+    prefix's token ids as the parent reads them (``Engine.infill_prompt(prefix, "", ...)``).
+    The parent writes a block one line longer than ``answer``, or, with ``whole_bodies`` (a
+    body that will be run on its examples, which only a whole body can pass), until it leaves
+    the body's scope, as a function's."""
     dev = next(model.parameters()).device
     cache, logits = prompt_cache(model, torch.tensor([prompt], device=dev))
-    end = scope_end(prefix) if kind == "function" else \
+    end = scope_end(prefix) if kind == "function" or whole_bodies else \
         line_end(len(answer.rstrip("\n").split("\n")) + 1 if kind == "block" else 1)
     parents = parent_texts(model, tokenizer, cache, logits, len(prompt), heal, branches,
                            max_new, end_ids, end)

@@ -171,6 +171,24 @@ def test_a_function_answer_is_the_whole_answer_the_parent_scores_highest_per_tok
     assert generated.completion == reranked.completion
 
 
+def test_a_body_checked_by_examples_is_chosen_among_the_parents_whole_bodies(tiny_adapter):
+    prefix = 'def double(x):\n    """Twice x.\n\n    >>> double(2)\n    4\n    """\n'
+    suffix = "\n\nprint(double(3))\n"
+    engine = Engine.load(str(tiny_adapter), device="cpu", dtype="float32")
+    block = engine.settings(max_new_tokens=24, steps=24, temperature=0.0, length="fixed")
+    alone = engine.infill(prefix, suffix, block)
+    checked = engine.infill(prefix, suffix, block, parent_branches=2, check_examples=True)
+    heal = plan_healing(engine.tokenizer, prefix, suffix)
+    prompt = engine.infill_prompt(prefix, "", 24)[0]
+    ranked = rerank(engine.parent, engine.tokenizer, prompt, prefix, suffix, heal,
+                    alone.completion, 2, 8, 24, set(engine.end_ids), "block", whole_bodies=True)
+    # a body before more code (a block) is checked too; the random adapter passes no example,
+    # so the order is the parent's, over its answers written to the body's end
+    assert checked.extra["rerank"]["examples_passed"] == 0
+    assert checked.extra["rerank"]["candidates"] == len(ranked)
+    assert checked.completion == ranked[0].text + line_separator(prefix, suffix)
+
+
 def test_a_model_without_parent_answers_alone(tiny_engine):
     assert tiny_engine.parent is None
     s = tiny_engine.settings(max_new_tokens=12, steps=12, temperature=0.0, stop=("\n",),
