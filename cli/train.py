@@ -235,6 +235,7 @@ def _eval(args) -> int:
                                     parent_branches=args.parent_branches,
                                     rerank_suffix_lines=args.rerank_suffix_lines,
                                     check_examples=args.check_examples)
+    folder = engine.folder if engine is not None else None  # the weights the records are of
     label = "empty" if args.empty else (args.model or "default")
     if args.syntax_guard and not args.empty:
         label += " + syntax guard"
@@ -249,7 +250,7 @@ def _eval(args) -> int:
             raise ConfigError("--syntax-guard decodes again with the diffusion engine; drop it "
                               "with --decode ar")
         engine, label = ev.ARParent(engine), f"{label} (AR, prefix only)"
-    journal = _journal(args, engine, settings, label, length)
+    journal = _journal(args, folder, settings, label, length)
     with EvalProgress(args.task) as progress:
         if single is None:
             records = ev.eval_function(engine, settings, args.limit, args.jobs, progress,
@@ -275,7 +276,7 @@ def _eval(args) -> int:
     return 0
 
 
-def _journal(args, engine, settings, label: str, length: str):
+def _journal(args, folder, settings, label: str, length: str):
     """``--out``'s journal (``training.journal``), keyed by everything that makes a record:
     the task set, the model's weights, the decoding and every generation setting."""
     if not args.out:
@@ -286,8 +287,6 @@ def _journal(args, engine, settings, label: str, length: str):
 
     from training.journal import Journal, weights_digest
 
-    folder = getattr(engine, "folder", None)  # an ARParent wraps the engine: same folder
-    folder = folder or getattr(getattr(engine, "engine", None), "folder", None)
     key = {"task": args.task, "limit": args.limit, "label": label, "length": length,
            "decode": args.decode, "syntax_guard": args.syntax_guard,
            "model": str(folder) if folder else None,

@@ -533,13 +533,12 @@ class Engine:
 
     @staticmethod
     def by_examples(ranked: list[Candidate], prefix: str, sep: str, record: dict,
-                    examples: str | None = None) -> list[Candidate]:
-        """``ranked`` with the candidates that pass the docstring's examples (``examples``,
-        else ``prompt_examples(prefix)``) first, each part in its order (``engine.examples``;
-        unchanged when the docstring has none). ``record`` (``extra["rerank"]``) gets how many
-        passed, and ``unchecked``, the answer the parent alone would have given, when the
-        examples changed it."""
-        examples = prompt_examples(prefix) if examples is None else examples
+                    examples: str) -> list[Candidate]:
+        """``ranked`` with the candidates that pass the docstring's ``examples``
+        (``engine.examples.prompt_examples``) first, each part in its order (unchanged when
+        there are none). ``record`` (``extra["rerank"]``) gets how many passed, and
+        ``unchecked``, the answer the parent alone would have given, when the examples changed
+        it."""
         if not examples:
             return ranked
         passing = [c for c in ranked if passes_examples(prefix, c.text + sep, examples)]

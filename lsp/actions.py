@@ -14,7 +14,6 @@ import logging
 from lsprotocol import types
 
 from assistant.edits import plan_body
-from assistant.syntax import function_at
 from lsp.uris import file_path
 
 log = logging.getLogger("unmask.lsp")
@@ -23,14 +22,14 @@ log = logging.getLogger("unmask.lsp")
 def code_actions(doc, rng: types.Range) -> list[types.CodeAction]:
     actions = []
     try:
-        fn = function_at(doc.source, rng.start.line)
+        plan = plan_body(doc.source, rng.start.line)  # None: no function with an empty body
     except Exception as err:  # noqa: BLE001 - tree-sitter missing or odd input: no action
         log.info("no syntax actions: %s", err)
-        fn = None
-    if fn is not None and fn.body_empty:
+        plan = None
+    if plan is not None:
+        fn = plan.function
         actions.append(_body_action(doc, fn, f"generate body of {fn.name}", False))
-        plan = plan_body(doc.source, fn.start_line)
-        if plan is not None and plan.examples:
+        if plan.examples:
             actions.append(_body_action(
                 doc, fn, f"generate body of {fn.name}, checked by its examples", True))
     if rng.start != rng.end:

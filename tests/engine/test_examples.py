@@ -53,13 +53,14 @@ def test_candidates_that_pass_the_examples_come_first_in_the_parents_order():
               Candidate("    return 2 * x", "diffusion", -0.5),
               Candidate("    return x * 2", "parent", -0.7)]
     record: dict = {}
-    got = Engine.by_examples(ranked, PROMPT, "", record)
+    got = Engine.by_examples(ranked, PROMPT, "", record, prompt_examples(PROMPT))
     assert [c.text for c in got] == ["    return 2 * x", "    return x * 2", "    return x + 2"]
     assert record == {"examples_passed": 2, "unchecked": "    return x + 2"}
     # none passes: the parent's order stands; no examples: nothing is run or recorded
     record = {}
-    assert Engine.by_examples(ranked[:1], PROMPT, "", record) == ranked[:1]
+    assert Engine.by_examples(ranked[:1], PROMPT, "", record,
+                              prompt_examples(PROMPT)) == ranked[:1]
     assert record == {"examples_passed": 0}
     record = {}
     plain = 'def f(x):\n    """Twice x."""\n'
-    assert Engine.by_examples(ranked, plain, "", record) == ranked and record == {}
+    assert Engine.by_examples(ranked, plain, "", record, prompt_examples(plain)) == ranked and record == {}
