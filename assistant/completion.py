@@ -25,7 +25,7 @@ from assistant.repo_context import RepoContexts
 from assistant.requests import answer_check, request_settings, request_window
 from assistant.settings import AssistantSettings
 from engine.errors import UnmaskError
-from engine.window import InfillWindow
+from engine.window import InfillWindow, outside_window
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +173,17 @@ class CompletionService:
         return request_settings(self.settings, self.holder.engine, mode, seed, length,
                                 check_examples)
 
-    def context(self, path, prefix: str, suffix: str) -> str:
+    def context(self, path, prefix: str, suffix: str,
+                unseen: tuple[str, str] = ("", "")) -> str:
         """Repository context for a hole in ``path`` (empty when off, not indexed yet, or no
-        engine); never waits for indexing."""
+        engine); never waits for indexing. ``unseen``: the document outside the window."""
         engine = self.holder.engine
         if engine is None or path is None or not self.settings.repo_context:
             return ""
         from engine.repo import context_budget
 
         context = self.repo.context(path, prefix, suffix, engine.tokenizer,
-                                    context_budget(engine.context))
+                                    context_budget(engine.context), unseen)
         self.stats.with_context += bool(context)
         return context
 
@@ -199,7 +200,9 @@ class CompletionService:
         if engine is None:
             self.stats.not_ready += 1
             return None
-        context = self.context(path, window.prefix, window.suffix)
+        unseen = ("", "") if text is None else outside_window(
+            text[:window.replace_from], text[window.cursor:], window.prefix, window.suffix)
+        context = self.context(path, window.prefix, window.suffix, unseen)
         accept = None if text is None else answer_check(
             self.settings, text[:window.replace_from], text[window.cursor:], mode)
         result = self.run_stream(job, engine.infill_stream(window.prefix, window.suffix,

@@ -47,7 +47,8 @@ class AssistantSettings:
     with it: benchmarks/latency_breakdown.py), and the window's start moves on a grid so that
     consecutive requests share it (engine.window.anchored_tail, engine.reuse)."""
     repo_context: bool = True
-    """Put the most similar code of the workspace before the prefix (engine.repo)."""
+    """Put context before the prefix (engine.repo): by default the edited file's own lines that
+    the window leaves out, those that continue the lines before the cursor."""
     line_canvas: str = "fixed"
     """Single-line canvas: fixed (``max_tokens_line`` slots, no probe: the line stop ends the
     request anyway) or adaptive (a probe pass sizes it first: one full pass more). Fixed is the

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.loading import resolve_model
+from engine.repo import RETRIEVAL
 from training.pretrain import origin_of
+from training.repo_eval import by_source
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,12 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     minutes: dict[str, float] = {}
     root = timed("fetch", minutes, fetch, name, pkg, args.work)
     excludes = [a for path in pkg.held_out for a in ("--exclude", path)]
-    # named by the base model's weights and the settings: a folder of another run would resume
-    # (or, made from other weights, be refused), not retrain
+    # named by the base model's weights and the settings (the context its examples hold
+    # included): a folder of another run would resume (or, made from other weights, be
+    # refused), not retrain
     recipe = f"{args.origin}-r{args.lora_rank}-lr{args.lr:g}-replay{args.replay:g}-" \
-        f"{args.minutes:g}min" + (f"-parent{args.parent_minutes:g}min" if args.parent_minutes
-                                  else "")
+        f"{args.minutes:g}min-{RETRIEVAL}" + (f"-parent{args.parent_minutes:g}min"
+                                              if args.parent_minutes else "")
     personal = args.work / f"{name}-personal-{recipe}"
     tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min-on-{recipe}"
     models: list[str] = []
@@ -99,16 +102,20 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
               *excludes, "--out", str(personal), "--minutes", str(args.minutes),
               "--lora-rank", str(args.lora_rank), "--lr", str(args.lr), "--replay",
               str(args.replay), "--parent-minutes", str(args.parent_minutes))
+        models = ["--personalized", str(personal)]
+    if not args.base_only and args.grpo_minutes > 0:
         timed("grpo", minutes, unmask, "train", "grpo", "--repo", str(root), *excludes,
               "--init", str(personal), "--out", str(tuned), "--minutes", str(args.grpo_minutes),
               "--lora-rank", str(args.lora_rank))
-        models = ["--personalized", str(personal), "--grpo", str(tuned)]
+        models += ["--grpo", str(tuned)]
     scores_file = args.work / f"{name}-scores-p{args.parent_branches}.jsonl"
     result = timed("eval", minutes, unmask, "eval", "repo", "--repo", str(root), *excludes,
                    "--holes", str(args.holes), *models, "--out", str(scores_file),
                    "--parent-branches", str(args.parent_branches),
                    *(["--fresh"] if args.fresh else []))
     rows = json.loads(result)
+    records = [json.loads(line) for line in scores_file.read_text().splitlines()]
+    rows["sources"] = by_source(records)
     if args.parent_minutes and not args.base_only:
         rows["parent loss"] = held_out_parent_loss(root, pkg.held_out, personal / "parent")
     return rows, minutes
@@ -148,7 +155,7 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
            "| configuration | line pass@1 | line exact | block pass@1 | block exact |",
            "|---|---:|---:|---:|---:|"]
     for label, res in rows.items():
-        if label == "parent loss":
+        if label in ("parent loss", "sources"):
             continue
         cells = []
         for kind in ("line", "block"):
@@ -157,6 +164,14 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
             cells += [f"{round(r['pass@1'] * n)}/{n}", f"{round(r['exact'] * n)}/{n}"] if n \
                 else ["-", "-"]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    configs = [label for label in rows if label not in ("parent loss", "sources")]
+    out += ["", "holes by where their removed lines already occur (what learning the "
+            "repository could copy), passed per configuration:", "",
+            "| kind | lines found in | holes | " + " | ".join(configs) + " |",
+            "|---|---|---:|" + "---:|" * len(configs)]
+    for (kind, source), row in rows["sources"].items():
+        out.append(f"| {kind} | {source} | {row['n']} | " +
+                   " | ".join(str(row[c]) for c in configs) + " |")
     if "parent loss" in rows:
         out += ["", "the parent's next-token loss on the held-out files (nats/token): " +
                 ", ".join(f"{k} {v}" for k, v in rows["parent loss"].items())]
@@ -168,7 +183,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--packages", default=",".join(PACKAGES))
     ap.add_argument("--minutes", type=float, default=10.0, help="personalization budget")
-    ap.add_argument("--grpo-minutes", type=float, default=10.0, help="coupled-GRPO budget")
+    ap.add_argument("--grpo-minutes", type=float, default=10.0,
+                    help="coupled-GRPO budget (0: no GRPO, four configurations)")
     ap.add_argument("--holes", type=int, default=60, help="single-line holes (blocks: half)")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4, help="personalization's peak lr")

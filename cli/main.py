@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engine.choices import ALGORITHMS, BACKENDS, LENGTH_STRATEGIES
 from engine.errors import ConfigError, UnmaskError
+from engine.repo import RETRIEVALS
 
 
 class Parser(argparse.ArgumentParser):
@@ -99,6 +100,10 @@ def build_parser() -> Parser:
                    help="put the most similar code of this repository before the prefix")
     i.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="with --repo: a path or glob relative to it never read (repeatable)")
+    i.add_argument("--retrieval", default=None, choices=RETRIEVALS,
+                   help="with --repo: what the context holds (default file: the file's own "
+                        "lines the model cannot see, none when it sees all of it; bm25: other "
+                        "files' most similar chunks)")
     add_model_flags(i)
     sub.add_parser("models", help="list the models Unmask can find offline")
     d = sub.add_parser("doctor", help="what this machine has for Unmask, and what to fix")
@@ -347,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_train_command(args)
         if getattr(args, "repo", None) is not None:  # a bad --repo fails before any work
-            from engine.repo import RepoIndex
+            from engine.repo import RETRIEVAL, RepoIndex
 
-            args._repo_index = RepoIndex(args.repo, args.exclude)
+            args._repo_index = RepoIndex(args.repo, args.exclude,
+                                         args.retrieval or RETRIEVAL)
         engine = load_engine(args)
         if args.jsonl is not None:
             return cmd_batch(args, engine)

@@ -111,7 +111,9 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--holes", type=int, default=60, help="repo: single-line holes (blocks: half)")
     ev.add_argument("--retrieval", default=None, choices=RETRIEVALS,
                     help=f"repo: what the repository context holds (default {RETRIEVAL}): "
-                         "similar chunks (bm25), stubs of the names used (symbols), or both")
+                         "the edited file's lines outside the window that continue the lines "
+                         "before the hole (file), other files' similar chunks (bm25), stubs "
+                         "of the names used (symbols), or two of them (both, file+bm25)")
     ev.add_argument("--fresh", action="store_true",
                     help="repo: decode every answer again instead of reusing the answers kept "
                          "from earlier runs of the same model and requests")
@@ -472,6 +474,13 @@ def _eval_repo(args) -> int:
         table.add_row(label, *[str(r.get(k, "-")) for r in (line, block)
                                for k in ("n", "pass@1", "exact")])
     Console().print(table)
+    # where each hole's removed lines already occur: what learning the repository could copy
+    sources = Table(title="holes by where their removed lines already occur (passed per model)")
+    for col in ("kind", "lines found in", "n", *(label for label, _ in rows)):
+        sources.add_column(col)
+    for (kind, source), row in repo_eval.by_source(records).items():
+        sources.add_row(kind, source, str(row["n"]), *(str(row[label]) for label, _ in rows))
+    Console().print(sources)
     reused = sum(a.hits for a in kept)
     if reused:
         asked = reused + sum(a.misses for a in kept)

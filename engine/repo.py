@@ -1,15 +1,21 @@
-"""Repository context: the user's own Python files, chunked and retrieved by BM25.
+"""Repository context: the edited file's unseen lines, and the user's other Python files,
+chunked and retrieved by BM25.
 
 The retrieve-then-generate recipe of RepoCoder (Zhang et al. 2023) and of repository-level FIM
-prompts (Qwen2.5-Coder, StarCoder2): the chunks of *other* files most similar to the code around
-the cursor go before the prefix, each under a comment naming its path. Sparse BM25 (``bm25s``,
+prompts (Qwen2.5-Coder, StarCoder2): the code most similar to the code around the cursor goes
+before the prefix, each piece under a comment naming its path. By default (``RETRIEVAL``) that
+code is the edited file's own lines that the request's window leaves out, since the idiom the
+cursor needs is most often written elsewhere in the same file (measured: docs/guide.md,
+"Repository context"); other files' chunks are the other kinds. Sparse BM25 (``bm25s``,
 maintained, numpy-only) over identifier tokens; code search studies find it as good as small
 dense retrievers for in-repository completion, and it needs no model.
 
 One module for inference and training alike (``training.personalize`` builds exactly this
 context), so it lives in ``engine``, which both may import. The file being edited is never
-retrieved: it is skipped by path, and any file that contains the text right around the hole is
-taken to be its saved copy and skipped too (batch requests carry no path).
+retrieved from the index (its saved copy can be stale): it is skipped by path, and any file that
+contains the text right around the hole is taken to be its saved copy and skipped too (batch
+requests carry no path). Its own lines outside the request's window come from the request
+itself, for the ``file`` retrievals.
 """
 
 from __future__ import annotations
@@ -33,11 +39,18 @@ CHUNK_LINES, CHUNK_STRIDE = 16, 8
 """Chunk windows (RepoCoder uses fixed line windows with half overlap)."""
 CONTEXT_TOKENS = 192
 """Token budget of the repository context, at inference and in personalization alike."""
-RETRIEVALS = ("bm25", "symbols", "both")
-RETRIEVAL = "bm25"
-"""What fills the context: ``bm25`` the chunks most similar to the code around the hole,
-``symbols`` stubs of the functions and classes that code uses (``engine.symbols``), ``both``
-stubs first (up to half the budget), then chunks."""
+NEAR_LINES, NEAR_LEAD, NEAR_STRIDE = 8, 4, 2
+"""Windows of the edited file's own unseen lines, RepoCoder's way: a window whose first
+``NEAR_LEAD`` lines match the ``NEAR_LEAD`` lines before the hole is shown with the lines that
+follow them, where the code that came next there may be the code that comes next here. Half a
+chunk, so that one fits in the budget beside another file's chunk."""
+RETRIEVALS = ("bm25", "symbols", "both", "file", "file+bm25")
+RETRIEVAL = "file"
+"""What fills the context: ``bm25`` the chunks of other files most similar to the code around
+the hole, ``symbols`` stubs of the functions and classes that code uses (``engine.symbols``),
+``both`` stubs first (up to half the budget), then chunks; ``file`` the windows of the edited
+file itself that the request's window leaves out, most similar first, ``file+bm25`` those
+first (up to half the budget), then chunks of other files."""
 
 
 def context_budget(model_context: int) -> int:
@@ -104,14 +117,29 @@ class Chunk:
     text: str
 
 
-def chunk_file(rel: str, text: str) -> list[Chunk]:
+def chunk_file(rel: str, text: str, size: int = CHUNK_LINES,
+               stride: int = CHUNK_STRIDE) -> list[Chunk]:
     lines = text.splitlines(keepends=True)
     out = []
-    for start in range(0, max(1, len(lines) - CHUNK_LINES + CHUNK_STRIDE), CHUNK_STRIDE):
-        body = "".join(lines[start:start + CHUNK_LINES])
+    for start in range(0, max(1, len(lines) - size + stride), stride):
+        body = "".join(lines[start:start + size])
         if body.strip():
             out.append(Chunk(rel, start, body))
     return out
+
+
+def ranked(chunks: list[Chunk], query: list[str], k: int, lead: int) -> list[Chunk]:
+    """The ``k`` chunks whose first ``lead`` lines are most similar to ``query`` (BM25 over
+    these chunks alone: the few windows of one file, indexed per request in milliseconds)."""
+    import bm25s
+
+    if not chunks or not query:
+        return []
+    retriever = bm25s.BM25()
+    retriever.index([code_tokens("".join(c.text.splitlines(keepends=True)[:lead])) or ["_"]
+                     for c in chunks], show_progress=False)
+    ids, scores = retriever.retrieve([query], k=min(k, len(chunks)), show_progress=False)
+    return [chunks[i] for i, score in zip(ids[0].tolist(), scores[0].tolist()) if score > 0]
 
 
 def code_tokens(text: str) -> list[str]:
@@ -216,16 +244,19 @@ class RepoIndex:
         return out
 
     def context(self, prefix: str, suffix: str, tokenizer, budget: int,
-                path: str | None = None) -> str:
+                path: str | None = None, unseen: tuple[str, str] = ("", "")) -> str:
         """Repository context for a hole, whole blocks each under ``# <path>`` within
         ``budget`` tokens (``RETRIEVAL``): the best chunks of other files, best first, then
-        stubs of what the code around the hole uses, nearest the hole."""
+        stubs of what the code around the hole uses, then windows of the edited file itself,
+        nearest the hole. ``unseen``: the edited file's text before and after the request's
+        window (``engine.window.outside_window``), where the ``file`` retrievals look."""
         if budget <= 0:
             return ""
         before = "".join(prefix.splitlines(keepends=True)[-12:])
         after = "".join(suffix.splitlines(keepends=True)[:4])
         skip = {path} if path else set()
-        skip |= self._saved_copies(prefix, suffix)
+        if self.retrieval != "file":  # only other files' chunks and stubs read the index
+            skip |= self._saved_copies(prefix, suffix)
         used = 0
 
         def fit(blocks: list[str], room: int) -> list[str]:
@@ -238,14 +269,23 @@ class RepoIndex:
                     used += n
             return kept
 
-        stubs = chunks = []
-        if self.retrieval != "bm25":
+        def shown(chunks: list[Chunk]) -> list[str]:
+            return [f"# {c.path}\n{c.text}" + ("" if c.text.endswith("\n") else "\n")
+                    for c in chunks]
+
+        stubs = chunks = near = []
+        if self.retrieval in ("file", "file+bm25"):
+            windows = [c for part in unseen for c in chunk_file(path or "this file", part,
+                                                                 NEAR_LINES, NEAR_STRIDE)]
+            lead = "".join(prefix.splitlines(keepends=True)[-NEAR_LEAD:])
+            near = fit(shown(ranked(windows, code_tokens(lead), 4, NEAR_LEAD)),
+                       budget // 2 if self.retrieval == "file+bm25" else budget)
+        if self.retrieval in ("symbols", "both"):
             stubs = fit([f"# {s.path}\n{s.text}" for s in self.definitions(before, after, skip)],
                         budget // 2 if self.retrieval == "both" else budget)
-        if self.retrieval != "symbols":
-            chunks = fit([f"# {c.path}\n{c.text}" + ("" if c.text.endswith("\n") else "\n")
-                          for c in self.search(before + after, 8, skip)], budget)
-        return "".join(chunks + stubs)
+        if self.retrieval in ("bm25", "both", "file+bm25"):
+            chunks = fit(shown(self.search(before + after, 8, skip)), budget)
+        return "".join(chunks + stubs + near)
 
     def _saved_copies(self, prefix: str, suffix: str) -> set[str]:
         """Files holding the text right before and after the hole: the edited file's saved copy."""

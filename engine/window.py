@@ -98,6 +98,15 @@ def build_infill(text: str, offset: int, tokenizer, prefix_tokens: int,
                         head_by_tokens(after, tokenizer, suffix_tokens), replace_from, offset)
 
 
+def outside_window(before: str, after: str, prefix: str, suffix: str) -> tuple[str, str]:
+    """What a window leaves out of its document: the text of ``before`` (all of the document
+    before the hole) ahead of the window's ``prefix``, and of ``after`` past its ``suffix``;
+    empty for a side the window is not a cut of."""
+    head = before[:len(before) - len(prefix)] if before.endswith(prefix) else ""
+    tail = after[len(suffix):] if after.startswith(suffix) else ""
+    return head, tail
+
+
 def fit_infill(prefix: str, suffix: str, tokenizer, budget: int) -> tuple[str, str, str | None]:
     """Prefix and suffix cut to ``budget`` tokens in all, nearest lines kept; unchanged when they
     fit. The third value is one sentence saying what was cut (None when nothing was).

@@ -25,7 +25,7 @@ import torch
 from engine.errors import ConfigError
 from engine.healing import plan_healing
 from engine.repo import CONTEXT_TOKENS, RepoIndex
-from engine.window import infill_ids
+from engine.window import fit_infill, infill_ids, outside_window
 from training.holes import KINDS, Hole, hole_at, hole_spans
 from training.objectives import Specials, canvas_padding, masked_diffusion_loss
 from training.pretrain import find_checkpoint, load_checkpoint, origin_of, save_checkpoint
@@ -134,11 +134,15 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
     pad = min(rng.randint(0, 2 * len(middle) + 8), cfg.seq_len // 2 - len(middle))
     canvas = middle + canvas_padding(pad, sp)
     room = cfg.seq_len - len(canvas) - 1
-    context = ""
+    prefix, suffix, context = hole.prefix, hole.suffix, ""
     if index is not None and rng.random() < cfg.context_share:
-        context = index.context(hole.prefix, hole.suffix, tokenizer,
-                                min(cfg.context_tokens, cfg.seq_len // 4), path=hole.path)
-    pre, suf, _ = infill_ids(tokenizer, hole.prefix, hole.suffix, context, room)
+        budget = min(cfg.context_tokens, cfg.seq_len // 4)
+        # the window the prompt keeps beside a full context, so that the file retrievals look
+        # at what it leaves out, as at inference
+        prefix, suffix, _ = fit_infill(prefix, suffix, tokenizer, room - budget)
+        context = index.context(prefix, suffix, tokenizer, budget, path=hole.path,
+                                unseen=outside_window(hole.prefix, hole.suffix, prefix, suffix))
+    pre, suf, _ = infill_ids(tokenizer, prefix, suffix, context, room)
     pre = pre or [tokenizer.token_id("<|endoftext|>") or 0]
     return pre + canvas + suf, len(pre), len(canvas)
 

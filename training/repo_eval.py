@@ -22,8 +22,15 @@ from typing import Callable
 from engine.errors import ConfigError
 from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
 from engine.syntax_guard import parses
+from engine.window import outside_window
 from training.holes import Hole, load_holes, require_passing, save_holes
 from training.holes import mine as mine_holes
+
+
+SOURCES = ("other files", "same file", "nowhere")
+"""Where a hole's removed lines already occur, each one verbatim (stripped): in the files that
+personalization and retrieval read (``other files``), else elsewhere in the hole's own file,
+else ``nowhere``. What learning the repository can teach by rote is bounded by the first."""
 
 
 @dataclass
@@ -34,6 +41,16 @@ class Benchmark:
     """The files the holes come from."""
     holes: dict[str, list[Hole]]
     """kind (line | block) -> verified holes."""
+    seen_lines: frozenset[str] = frozenset()
+    """The stripped lines of the files that are not held out (what training reads)."""
+
+    def source(self, hole: Hole) -> str:
+        """The hole's ``SOURCES`` bucket."""
+        lines = [line.strip() for line in hole.middle.splitlines() if line.strip()]
+        if all(line in self.seen_lines for line in lines):
+            return SOURCES[0]
+        around = {line.strip() for line in (hole.prefix + hole.suffix).splitlines()}
+        return SOURCES[1] if all(line in around for line in lines) else SOURCES[2]
 
 
 def held_out_files(repo: Path, exclude: list[str]) -> list[str]:
@@ -64,7 +81,9 @@ def mine(repo: Path, exclude: list[str], sandbox, n_line: int = 60, n_block: int
     if not any(by_kind.values()):
         raise ConfigError(f"no hole in {', '.join(held)} makes the test suite fail when blanked; "
                           "hold out files that the tests cover")
-    return Benchmark(repo, exclude, held, by_kind)
+    seen = frozenset(line.strip() for p in python_files(repo, exclude)
+                     for line in (repo / p).read_bytes().decode("utf-8", "replace").splitlines())
+    return Benchmark(repo, exclude, held, by_kind, seen)
 
 
 Request = Callable[[object, Hole], tuple[str, str, object]]
@@ -123,7 +142,9 @@ def completion_for(engine, hole: Hole, index: RepoIndex | None, request: Request
     single-line completion), the whole canvas for blocks."""
     prefix, suffix, settings = request(engine, hole)
     context = index.context(prefix, suffix, engine.tokenizer, context_budget(engine.context),
-                            path=hole.path) if index else ""
+                            path=hole.path,
+                            unseen=outside_window(hole.prefix, hole.suffix, prefix, suffix)
+                            ) if index else ""
     key = answers.key(prefix, suffix, context, settings) if answers else ""
     text = answers.get(key) if answers else None
     if text is None:
@@ -142,6 +163,17 @@ def known_outcome(hole: Hole, middle: str) -> bool | None:
     if filled == hole.filled(hole.middle):
         return True
     return None if parses(filled) else False
+
+
+def by_source(records: list[dict]) -> dict:
+    """{(kind, source): {"n": holes, config: passed, ...}} from ``score``'s records."""
+    table: dict = {}
+    for r in records:
+        row = table.setdefault((r["kind"], r["source"]), {"n": 0})
+        row[r["config"]] = row.get(r["config"], 0) + r["passed"]
+        row["n"] += r["config"] == records[0]["config"]  # each hole once: the first config's
+    return dict(sorted(table.items(), key=lambda kv: (kv[0][0] != "line",
+                                                       SOURCES.index(kv[0][1]))))
 
 
 def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Request,
@@ -167,8 +199,8 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Reques
             done += 1
             if records is not None:
                 records.append({"config": label, "hole": hole.key, "kind": kind,
-                                "completion": middle, "reference": hole.middle,
-                                "passed": seen[key]})
+                                "source": bench.source(hole), "completion": middle,
+                                "reference": hole.middle, "passed": seen[key]})
             if progress is not None:  # a phase per kind: a block costs several lines' time
                 progress(f"{label}, {kind}s", done, len(holes), passed)
         n = len(holes)

@@ -107,11 +107,16 @@ def test_repo_contexts_index_in_the_background_and_follow_saves(tmp_path):
     (tmp_path / "main.py").write_text("config = parse_config('a.json')\n")
     repo = RepoContexts()
     tok = CharTokenizer()
-    assert repo.context(tmp_path / "main.py", "config = parse_config(", "", tok, 500) == ""
+    # the buffer's lines above the request's window (the default retrieval shows those)
+    unseen = ("def load(path):\n    config = parse_config(path)\n    return config\n", "")
+    main = tmp_path / "main.py"
+    assert repo.context(main, "config = parse_config(", "", tok, 500, unseen) == ""
     repo.start([tmp_path]).result()
-    ctx = repo.context(tmp_path / "main.py", "config = parse_config(", "", tok, 500)
-    assert ctx.startswith("# helpers.py\n") and "# main.py" not in ctx
-    assert repo.context(tmp_path.parent / "elsewhere.py", "parse_config", "", tok, 500) == ""
+    ctx = repo.context(main, "config = parse_config(", "", tok, 500, unseen)
+    assert ctx == "# main.py\n" + unseen[0]
+    assert repo.context(tmp_path.parent / "elsewhere.py", "parse_config", "", tok, 500,
+                        unseen) == ""
     (tmp_path / "later.py").write_text("def parse_config_later():\n    pass\n")
     repo.saved(tmp_path / "later.py").result()
-    assert "# later.py" in repo.context(tmp_path / "main.py", "parse_config_later(", "", tok, 500)
+    (index,) = repo.indexes.values()  # other files' chunks (--retrieval bm25) see the save
+    assert "later.py" in index.files and any(c.path == "later.py" for c in index.chunks)

@@ -242,10 +242,13 @@ def test_workspace_is_indexed_in_the_background_and_saves_update_it(tmp_path):
     try:
         ready(c, root_uri=edited.parent.as_uri())
         uri = edited.as_uri()
-        c.open(uri, "def main():\n    config = parse_config('a.json')\n    \n")
+        # longer than a single line's window: the context is the buffer's lines it leaves out
+        steps = "".join(f"def step_{i}():\n    config = parse_config('{i}.json')\n"
+                        for i in range(40))
+        c.open(uri, steps + "def main():\n    config = parse_config('a.json')\n    \n")
         stats = {}
         for _ in range(50):  # indexing is in the background: completions never wait for it
-            c.response(inline(c, uri=uri, line=2, character=4))
+            c.response(inline(c, uri=uri, line=82, character=4))
             stats = c.response(c.request("unmask/stats", {}))["result"]
             if stats["with_context"]:
                 break
@@ -253,7 +256,7 @@ def test_workspace_is_indexed_in_the_background_and_saves_update_it(tmp_path):
         assert stats["with_context"] >= 1
         (ws / "new_module.py").write_text("def parse_config_twice(path):\n    return 2\n")
         c.notify("textDocument/didSave", {"textDocument": {"uri": (ws / "new_module.py").as_uri()}})
-        assert "items" in c.response(inline(c, uri=uri, line=2, character=4))["result"]
+        assert "items" in c.response(inline(c, uri=uri, line=82, character=4))["result"]
         assert c.close() == 0
     finally:
         if c.proc.poll() is None:

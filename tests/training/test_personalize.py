@@ -42,8 +42,8 @@ def test_excluded_files_are_never_read(repo, monkeypatch):
     assert "circles.py" not in read and "shapes.py" in read
 
 
-def test_context_names_paths_and_never_returns_the_edited_file(repo, tiny_engine):
-    index = RepoIndex(repo)
+def test_chunk_context_names_paths_and_never_returns_the_edited_file(repo, tiny_engine):
+    index = RepoIndex(repo, retrieval="bm25")
     text = SHAPES
     cut = text.index("    result = side * side")
     prefix, suffix = text[:cut], text[cut:].split("\n", 1)[1]
@@ -76,6 +76,39 @@ def test_symbol_context_shows_stubs_of_what_the_code_around_the_hole_uses(repo, 
     assert small.endswith(first) and len(tok.encode(small)) <= budget
     with pytest.raises(ConfigError, match="retrieval must be one of bm25, symbols, both"):
         RepoIndex(repo, retrieval="dense")
+
+
+def test_file_context_shows_the_edited_files_unseen_lines_that_continue_the_same_lead(
+        repo, tiny_engine):
+    from engine.window import build_infill, outside_window
+
+    tok = tiny_engine.tokenizer
+    twin = ("def lookup_info(func, cache, key, info):\n    hits = misses = 0\n\n"
+            "    def wrapper(*args, **kwargs):\n        nonlocal hits, misses\n"
+            "        k = key(*args, **kwargs)\n        return cache[k]\n\n")
+    filler = "".join(f"VALUE_{i} = {i} * {i}\n" for i in range(60))
+    text = twin + filler + twin.replace("lookup_info", "locked_info")
+    offset = text.rindex("        nonlocal")  # the hole: this line, removed
+    before, after = text[:offset], text[offset:].split("\n", 1)[1]
+    window = build_infill(before + after, offset, tok, 40, 30)
+    assert "lookup_info" not in window.prefix  # the twin above is out of the window's sight
+    unseen = outside_window(before, after, window.prefix, window.suffix)
+    assert unseen[0] + window.prefix + window.suffix + unseen[1] == before + after
+    file_ctx = RepoIndex(repo, retrieval="file").context(
+        window.prefix, window.suffix, tok, 4000, path="pkg/cached.py", unseen=unseen)
+    # the twin's lead (its signature down to `def wrapper`) is matched, its next lines shown
+    assert file_ctx.startswith("# pkg/cached.py\n") and "lookup_info" in file_ctx
+    assert "        nonlocal hits, misses\n        k = key(*args, **kwargs)\n" in file_ctx
+    assert "VALUE_59" not in file_ctx  # nor the window's own lines: only what it leaves out
+    both = RepoIndex(repo, retrieval="file+bm25").context(
+        window.prefix, window.suffix, tok, 8000, path="pkg/cached.py", unseen=unseen)
+    assert both.endswith(file_ctx) and both.startswith("# geometry/")  # other files first
+    # other files' chunks never come from there, and nothing unseen gives no file context
+    assert "pkg/cached.py" not in RepoIndex(repo, retrieval="bm25").context(
+        window.prefix, window.suffix, tok, 4000, path="pkg/cached.py", unseen=unseen)
+    assert RepoIndex(repo, retrieval="file").context(
+        window.prefix, window.suffix, tok, 4000, path="pkg/cached.py") == ""
+    assert outside_window("abc", "def", "zz", "d") == ("", "ef")  # not a cut: nothing
 
 
 def test_symbols_are_signatures_under_their_class_and_skip_files_that_do_not_parse():
@@ -192,15 +225,18 @@ def test_cli_personalize_and_infill_with_repo_context(repo, tmp_path):
               str(repo / "geometry" / "circles.py"), "--max-new-tokens", "4", "--steps", "2",
               "--json"]
     plain = json.loads(unmask(*common).stdout)
-    with_repo = json.loads(unmask(*common, "--repo", str(repo)).stdout)
+    with_repo = json.loads(unmask(*common, "--repo", str(repo), "--retrieval", "bm25").stdout)
     assert with_repo["prompt_tokens"] > plain["prompt_tokens"]  # shapes.py came in as context
+    # the default (file) shows the file's own unseen lines: the model sees all of this one
+    assert json.loads(unmask(*common, "--repo", str(repo)).stdout)["prompt_tokens"] == \
+        plain["prompt_tokens"]
 
 
 def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(repo, tiny_model,
                                                                              tmp_path):
     import os
 
-    env = {**os.environ, "UNMASK_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "UNMASK_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
     before = tree_hash(repo)
     args = [sys.executable, "-m", "cli", "eval", "repo", "--repo", str(repo), "--exclude",
             "geometry/shapes.py", "--model", str(tiny_model), "--personalized", str(tiny_model),
@@ -211,6 +247,7 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     assert list(rows) == ["base", "base + context", "personalized", "personalized + context"]
     assert rows["base"]["line"]["n"] == 4 and 0 <= rows["base"]["line"]["pass@1"] <= 1
     assert rows["base"] == rows["personalized"]  # the same model twice: the same scores
+    assert "lines found in" in r.stdout and "other files" in r.stdout  # the sources table
     reused, asked = map(int, re.search(r"(\d+) of (\d+) answers reused", r.stderr).groups())
     assert asked // 2 <= reused < asked  # the second model's answers were the first's
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
@@ -229,6 +266,30 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     r = subprocess.run(args + ["--parent-branches", "9"], capture_output=True, text=True,
                        timeout=600, env=env)
     assert r.returncode == 2 and "--parent-branches must be 0 to 8" in r.stderr
+
+
+def test_holes_are_grouped_by_where_their_removed_lines_already_occur():
+    from training.holes import Hole
+    from training.repo_eval import Benchmark, by_source
+
+    def hole(middle: str, kind: str = "line") -> Hole:
+        return Hole("a.py", 1, 2, kind, "def f(x):\n    y = x + 1\n", middle,
+                    "    return y\n")
+
+    bench = Benchmark(Path("."), [], ["a.py"], {}, frozenset({"return wrapper"}))
+    assert bench.source(hole("    return wrapper\n")) == "other files"
+    assert bench.source(hole("    y = x + 1\n")) == "same file"
+    # a block is found only where every one of its lines is
+    assert bench.source(hole("    return wrapper\n    y = x + 1\n", "block")) == "nowhere"
+    assert bench.source(hole("    z = 2\n")) == "nowhere"
+    records = [{"config": c, "kind": k, "source": src, "passed": p}
+               for c in ("base", "tuned")
+               for k, src, p in (("block", "nowhere", False), ("line", "same file", True),
+                                 ("line", "other files", c == "tuned"),
+                                 ("line", "other files", False))]
+    assert by_source(records) == {("line", "other files"): {"n": 2, "base": 0, "tuned": 1},
+                                  ("line", "same file"): {"n": 1, "base": 1, "tuned": 1},
+                                  ("block", "nowhere"): {"n": 1, "base": 0, "tuned": 0}}
 
 
 def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo, tiny_model,
@@ -313,6 +374,28 @@ def test_examples_fit_the_sequence_even_when_the_middle_is_the_longest_allowed(t
         assert len(ids) <= cfg.seq_len and n >= len(tok.encode(middle)) - 2 and start > 0
     with pytest.raises(ConfigError, match="max_middle"):
         PersonalizeConfig(repo=".", out="o", base="b", seq_len=128, max_middle=65)
+
+
+def test_examples_hold_the_files_lines_their_window_leaves_out_as_inference_does(
+        repo, tiny_engine):
+    import random
+
+    from training.holes import Hole
+    from training.objectives import Specials
+    from training.personalize import PersonalizeConfig, make_example
+
+    tok = tiny_engine.tokenizer
+    cfg = PersonalizeConfig(repo=".", out="o", base="b", context_share=1.0)
+    twin = "def lookup(cache, key):\n    k = key(*args)\n    return cache[k]\n\n"
+    filler = "".join(f"VALUE_{i} = {i} * {i}\n" for i in range(200))  # past any window
+    hole = Hole("pkg/m.py", 204, 205, "line", twin + filler + "def probe(cache, key):\n",
+                "    k = key(*args)\n", "    return cache[k]\n")
+    sp = Specials(tiny_engine.mask_id, tiny_engine.eos_id, tiny_engine.eos_id)
+    ids, start, _ = make_example(hole, RepoIndex(repo, retrieval="file"), tok, cfg, sp,
+                                 random.Random(0))
+    prompt = tok.decode(ids[:start])
+    assert "# pkg/m.py\ndef lookup(cache, key):\n    k = key(*args)\n" in prompt
+    assert prompt.count("VALUE_199") == 1  # the window's own lines appear once, not twice
 
 
 def test_personalizing_an_adapter_stacks_a_second_adapter_on_it(repo, tiny_model, tmp_path):
