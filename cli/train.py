@@ -447,7 +447,7 @@ def _eval_repo(args) -> int:
             configs.append(("personalized", args.personalized, (False, True)))
         if args.grpo:
             configs.append(("personalized + GRPO", args.grpo, (True,)))
-        rows, records, kept = [], [], []
+        rows, records, kept, verdicts = [], [], [], {}
         for name, model, contexts in configs:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
             answers = None if args.fresh else \
@@ -458,7 +458,7 @@ def _eval_repo(args) -> int:
                 rows.append((label, repo_eval.score(
                     engine, bench, sandbox, ctx, partial(editor_request, length=args.length,
                                                          parent_branches=branches),
-                    tick, label, records, args.retrieval or RETRIEVAL, answers)))
+                    tick, label, records, args.retrieval or RETRIEVAL, answers, verdicts)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -481,6 +481,8 @@ def _eval_repo(args) -> int:
     for (kind, source), row in repo_eval.by_source(records).items():
         sources.add_row(kind, source, str(row["n"]), *(str(row[label]) for label, _ in rows))
     Console().print(sources)
+    print(f"{len(verdicts)} distinct answers of {len(records)} scored: the same answer to the "
+          "same hole ran the suite once", file=sys.stderr)
     reused = sum(a.hits for a in kept)
     if reused:
         asked = reused + sum(a.misses for a in kept)

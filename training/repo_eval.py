@@ -178,13 +178,16 @@ def by_source(records: list[dict]) -> dict:
 
 def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Request,
           progress=None, label: str = "", records: list | None = None,
-          retrieval: str = RETRIEVAL, answers: AnswerCache | None = None) -> dict:
+          retrieval: str = RETRIEVAL, answers: AnswerCache | None = None,
+          verdicts: dict | None = None) -> dict:
     """pass@1 and exact match per hole kind for one (model, context) configuration; one record
     per hole is appended to ``records`` when given; ``answers``: reuse and keep the model's
-    answers across runs."""
+    answers across runs; ``verdicts``: the suite's verdict per (hole, answer), shared by the
+    configurations of one run (the same answer to the same hole is one test run, whichever
+    model wrote it)."""
     index = RepoIndex(bench.repo, bench.exclude, retrieval) if with_context else None
     results: dict = {}
-    seen: dict[tuple[str, str], bool] = {}
+    seen: dict[tuple[str, str], bool] = {} if verdicts is None else verdicts
     for kind, holes in bench.holes.items():
         passed = exact = done = 0
         for hole in holes:

@@ -248,6 +248,10 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     assert rows["base"]["line"]["n"] == 4 and 0 <= rows["base"]["line"]["pass@1"] <= 1
     assert rows["base"] == rows["personalized"]  # the same model twice: the same scores
     assert "lines found in" in r.stdout and "other files" in r.stdout  # the sources table
+    # the second model's answers were the first's: each verdict was shared, not run again
+    distinct, scored = map(int, re.search(r"(\d+) distinct answers of (\d+) scored",
+                                          r.stderr).groups())
+    assert scored == 4 * 6 and 0 < distinct <= scored // 2
     reused, asked = map(int, re.search(r"(\d+) of (\d+) answers reused", r.stderr).groups())
     assert asked // 2 <= reused < asked  # the second model's answers were the first's
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
