@@ -154,9 +154,9 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
     out = [f"### {name} {pkg.version} (held out: {', '.join(pkg.held_out)})", "",
            "| configuration | line pass@1 | line exact | block pass@1 | block exact |",
            "|---|---:|---:|---:|---:|"]
-    for label, res in rows.items():
-        if label in ("parent loss", "sources"):
-            continue
+    configs = [label for label in rows if label not in ("parent loss", "sources")]
+    for label in configs:
+        res = rows[label]
         cells = []
         for kind in ("line", "block"):
             r = res.get(kind, {})
@@ -164,7 +164,6 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
             cells += [f"{round(r['pass@1'] * n)}/{n}", f"{round(r['exact'] * n)}/{n}"] if n \
                 else ["-", "-"]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
-    configs = [label for label in rows if label not in ("parent loss", "sources")]
     out += ["", "holes by where their removed lines already occur (what learning the "
             "repository could copy), passed per configuration:", "",
             "| kind | lines found in | holes | " + " | ".join(configs) + " |",
