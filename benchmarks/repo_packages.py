@@ -152,8 +152,8 @@ def held_out_parent_loss(root: Path, held_out: tuple[str, ...], taught: Path) ->
 
 def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
     out = [f"### {name} {pkg.version} (held out: {', '.join(pkg.held_out)})", "",
-           "| configuration | line pass@1 | line exact | block pass@1 | block exact |",
-           "|---|---:|---:|---:|---:|"]
+           "| configuration | line pass@1 | line exact | block pass@1 | block exact | minutes |",
+           "|---|---:|---:|---:|---:|---:|"]
     configs = [label for label in rows if label not in ("parent loss", "sources")]
     for label in configs:
         res = rows[label]
@@ -163,7 +163,8 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
             n = r.get("n", 0)
             cells += [f"{round(r['pass@1'] * n)}/{n}", f"{round(r['exact'] * n)}/{n}"] if n \
                 else ["-", "-"]
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+        # the time to score it (decoding, and the test runs no earlier row shared)
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {res.get('minutes', '-')} |")
     out += ["", "holes by where their removed lines already occur (what learning the "
             "repository could copy), passed per configuration:", "",
             "| kind | lines found in | holes | " + " | ".join(configs) + " |",

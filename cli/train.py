@@ -77,6 +77,9 @@ def add_train_parsers(sub) -> None:
     r.add_argument("--lr", type=float, default=5e-5)
     r.add_argument("--temperature", type=float, default=1.2)
     r.add_argument("--canvas", type=int, default=24, help="completion slots per rollout")
+    r.add_argument("--context-tokens", type=int, default=None,
+                   help="repository context in each rollout's prompt, as the editors ask "
+                        "(default 192; 0: none)")
     r.add_argument("--holes", type=int, default=24, help="verified holes to mine")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--lora-rank", type=int, default=0,
@@ -366,7 +369,9 @@ def _grpo(args) -> int:
                      iterations=args.iterations, beta=args.beta, epsilon=args.epsilon,
                      lr=args.lr, temperature=args.temperature, canvas=args.canvas,
                      holes=args.holes, seed=args.seed, lora_rank=args.lora_rank,
-                     checkpoint_seconds=args.checkpoint_seconds)
+                     checkpoint_seconds=args.checkpoint_seconds,
+                     **({} if args.context_tokens is None else
+                        {"context_tokens": args.context_tokens}))
     summary = _with_bar("grpo", cfg.minutes * 60, "mining test-verified holes", lambda rec: (
         f"round {rec['round']} reward {rec['reward']:.2f} kl {rec['kl']:.4f} "
         f"clip {rec['clip_fraction']:.2f}"), lambda progress: grpo(cfg, progress))
@@ -455,10 +460,13 @@ def _eval_repo(args) -> int:
             kept += [answers] if answers else []
             for ctx in contexts:
                 label = f"{name}{' + context' if ctx else ''}"
-                rows.append((label, repo_eval.score(
+                began = time.monotonic()
+                res = repo_eval.score(
                     engine, bench, sandbox, ctx, partial(editor_request, length=args.length,
                                                          parent_branches=branches),
-                    tick, label, records, args.retrieval or RETRIEVAL, answers, verdicts)))
+                    tick, label, records, args.retrieval or RETRIEVAL, answers, verdicts)
+                res["minutes"] = round((time.monotonic() - began) / 60, 2)
+                rows.append((label, res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -467,12 +475,12 @@ def _eval_repo(args) -> int:
                       ("parent branches", branches)) if value)
     table = Table(title=f"repo holes: {repo.name}, held out: {', '.join(bench.held_out)}{chosen}")
     for col in ("model", "line n", "line pass@1", "line exact", "block n", "block pass@1",
-                "block exact"):
+                "block exact", "minutes"):
         table.add_column(col)
     for label, res in rows:
         line, block = res.get("line", {}), res.get("block", {})
         table.add_row(label, *[str(r.get(k, "-")) for r in (line, block)
-                               for k in ("n", "pass@1", "exact")])
+                               for k in ("n", "pass@1", "exact")], str(res["minutes"]))
     Console().print(table)
     # where each hole's removed lines already occur: what learning the repository could copy
     sources = Table(title="holes by where their removed lines already occur (passed per model)")

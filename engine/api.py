@@ -53,7 +53,7 @@ from engine.sampler import (
     planned_steps,
     predicting_positions,
 )
-from engine.scope import limit_scope
+from engine.scope import limit_scope, scope_settled
 from engine.syntax_guard import first_line
 from engine.tokenizer import DreamTokenizer
 from engine.window import fit_prompt, infill_ids
@@ -559,8 +559,12 @@ class Engine:
             steps = max(1, math.ceil(settings.steps * canvas / settings.max_new_tokens))
         if note:
             extra["note"] = note
+        # the scope's cut is known before the canvas is done: stop there (same text, fewer passes)
+        cut_known = (lambda start: scope_settled(start, prefix, suffix)) \
+            if settings.limit_scope else None
         for item in self._run(pre, canvas, suf, settings, steps, extra=extra, started=started,
-                              heal=plan_healing(self.tokenizer, prefix, suffix)):
+                              heal=plan_healing(self.tokenizer, prefix, suffix),
+                              done=cut_known):
             if isinstance(item, Completion) and settings.limit_scope:
                 cut = limit_scope(item.completion, prefix, suffix, self.ran_out(item.token_ids))
                 if cut != item.completion:
@@ -591,7 +595,11 @@ class Engine:
 
     def _run(self, pre: list[int], n_canvas: int, suf: list[int], settings: GenerationSettings,
              steps: int, instruct: bool = False, extra: dict | None = None,
-             started: float | None = None, heal: Healing = NO_HEALING):
+             started: float | None = None, heal: Healing = NO_HEALING, done=None):
+        """Denoise ``n_canvas`` slots between ``pre`` and ``suf``, yielding every step's
+        ``Frame`` and then the ``Completion``. ``done(text) -> bool``: whether the committed
+        start of the canvas (healed text) already holds all of the answer the caller keeps, so
+        the rest need not be decoded."""
         start = started or time.perf_counter()
         extra = dict(extra or {})
         passes = planned_steps(n_canvas, steps, settings.block_length)
@@ -627,9 +635,9 @@ class Engine:
             yield Frame(st.step, st.steps, canvas, list(order), newly)
             # the consumer's time (a UI rendering each frame) is not the engine's
             paused += time.perf_counter() - handed
-            if settings.stop or settings.stop_loops:
+            if settings.stop or settings.stop_loops or done is not None:
                 left = self.settled(canvas)
-                if len(left) > settled and self._stops(left, settings, instruct, heal):
+                if len(left) > settled and self._stops(left, settings, instruct, heal, done):
                     break
                 settled = len(left)
         canvas_ids = x[0, lo:hi].tolist()
@@ -646,13 +654,14 @@ class Engine:
         return canvas[:canvas.index(self.mask_id)] if self.mask_id in canvas else canvas
 
     def _stops(self, settled: list[int], settings: GenerationSettings, instruct: bool,
-               heal: Healing = NO_HEALING) -> bool:
+               heal: Healing = NO_HEALING, done=None) -> bool:
         ends = self.end_ids | ({self.im_end_id} if instruct else set())
         if ends & set(settled):
             return True
         text = heal.completion(self.tokenizer.decode(self.trim(settled, instruct)), final=False)
         return any(s in text for s in settings.stop) or (
-            settings.stop_loops and find_loop(text) is not None)
+            settings.stop_loops and find_loop(text) is not None) or (
+            done is not None and done(text))
 
     def text_of(self, canvas: list[int], settings: GenerationSettings, instruct: bool,
                 extra: dict, heal: Healing = NO_HEALING) -> str:

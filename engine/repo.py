@@ -21,6 +21,7 @@ itself, for the ``file`` retrievals.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import threading
 from dataclasses import dataclass
@@ -128,18 +129,37 @@ def chunk_file(rel: str, text: str, size: int = CHUNK_LINES,
     return out
 
 
-def ranked(chunks: list[Chunk], query: list[str], k: int, lead: int) -> list[Chunk]:
-    """The ``k`` chunks whose first ``lead`` lines are most similar to ``query`` (BM25 over
-    these chunks alone: the few windows of one file, indexed per request in milliseconds)."""
-    import bm25s
+class LeadIndex:
+    """BM25 over the first ``lead`` lines of each of a few chunks (the windows of one file,
+    indexed in milliseconds); read-only once built, so requests on several threads share it."""
 
-    if not chunks or not query:
-        return []
-    retriever = bm25s.BM25()
-    retriever.index([code_tokens("".join(c.text.splitlines(keepends=True)[:lead])) or ["_"]
-                     for c in chunks], show_progress=False)
-    ids, scores = retriever.retrieve([query], k=min(k, len(chunks)), show_progress=False)
-    return [chunks[i] for i, score in zip(ids[0].tolist(), scores[0].tolist()) if score > 0]
+    def __init__(self, chunks: list[Chunk], lead: int) -> None:
+        import bm25s
+
+        self.chunks = chunks
+        self.retriever = bm25s.BM25()
+        if chunks:
+            self.retriever.index([code_tokens("".join(c.text.splitlines(keepends=True)[:lead]))
+                                  or ["_"] for c in chunks], show_progress=False)
+
+    def ranked(self, query: list[str], k: int) -> list[Chunk]:
+        """The ``k`` chunks whose first lines are most similar to ``query``."""
+        if not self.chunks or not query:
+            return []
+        ids, scores = self.retriever.retrieve([query], k=min(k, len(self.chunks)),
+                                              show_progress=False)
+        return [self.chunks[i] for i, score in zip(ids[0].tolist(), scores[0].tolist())
+                if score > 0]
+
+
+@functools.lru_cache(maxsize=8)
+def unseen_windows(path: str, before: str, after: str) -> LeadIndex:
+    """The ``NEAR_LINES`` windows of a file's text before and after a request's window, indexed
+    by their first ``NEAR_LEAD`` lines. Kept for the next requests: as-you-type requests on one
+    document leave the same text out until their window moves, and indexing a 3,000-line file's
+    windows costs tens of milliseconds."""
+    return LeadIndex([c for part in (before, after)
+                      for c in chunk_file(path, part, NEAR_LINES, NEAR_STRIDE)], NEAR_LEAD)
 
 
 def code_tokens(text: str) -> list[str]:
@@ -275,10 +295,9 @@ class RepoIndex:
 
         stubs = chunks = near = []
         if self.retrieval in ("file", "file+bm25"):
-            windows = [c for part in unseen for c in chunk_file(path or "this file", part,
-                                                                 NEAR_LINES, NEAR_STRIDE)]
+            windows = unseen_windows(path or "this file", *unseen)
             lead = "".join(prefix.splitlines(keepends=True)[-NEAR_LEAD:])
-            near = fit(shown(ranked(windows, code_tokens(lead), 4, NEAR_LEAD)),
+            near = fit(shown(windows.ranked(code_tokens(lead), 4)),
                        budget // 2 if self.retrieval == "file+bm25" else budget)
         if self.retrieval in ("symbols", "both"):
             stubs = fit([f"# {s.path}\n{s.text}" for s in self.definitions(before, after, skip)],

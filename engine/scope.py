@@ -76,17 +76,37 @@ def _suffix_start(lines: list[str], after: list[str]) -> int:
     return len(lines)
 
 
+def _head_after(prefix: str, suffix: str) -> tuple[str, list[str]]:
+    """The cursor's line before the hole, and the suffix's non-blank lines below it."""
+    head = prefix.rsplit("\n", 1)[-1]
+    below = suffix.split("\n")
+    # mid-line, the suffix's first line is the rest of the cursor's line, not a line below it
+    return head, _nonblank(below[1:] if head.strip() else below)
+
+
 def limit_scope(text: str, prefix: str, suffix: str, unfinished: bool = False) -> str:
     """``text`` cut at the first line that leaves the hole's scope or repeats the suffix;
     ``unfinished``: the canvas ran out (no end token), so a last partial line goes too."""
     lines = text.split("\n")
     if unfinished and len(lines) > 1 and lines[-1].strip():
         lines[-1] = ""  # "a\nb\npart" -> "a\nb\n"
-    head = prefix.rsplit("\n", 1)[-1]
-    below = suffix.split("\n")
-    # mid-line, the suffix's first line is the rest of the cursor's line, not a line below it
-    after = _nonblank(below[1:] if head.strip() else below)
+    head, after = _head_after(prefix, suffix)
     keep = min(_scope_end(lines, head, prefix, after), _suffix_start(lines, after))
     if keep >= len(lines):
         return "\n".join(lines)
     return "".join(line + "\n" for line in lines[:keep])
+
+
+def scope_settled(start: str, prefix: str, suffix: str) -> bool:
+    """Whether ``limit_scope`` will cut the completion inside ``start``, the text of its first
+    committed tokens, whatever the model writes after it. A decoder can stop then: the rest of
+    the canvas would be cut. Committed tokens never change, and the rules read only complete
+    lines: the scope's end is the first line that leaves it, and a repetition of the suffix
+    before that end is decided once ``SUFFIX_LINES`` lines of it are complete."""
+    lines = start.split("\n")[:-1]  # the last, partial line can still change
+    head, after = _head_after(prefix, suffix)
+    end = _scope_end(lines, head, prefix, after)
+    if end >= len(lines):
+        return False
+    repeat = _suffix_start(lines, after)  # the first start that matches as far as it goes
+    return repeat >= end or len(_nonblank(lines[repeat:])) >= min(SUFFIX_LINES, len(after))

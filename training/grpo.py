@@ -3,7 +3,8 @@ tests as the reward.
 
 Each round: take tasks (test-verified holes of the repository's non-excluded files, mined once by
 ``training.holes``, the miner ``unmask eval repo`` uses); roll out G completions per task with
-the engine's own sampler (``engine.batch.infill_batch``, temperature 1.2, top-p 0.95);
+the engine's own sampler (``engine.batch.infill_batch``, temperature 1.2, top-p 0.95), each
+asked as the editors ask: a window and the repository context (``context_tokens``);
 reward = 2.0 x (the suite passes with the completion, run in ``engine.sandbox.RepoSandbox``,
 cached by completion text) + 0.5 x (the filled file parses), the paper's weights; advantages
 leave-one-out within the group. Then ``iterations`` policy updates, each with its own mask seed:
@@ -30,11 +31,13 @@ import torch
 
 from engine.errors import ConfigError
 from engine.healing import plan_healing
+from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.scope import limit_scope
 from engine.syntax_guard import parses
 from training.coupled import coupled_scores, grpo_loss, leave_one_out, mask_ratio, mask_uniforms
 from training.holes import Hole, load_holes, save_holes
 from training.holes import mine as mine_holes
+from training.personalize import with_context
 from training.pretrain import (find_checkpoint, load_checkpoint, origin_of, resumed_log,
                                save_checkpoint, setup_distributed)
 
@@ -74,7 +77,11 @@ class GrpoConfig:
     canvas: int = 24
     """Completion slots per rollout."""
     window: int = 512
-    """Prompt tokens (prefix + suffix around the hole) per task."""
+    """Prompt tokens (prefix + suffix around the hole, and the context) per task."""
+    context_tokens: int = CONTEXT_TOKENS
+    """Repository context in each rollout's prompt, at most a quarter of ``window``, as the
+    editors ask (the default retrieval: the file's lines the window leaves out) and as the
+    ``personalized + GRPO + context`` row is scored; 0: none."""
     holes: int = 24
     """Verified holes to mine (two thirds single lines, a third blocks)."""
     code_weight: float = 2.0
@@ -150,17 +157,22 @@ def scored_slots(engine, canvas: list[int]) -> list[bool]:
     return [i < n for i in range(len(canvas))]
 
 
-def rollout(engine, hole: Hole, cfg: GrpoConfig, seed: int, rewarder: Rewarder, uid0: int
-            ) -> tuple[Group, dict]:
-    """G completions of one hole, their rewards and the group ready for updates."""
+def rollout(engine, hole: Hole, cfg: GrpoConfig, seed: int, rewarder: Rewarder, uid0: int,
+            index: RepoIndex | None = None) -> tuple[Group, dict]:
+    """G completions of one hole, their rewards and the group ready for updates; with
+    ``index`` (and ``cfg.context_tokens``), asked with repository context."""
     from engine.batch import infill_batch
 
     settings = engine.settings(temperature=cfg.temperature, top_p=cfg.top_p,
                                max_new_tokens=cfg.canvas, steps=cfg.canvas, length="fixed",
                                seed=seed)
+    request = (hole.prefix, hole.suffix, "")
+    if index is not None and cfg.context_tokens > 0:
+        request = with_context(hole, index, engine.tokenizer, cfg.window,
+                               min(cfg.context_tokens, cfg.window // 4))
     with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        *_, done = infill_batch(engine, [(hole.prefix, hole.suffix, "")] * cfg.group, settings)
-    pre, suf, _ = engine.infill_prompt(hole.prefix, hole.suffix, cfg.canvas)
+        *_, done = infill_batch(engine, [request] * cfg.group, settings)
+    pre, suf, _ = engine.infill_prompt(*request[:2], cfg.canvas, request[2])
     rewards, passed, parsed, rows, comp = [], 0, 0, [], []
     for c in done:
         r, ok_tests, ok_parse = rewarder(hole, completion_text(engine, hole, c.token_ids))
@@ -258,7 +270,6 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
     """Train; returns the run's summary (also in ``out/grpo.json``)."""
     from engine.api import Engine, SpecialIds, TorchDenoiser, model_generation_config, pad_cycle
     from engine.loading import LoadedModel, base_folder, load_model, resolve_model
-    from engine.repo import RepoIndex
     from engine.sandbox import RepoSandbox
     from engine.tokenizer import DreamTokenizer
 
@@ -271,7 +282,8 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
     repo, out = Path(cfg.repo), Path(cfg.out)
     ckpt = out / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
-    files = RepoIndex(repo, cfg.exclude).files  # bad root / no files / vain exclude: ConfigError
+    index = RepoIndex(repo, cfg.exclude)  # bad root / no files / vain exclude: ConfigError
+    files = index.files
     base = resolve_model(cfg.init)
     loaded = load_model(base, "cpu", "float32")
     model = loaded.model
@@ -324,7 +336,8 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
             for j, hole in enumerate(mine):
                 k = rank * cfg.tasks + j
                 g, info = rollout(policy, hole, cfg, seed_of(cfg.seed, "rollout", rnd, k) % 2**31,
-                                  rewarder, uid0=(rnd * cfg.tasks * world + k) * cfg.group)
+                                  rewarder, uid0=(rnd * cfg.tasks * world + k) * cfg.group,
+                                  index=index)
                 groups.append(g)
                 infos.append(info)
             state["rollout_s"] += time.time() - began

@@ -121,6 +121,18 @@ def training_spans(files: dict[str, str]) -> dict[str, list[Span]]:
     return {k: v for k, v in by_kind.items() if v}
 
 
+def with_context(hole: Hole, index: RepoIndex, tokenizer, room: int,
+                 budget: int) -> tuple[str, str, str]:
+    """(prefix, suffix, context): the hole as an editor asks for it with repository context,
+    a window around it that leaves ``budget`` of ``room`` tokens to the context, and the
+    context built from what that window leaves out (the file retrievals look there), as at
+    inference. Training examples and GRPO's rollouts both ask this way."""
+    prefix, suffix, _ = fit_infill(hole.prefix, hole.suffix, tokenizer, room - budget)
+    context = index.context(prefix, suffix, tokenizer, budget, path=hole.path,
+                            unseen=outside_window(hole.prefix, hole.suffix, prefix, suffix))
+    return prefix, suffix, context
+
+
 def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: PersonalizeConfig,
                  sp: Specials, rng: random.Random) -> tuple[list[int], int, int] | None:
     """(ids, canvas start, canvas length) for one hole, or None when the middle is too long."""
@@ -136,12 +148,8 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
     room = cfg.seq_len - len(canvas) - 1
     prefix, suffix, context = hole.prefix, hole.suffix, ""
     if index is not None and rng.random() < cfg.context_share:
-        budget = min(cfg.context_tokens, cfg.seq_len // 4)
-        # the window the prompt keeps beside a full context, so that the file retrievals look
-        # at what it leaves out, as at inference
-        prefix, suffix, _ = fit_infill(prefix, suffix, tokenizer, room - budget)
-        context = index.context(prefix, suffix, tokenizer, budget, path=hole.path,
-                                unseen=outside_window(hole.prefix, hole.suffix, prefix, suffix))
+        prefix, suffix, context = with_context(hole, index, tokenizer, room,
+                                               min(cfg.context_tokens, cfg.seq_len // 4))
     pre, suf, _ = infill_ids(tokenizer, prefix, suffix, context, room)
     pre = pre or [tokenizer.token_id("<|endoftext|>") or 0]
     return pre + canvas + suf, len(pre), len(canvas)

@@ -4,12 +4,12 @@ from dataclasses import replace
 
 import pytest
 
-from engine.scope import limit_scope
+from engine.scope import limit_scope, scope_settled
 
 BODY = "def wrapper(*args):\n    k = key(*args)\n"
 
 
-@pytest.mark.parametrize("prefix,text,suffix,kept", [
+CUT_CASES = [
     # the next function at the prefix's level ends a block inside a body
     (BODY, "    v = f(k)\n    cache[k] = v\n\ndef other():\n    pass\n", "    return v\n",
      "    v = f(k)\n    cache[k] = v\n\n"),
@@ -24,9 +24,40 @@ BODY = "def wrapper(*args):\n    k = key(*args)\n"
     # repeating the suffix's first lines: cut where the repetition starts
     (BODY, "    v = f(k)\n    return v\n\ndef other():\n", "    return v\n\ndef other():\n",
      "    v = f(k)\n"),
-])
+]
+
+
+@pytest.mark.parametrize("prefix,text,suffix,kept", CUT_CASES)
 def test_limit_scope_cuts_at_the_first_line_out_of_the_hole(prefix, text, suffix, kept):
     assert limit_scope(text, prefix, suffix) == kept
+
+
+ENDINGS = ["", "\n", "    junk = 1\n", "def zzz():\n    pass\n", "    return v\n\ndef other():\n"]
+
+
+@pytest.mark.parametrize("prefix,text,suffix,kept", CUT_CASES)
+def test_a_settled_start_gets_the_same_cut_whatever_follows(prefix, text, suffix, kept):
+    """Once ``scope_settled`` says the cut is known, no continuation of the committed start
+    changes what ``limit_scope`` keeps: a decoder that stops there loses nothing."""
+    settled_at = [k for k in range(len(text) + 1) if scope_settled(text[:k], prefix, suffix)]
+    for k in settled_at:
+        for ending in ENDINGS:
+            assert limit_scope(text[:k] + ending, prefix, suffix) == kept, (k, ending)
+
+
+def test_a_start_is_settled_once_the_line_leaving_the_scope_is_complete():
+    done = "    v = f(k)\n    cache[k] = v\n\ndef other():\n"
+    assert scope_settled(done, BODY, "    return v\n")  # "    pass\n" need not be decoded
+    assert not scope_settled(done[:-1], BODY, "    return v\n")
+
+
+@pytest.mark.parametrize("start", [
+    "    v = f(k)\n",  # still inside: more lines may follow
+    "    v = f(k)\ndef oth",  # the line that leaves the scope is not complete yet
+    "    v = f(k)\n    return v\n",  # repeats the suffix's first line: is its second next?
+])
+def test_an_open_start_is_not_settled(start):
+    assert not scope_settled(start, BODY, "    return v\n    y = 2\n")
 
 
 @pytest.mark.parametrize("prefix,text,suffix", [
@@ -89,4 +120,6 @@ def test_the_engine_cuts_an_infill_only_when_asked(tiny_engine):
     assert plain.completion == text and "scope_cut_chars" not in plain.extra
     cut = writer.infill(prefix, suffix, replace(s, limit_scope=True))
     assert cut.completion == "    v = f(k)\n\n"
-    assert cut.extra["scope_cut_chars"] == len(text) - len(cut.completion)
+    assert cut.extra["scope_cut_chars"] > 0
+    # decoding stopped once the line leaving the scope was complete: the rest was never denoised
+    assert cut.extra["forward_passes"] < plain.extra["forward_passes"]

@@ -296,3 +296,30 @@ def test_a_completion_that_deletes_files_or_opens_sockets_is_contained(repo):
                               "    assert err.errno == 101, err\n")
             assert sandbox.run({"geometry/shapes.py": probe}).passed  # unreachable: no network
     assert tree_hash(repo) == before
+
+
+def test_rollouts_ask_with_the_file_context_the_editors_send(repo, tiny_engine):
+    """A rollout's prompt is the editors' request: a window around the hole, and before it the
+    file's own lines that the window leaves out (what ``personalized + GRPO + context`` is
+    scored with); ``context_tokens`` 0 asks with the window alone."""
+    from engine.repo import RepoIndex
+    from training.grpo import GrpoConfig, rollout
+    from training.holes import Hole
+
+    twin = "def f():\n    a = 1\n    b = 2\n    c = 3\n    d = 4\n    e = 5\n    g = 6\n"
+    filler = "".join(f"x{i} = {i}\n" for i in range(80))
+    before = twin + filler + "def k():\n    a = 1\n    b = 2\n    c = 3\n"
+    hole = Hole("t.py", 0, 1, "line", before, "    d = 4\n", "")
+    index = RepoIndex(repo)
+
+    def prompt(context_tokens: int) -> str:
+        cfg = GrpoConfig(repo=".", out=".", group=2, canvas=4, window=240, bf16=False,
+                         context_tokens=context_tokens)
+        group, _ = rollout(tiny_engine, hole, cfg, 0, lambda h, t: (float(len(t)), False, True),
+                           0, index=index)
+        return tiny_engine.tokenizer.decode(group.ids[0].tolist())
+
+    with_ctx, without = prompt(192), prompt(0)
+    # the twin above, out of the window's sight, continues the lines before the hole
+    assert "# t.py\n" in with_ctx and "    g = 6\n" in with_ctx
+    assert "# t.py" not in without and "g = 6" not in without
