@@ -323,3 +323,14 @@ def test_rollouts_ask_with_the_file_context_the_editors_send(repo, tiny_engine):
     # the twin above, out of the window's sight, continues the lines before the hole
     assert "# t.py\n" in with_ctx and "    g = 6\n" in with_ctx
     assert "# t.py" not in without and "g = 6" not in without
+
+
+def test_scored_slots_end_at_the_end_token_or_where_the_rollout_stopped(tiny_engine):
+    from training.grpo import scored_slots
+
+    e = tiny_engine
+    a, b = 40, 41
+    assert scored_slots(e, [a, b, e.eos_id, a]) == [True, True, True, False]
+    # a single line stopped at its newline: the slots still masked were never sampled
+    assert scored_slots(e, [a, b, e.mask_id, a]) == [True, True, False, False]
+    assert scored_slots(e, [a, b, a]) == [True, True, True]
