@@ -200,11 +200,11 @@ class CompletionService:
         if engine is None:
             self.stats.not_ready += 1
             return None
-        unseen = ("", "") if text is None else outside_window(
-            text[:window.replace_from], text[window.cursor:], window.prefix, window.suffix)
+        before, after = ("", "") if text is None else \
+            (text[:window.replace_from], text[window.cursor:])
+        unseen = outside_window(before, after, window.prefix, window.suffix)
         context = self.context(path, window.prefix, window.suffix, unseen)
-        accept = None if text is None else answer_check(
-            self.settings, text[:window.replace_from], text[window.cursor:], mode)
+        accept = None if text is None else answer_check(self.settings, before, after, mode)
         result = self.run_stream(job, engine.infill_stream(window.prefix, window.suffix,
                                                            self.settings_for(mode), context,
                                                            accept))

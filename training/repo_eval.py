@@ -67,9 +67,10 @@ def mine(repo: Path, exclude: list[str], sandbox, n_line: int = 60, n_block: int
     held = held_out_files(repo, exclude)
     texts = {rel: (repo / rel).read_text(encoding="utf-8") for rel in held}
     require_passing(sandbox)
-    everything = [(repo / p).read_bytes().decode("utf-8", "replace") for p in python_files(repo)]
+    everything = {p.as_posix(): (repo / p).read_bytes().decode("utf-8", "replace")
+                  for p in python_files(repo)}
     key = hashlib.sha256("\0".join([*exclude, " ".join(sandbox.argv[1:]), str(n_line),
-                                    str(n_block)] + everything).encode())
+                                    str(n_block)] + list(everything.values())).encode())
     cached = cache / f"{key.hexdigest()[:16]}.jsonl" if cache else None
     if cached is not None and cached.exists():
         all_holes = load_holes(cached)
@@ -81,8 +82,9 @@ def mine(repo: Path, exclude: list[str], sandbox, n_line: int = 60, n_block: int
     if not any(by_kind.values()):
         raise ConfigError(f"no hole in {', '.join(held)} makes the test suite fail when blanked; "
                           "hold out files that the tests cover")
-    seen = frozenset(line.strip() for p in python_files(repo, exclude)
-                     for line in (repo / p).read_bytes().decode("utf-8", "replace").splitlines())
+    # the lines training reads: those of every file that is not held out
+    seen = frozenset(line.strip() for rel, text in everything.items() if rel not in held
+                     for line in text.splitlines())
     return Benchmark(repo, exclude, held, by_kind, seen)
 
 
