@@ -70,7 +70,11 @@ def add_train_parsers(sub) -> None:
     r.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
     r.add_argument("--max-rounds", type=int, default=0, help="stop after N rollout rounds")
     r.add_argument("--group", type=int, default=4, help="completions per task, G (default 4)")
-    r.add_argument("--tasks", type=int, default=2, help="tasks per round per process")
+    r.add_argument("--tasks", type=int, default=2,
+                   help="tasks updated on per round per process (default 2)")
+    r.add_argument("--draws", type=int, default=3,
+                   help="draw up to DRAWS x TASKS tasks a round to find groups whose rewards "
+                        "differ (default 3; 1: keep every group)")
     r.add_argument("--iterations", type=int, default=2, help="updates per round, mu")
     r.add_argument("--beta", type=float, default=0.01, help="KL weight (default 0.01)")
     r.add_argument("--epsilon", type=float, default=0.5, help="PPO clip range (default 0.5)")
@@ -366,7 +370,8 @@ def _grpo(args) -> int:
                      exclude=args.exclude, test_cmd=args.test_cmd,
                      test_timeout=args.test_timeout, minutes=args.minutes,
                      max_rounds=args.max_rounds, group=args.group, tasks=args.tasks,
-                     iterations=args.iterations, beta=args.beta, epsilon=args.epsilon,
+                     draws=args.draws, iterations=args.iterations, beta=args.beta,
+                     epsilon=args.epsilon,
                      lr=args.lr, temperature=args.temperature, canvas=args.canvas,
                      holes=args.holes, seed=args.seed, lora_rank=args.lora_rank,
                      checkpoint_seconds=args.checkpoint_seconds,

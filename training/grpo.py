@@ -8,8 +8,11 @@ ask and decode: a window and the repository context (``context_tokens``), the co
 (``cache_refresh``), a single line stopping at its newline;
 reward = 2.0 x (the suite passes with the completion, run in ``engine.sandbox.RepoSandbox``,
 cached by completion text) + 0.5 x (the filled file parses), the paper's weights; advantages
-leave-one-out within the group. Then ``iterations`` policy updates, each with its own mask seed:
-coupled per-token scores (``training.coupled``), PPO clipping, k3 KL to the frozen initial model.
+leave-one-out within the group. A group whose rewards are all equal has no advantage, so no
+policy gradient: it is not scored or updated on, and another task is drawn in its place (DAPO's
+dynamic sampling, Yu et al. 2025; rollouts cost a fraction of an update on this CPU). Then
+``iterations`` policy updates, each with its own mask seed: coupled per-token scores
+(``training.coupled``), PPO clipping, k3 KL to the frozen initial model.
 An explicit loop (no TRL), resumable after a kill (weights, optimizer, round; every random draw
 is a function of (seed, round), so a resumed run continues the same run), one JSONL line per
 update and a PNG reward curve in the output folder; data parallel under ``torchrun``.
@@ -64,7 +67,10 @@ class GrpoConfig:
     group: int = 4
     """Completions per task, G (the paper: 10)."""
     tasks: int = 2
-    """Tasks per round per process."""
+    """Tasks per round per process whose groups are updated on."""
+    draws: int = 3
+    """Tasks drawn per round per process, at most ``draws`` x ``tasks``, to find ``tasks``
+    groups whose rewards differ; 1: update on every drawn group, equal rewards or not."""
     iterations: int = 2
     """Policy updates per round, mu, each with its own mask seed (the paper: 2)."""
     beta: float = 0.01
@@ -100,8 +106,8 @@ class GrpoConfig:
     def __post_init__(self) -> None:
         if self.group < 2:
             raise ConfigError(f"--group must be at least 2 (leave-one-out), got {self.group}")
-        if self.minutes <= 0 or self.tasks < 1 or self.iterations < 1:
-            raise ConfigError("--minutes, --tasks and --iterations must be positive")
+        if self.minutes <= 0 or min(self.tasks, self.iterations, self.draws) < 1:
+            raise ConfigError("--minutes, --tasks, --draws and --iterations must be positive")
         if not 0 < self.epsilon < 1 or self.beta < 0:
             raise ConfigError("--epsilon must be in (0, 1) and --beta non-negative")
 
@@ -201,6 +207,28 @@ def rollout(engine, hole: Hole, cfg: GrpoConfig, seed: int, rewarder: Rewarder, 
                    "zero_std": bool(r.std() == 0)}
 
 
+def draw_groups(policy, holes: list[Hole], cfg: GrpoConfig, rnd: int, rank: int, world: int,
+                rewarder: Rewarder, index: RepoIndex | None) -> tuple[list[Group], list[dict]]:
+    """This process's groups for round ``rnd``: tasks drawn (a function of seed, round and
+    rank) until ``cfg.tasks`` groups have rewards that differ, at most ``cfg.tasks`` x
+    ``cfg.draws`` draws. Returns the kept groups (the last drawn one if none differ, so that
+    every process takes part in the update) and every drawn group's info: the logged reward is
+    the policy's over all draws, not over the ones the filter kept."""
+    pick = random.Random(seed_of(cfg.seed, "tasks", rnd, rank))
+    kept, infos = [], []
+    for d in range(cfg.tasks * cfg.draws):
+        if len(kept) == cfg.tasks:
+            break
+        uid0 = ((rnd * world + rank) * cfg.tasks * cfg.draws + d) * cfg.group
+        g, info = rollout(policy, pick.choice(holes), cfg,
+                          seed_of(cfg.seed, "rollout", rnd, rank, d) % 2**31, rewarder, uid0,
+                          index)
+        infos.append(info)
+        if not info["zero_std"] or cfg.draws == 1:
+            kept.append(g)
+    return kept or [g], infos
+
+
 @torch.no_grad()
 def fixed_scores(model, groups: list[Group], seed: int, mask_id: int, bf16: bool
                  ) -> list[torch.Tensor]:
@@ -219,10 +247,14 @@ def _uniforms(seed: int, g: Group) -> torch.Tensor:
     return mask_uniforms(seed, g.uids, g.ids.shape[1]).to(g.ids.device)
 
 
-def policy_update(model, groups: list[Group], old: list[torch.Tensor], ref: list[torch.Tensor],
-                  seed: int, cfg: GrpoConfig, mask_id: int, denominator: float) -> dict:
+def policy_update(model, groups: list[Group], old: list[torch.Tensor] | None,
+                  ref: list[torch.Tensor], seed: int, cfg: GrpoConfig, mask_id: int,
+                  denominator: float) -> dict:
     """Accumulate the gradient of one update over ``groups`` (``model`` may be DDP-wrapped:
-    gradients are all-reduced once, at the last group). Returns summed statistics."""
+    gradients are all-reduced once, at the last group). ``old`` None: the model is still the
+    rollout policy (the round's first update), whose scores are these very scores, detached
+    (no dropout anywhere, so the ratio is exactly 1, as TRL does for the first iteration).
+    Returns summed statistics."""
     t = mask_ratio(seed)
     totals = {"loss": 0.0, "kl_sum": 0.0, "clipped": 0.0, "tokens": 0.0}
     for i, g in enumerate(groups):
@@ -233,7 +265,9 @@ def policy_update(model, groups: list[Group], old: list[torch.Tensor], ref: list
             with torch.autocast(g.ids.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 scores = coupled_scores(model, g.ids, g.completion, t, _uniforms(seed, g),
                                         mask_id)
-            loss, stats = grpo_loss(scores.float(), old[i], ref[i], g.advantages,
+            scores = scores.float()
+            loss, stats = grpo_loss(scores, scores.detach() if old is None else old[i], ref[i],
+                                    g.advantages,
                                     g.completion.float(), cfg.epsilon, cfg.beta, denominator)
             loss.backward()
         totals["loss"] += float(loss.detach())
@@ -338,25 +372,17 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
         while another_round_fits(state, budget) and not (cfg.max_rounds and
                                                          state["round"] >= cfg.max_rounds):
             rnd = state["round"]
-            pick = random.Random(seed_of(cfg.seed, "tasks", rnd))
-            chosen = [pick.choice(holes) for _ in range(cfg.tasks * world)]
-            mine = chosen[rank * cfg.tasks:(rank + 1) * cfg.tasks]
             # 1. rollouts with the current policy
             model.eval()
             began = time.time()
-            groups, infos = [], []
-            for j, hole in enumerate(mine):
-                k = rank * cfg.tasks + j
-                g, info = rollout(policy, hole, cfg, seed_of(cfg.seed, "rollout", rnd, k) % 2**31,
-                                  rewarder, uid0=(rnd * cfg.tasks * world + k) * cfg.group,
-                                  index=index)
-                groups.append(g)
-                infos.append(info)
+            groups, infos = draw_groups(policy, holes, cfg, rnd, rank, world, rewarder, index)
             state["rollout_s"] += time.time() - began
-            state["rollouts"] += len(mine) * cfg.group * world
-            # 2. the rollout policy's and the reference's scores, one mask seed per update
+            state["rollouts"] += len(infos) * cfg.group * world
+            # 2. the rollout policy's scores (for the updates after the first: see
+            # policy_update) and the reference's, one mask seed per update
             seeds = [seed_of(cfg.seed, "mask", rnd, i) % 4096 for i in range(cfg.iterations)]
-            old = [fixed_scores(model, groups, s, mcfg.mask_token_id, cfg.bf16) for s in seeds]
+            old = [None] + [fixed_scores(model, groups, s, mcfg.mask_token_id, cfg.bf16)
+                            for s in seeds[1:]]
             with _reference(model, reference) as ref_model:
                 ref = [fixed_scores(ref_model, groups, s, mcfg.mask_token_id, cfg.bf16)
                        for s in seeds]
@@ -370,7 +396,8 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm))
                 opt.step()
                 state["update"] += 1
-                record = _record(state, rnd, i, infos, totals, grad_norm, rewarder, start)
+                record = _record(state, rnd, i, infos, len(groups), totals, grad_norm,
+                                 rewarder, start)
                 if logfile:
                     logfile.write(json.dumps(record) + "\n")
                     logfile.flush()
@@ -432,15 +459,16 @@ def _reference(model, reference):
             m.scale = s
 
 
-def _record(state: dict, rnd: int, i: int, infos: list[dict], totals: dict, grad_norm: float,
-            rewarder: Rewarder, start: float) -> dict:
+def _record(state: dict, rnd: int, i: int, infos: list[dict], kept: int, totals: dict,
+            grad_norm: float, rewarder: Rewarder, start: float) -> dict:
     tokens = max(totals["tokens"], 1.0)
     elapsed = time.time() - start
     return {"update": state["update"], "round": rnd, "iteration": i,
             "reward": round(sum(x["reward"] for x in infos) / len(infos), 4),
             "tests_passed": sum(x["passed"] for x in infos),
             "parsed": sum(x["parsed"] for x in infos),
-            "zero_std_groups": sum(x["zero_std"] for x in infos),
+            "groups_drawn": len(infos), "zero_std_groups": sum(x["zero_std"] for x in infos),
+            "groups_kept": kept,
             "loss": round(totals["loss"], 6), "kl": round(totals["kl_sum"] / tokens, 6),
             "clip_fraction": round(totals["clipped"] / tokens, 4),
             "grad_norm": round(grad_norm, 4), "test_runs": rewarder.runs,
