@@ -25,7 +25,7 @@ from assistant.repo_context import RepoContexts
 from assistant.requests import answer_check, request_settings, request_window
 from assistant.settings import AssistantSettings
 from engine.errors import UnmaskError
-from engine.window import InfillWindow, outside_window
+from engine.window import InfillWindow
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +174,17 @@ class CompletionService:
                                 check_examples)
 
     def context(self, path, prefix: str, suffix: str,
-                unseen: tuple[str, str] = ("", "")) -> str:
+                document: tuple[str, str] = ("", "")) -> str:
         """Repository context for a hole in ``path`` (empty when off, not indexed yet, or no
-        engine); never waits for indexing. ``unseen``: the document outside the window."""
+        engine); never waits for indexing. ``document``: the buffer before and after the
+        hole."""
         engine = self.holder.engine
         if engine is None or path is None or not self.settings.repo_context:
             return ""
         from engine.repo import context_budget
 
         context = self.repo.context(path, prefix, suffix, engine.tokenizer,
-                                    context_budget(engine.context), unseen)
+                                    context_budget(engine.context), document)
         self.stats.with_context += bool(context)
         return context
 
@@ -202,8 +203,7 @@ class CompletionService:
             return None
         before, after = ("", "") if text is None else \
             (text[:window.replace_from], text[window.cursor:])
-        unseen = outside_window(before, after, window.prefix, window.suffix)
-        context = self.context(path, window.prefix, window.suffix, unseen)
+        context = self.context(path, window.prefix, window.suffix, (before, after))
         accept = None if text is None else answer_check(self.settings, before, after, mode)
         result = self.run_stream(job, engine.infill_stream(window.prefix, window.suffix,
                                                            self.settings_for(mode), context,

@@ -70,12 +70,12 @@ class RepoContexts:
         return self._worker.submit(update)
 
     def context(self, path: Path | None, prefix: str, suffix: str, tokenizer,
-                budget: int, unseen: tuple[str, str] = ("", "")) -> str:
+                budget: int, document: tuple[str, str] = ("", "")) -> str:
         """Context for a hole in ``path`` (empty while indexing or outside every folder);
-        ``unseen``: the document outside the request's window."""
+        ``document``: the whole buffer before and after the hole."""
         if path is None:
             return ""
         index, rel = self._owner(path)
         if index is None:
             return ""
-        return index.context(prefix, suffix, tokenizer, budget, path=rel, unseen=unseen)
+        return index.context(prefix, suffix, tokenizer, budget, path=rel, document=document)

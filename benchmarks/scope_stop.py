@@ -70,13 +70,13 @@ def file_context_ms(engine, n_lines: int, repeats: int) -> tuple[float, float]:
     """Median ms of a file-context request on an ``n_lines`` file: first on the document
     (index built), then again on the same text outside the window (index kept)."""
     from engine.repo import RepoIndex, context_budget, unseen_windows
-    from engine.window import build_infill, outside_window
+    from engine.window import build_infill
 
     source = (ROOT / "engine" / "api.py").read_text().splitlines(keepends=True)
     text = "".join(source[i % len(source)] for i in range(n_lines))
     offset = len("".join(text.splitlines(keepends=True)[: n_lines // 2]))
     window = build_infill(text, offset, engine.tokenizer, 192, 64, stable_start=True)
-    unseen = outside_window(text[:offset], text[offset:], window.prefix, window.suffix)
+    document = (text[:offset], text[offset:])  # the editor's buffer around the cursor
     index = RepoIndex(ROOT, retrieval="file")
     first, again = [], []
     for _ in range(repeats):
@@ -84,7 +84,7 @@ def file_context_ms(engine, n_lines: int, repeats: int) -> tuple[float, float]:
         for times in (first, again):
             t = time.perf_counter()
             index.context(window.prefix, window.suffix, engine.tokenizer,
-                          context_budget(engine.context), path="long.py", unseen=unseen)
+                          context_budget(engine.context), path="long.py", document=document)
             times.append((time.perf_counter() - t) * 1000)
     return statistics.median(first), statistics.median(again)
 

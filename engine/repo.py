@@ -29,6 +29,7 @@ from pathlib import Path
 
 from engine.errors import ConfigError
 from engine.symbols import Symbol, file_symbols
+from engine.window import outside_window
 
 ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", "env", ".tox", ".nox",
                   "node_modules", "build", "dist", ".eggs", ".mypy_cache", ".pytest_cache"}
@@ -264,12 +265,13 @@ class RepoIndex:
         return out
 
     def context(self, prefix: str, suffix: str, tokenizer, budget: int,
-                path: str | None = None, unseen: tuple[str, str] = ("", "")) -> str:
+                path: str | None = None, document: tuple[str, str] = ("", "")) -> str:
         """Repository context for a hole, whole blocks each under ``# <path>`` within
         ``budget`` tokens (``RETRIEVAL``): the best chunks of other files, best first, then
         stubs of what the code around the hole uses, then windows of the edited file itself,
-        nearest the hole. ``unseen``: the edited file's text before and after the request's
-        window (``engine.window.outside_window``), where the ``file`` retrievals look."""
+        nearest the hole. ``prefix`` and ``suffix``: the request's window; ``document``: the
+        edited file's whole text before and after the hole, of which the ``file`` retrievals
+        read what the window leaves out (``engine.window.outside_window``)."""
         if budget <= 0:
             return ""
         before = "".join(prefix.splitlines(keepends=True)[-12:])
@@ -295,7 +297,8 @@ class RepoIndex:
 
         stubs = chunks = near = []
         if self.retrieval in ("file", "file+bm25"):
-            windows = unseen_windows(path or "this file", *unseen)
+            windows = unseen_windows(path or "this file",
+                                     *outside_window(*document, prefix, suffix))
             lead = "".join(prefix.splitlines(keepends=True)[-NEAR_LEAD:])
             near = fit(shown(windows.ranked(code_tokens(lead), 4)),
                        budget // 2 if self.retrieval == "file+bm25" else budget)

@@ -25,7 +25,7 @@ import torch
 from engine.errors import ConfigError
 from engine.healing import plan_healing
 from engine.repo import CONTEXT_TOKENS, RepoIndex
-from engine.window import fit_infill, infill_ids, outside_window
+from engine.window import fit_infill, infill_ids
 from training.holes import KINDS, Hole, hole_at, hole_spans
 from training.objectives import Specials, canvas_padding, masked_diffusion_loss
 from training.pretrain import find_checkpoint, load_checkpoint, origin_of, save_checkpoint
@@ -129,7 +129,7 @@ def with_context(hole: Hole, index: RepoIndex, tokenizer, room: int,
     inference. Training examples and GRPO's rollouts both ask this way."""
     prefix, suffix, _ = fit_infill(hole.prefix, hole.suffix, tokenizer, room - budget)
     context = index.context(prefix, suffix, tokenizer, budget, path=hole.path,
-                            unseen=outside_window(hole.prefix, hole.suffix, prefix, suffix))
+                            document=(hole.prefix, hole.suffix))
     return prefix, suffix, context
 
 

@@ -22,7 +22,6 @@ from typing import Callable
 from engine.errors import ConfigError
 from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
 from engine.syntax_guard import parses
-from engine.window import outside_window
 from training.holes import Hole, load_holes, require_passing, save_holes
 from training.holes import mine as mine_holes
 
@@ -144,8 +143,7 @@ def completion_for(engine, hole: Hole, index: RepoIndex | None, request: Request
     single-line completion), the whole canvas for blocks."""
     prefix, suffix, settings = request(engine, hole)
     context = index.context(prefix, suffix, engine.tokenizer, context_budget(engine.context),
-                            path=hole.path,
-                            unseen=outside_window(hole.prefix, hole.suffix, prefix, suffix)
+                            path=hole.path, document=(hole.prefix, hole.suffix)
                             ) if index else ""
     key = answers.key(prefix, suffix, context, settings) if answers else ""
     text = answers.get(key) if answers else None

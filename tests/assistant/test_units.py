@@ -108,14 +108,16 @@ def test_repo_contexts_index_in_the_background_and_follow_saves(tmp_path):
     repo = RepoContexts()
     tok = CharTokenizer()
     # the buffer's lines above the request's window (the default retrieval shows those)
-    unseen = ("def load(path):\n    config = parse_config(path)\n    return config\n", "")
+    above = "def load(path):\n    config = parse_config(path)\n    return config\n"
+    prefix = "config = parse_config("
+    document = (above + prefix, "")
     main = tmp_path / "main.py"
-    assert repo.context(main, "config = parse_config(", "", tok, 500, unseen) == ""
+    assert repo.context(main, prefix, "", tok, 500, document) == ""
     repo.start([tmp_path]).result()
-    ctx = repo.context(main, "config = parse_config(", "", tok, 500, unseen)
-    assert ctx == "# main.py\n" + unseen[0]
-    assert repo.context(tmp_path.parent / "elsewhere.py", "parse_config", "", tok, 500,
-                        unseen) == ""
+    ctx = repo.context(main, prefix, "", tok, 500, document)
+    assert ctx == "# main.py\n" + above
+    assert repo.context(tmp_path.parent / "elsewhere.py", prefix, "", tok, 500,
+                        document) == ""
     (tmp_path / "later.py").write_text("def parse_config_later():\n    pass\n")
     repo.saved(tmp_path / "later.py").result()
     (index,) = repo.indexes.values()  # other files' chunks (--retrieval bm25) see the save

@@ -94,18 +94,19 @@ def test_file_context_shows_the_edited_files_unseen_lines_that_continue_the_same
     assert "lookup_info" not in window.prefix  # the twin above is out of the window's sight
     unseen = outside_window(before, after, window.prefix, window.suffix)
     assert unseen[0] + window.prefix + window.suffix + unseen[1] == before + after
+    document = (before, after)
     file_ctx = RepoIndex(repo, retrieval="file").context(
-        window.prefix, window.suffix, tok, 4000, path="pkg/cached.py", unseen=unseen)
+        window.prefix, window.suffix, tok, 4000, path="pkg/cached.py", document=document)
     # the twin's lead (its signature down to `def wrapper`) is matched, its next lines shown
     assert file_ctx.startswith("# pkg/cached.py\n") and "lookup_info" in file_ctx
     assert "        nonlocal hits, misses\n        k = key(*args, **kwargs)\n" in file_ctx
     assert "VALUE_59" not in file_ctx  # nor the window's own lines: only what it leaves out
     both = RepoIndex(repo, retrieval="file+bm25").context(
-        window.prefix, window.suffix, tok, 8000, path="pkg/cached.py", unseen=unseen)
+        window.prefix, window.suffix, tok, 8000, path="pkg/cached.py", document=document)
     assert both.endswith(file_ctx) and both.startswith("# geometry/")  # other files first
-    # other files' chunks never come from there, and nothing unseen gives no file context
+    # other files' chunks never come from there, and no document gives no file context
     assert "pkg/cached.py" not in RepoIndex(repo, retrieval="bm25").context(
-        window.prefix, window.suffix, tok, 4000, path="pkg/cached.py", unseen=unseen)
+        window.prefix, window.suffix, tok, 4000, path="pkg/cached.py", document=document)
     assert RepoIndex(repo, retrieval="file").context(
         window.prefix, window.suffix, tok, 4000, path="pkg/cached.py") == ""
     assert outside_window("abc", "def", "zz", "d") == ("", "ef")  # not a cut: nothing
@@ -120,7 +121,7 @@ def test_file_context_reuses_the_unseen_windows_until_the_text_outside_changes(r
 
     def ask(unseen_above: str) -> str:
         return index.context(prefix, suffix, tok, 4000, path="pkg/h.py",
-                             unseen=(unseen_above, ""))
+                             document=(unseen_above + prefix, suffix))
 
     unseen_windows.cache_clear()
     first = ask(above)
