@@ -118,6 +118,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     rows["sources"] = by_source(records)
     if args.parent_minutes and not args.base_only:
         rows["parent loss"] = held_out_parent_loss(root, pkg.held_out, personal / "parent")
+    if "--grpo" in models:  # its train-split reward over the run (training.grpo.reward_trend)
+        rows["grpo trend"] = json.loads((tuned / "grpo.json").read_text())["reward_trend"]
     return rows, minutes
 
 
@@ -154,7 +156,7 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
     out = [f"### {name} {pkg.version} (held out: {', '.join(pkg.held_out)})", "",
            "| configuration | line pass@1 | line exact | block pass@1 | block exact | minutes |",
            "|---|---:|---:|---:|---:|---:|"]
-    configs = [label for label in rows if label not in ("parent loss", "sources")]
+    configs = [label for label in rows if label not in ("parent loss", "sources", "grpo trend")]
     for label in configs:
         res = rows[label]
         cells = []
@@ -175,6 +177,13 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
     if "parent loss" in rows:
         out += ["", "the parent's next-token loss on the held-out files (nats/token): " +
                 ", ".join(f"{k} {v}" for k, v in rows["parent loss"].items())]
+    if "grpo trend" in rows:
+        t = rows["grpo trend"]
+        out += ["", f"GRPO's train-split reward: {t['rounds']} rounds" + (
+            f", mean per round {t['first_half']} in the first half and {t['second_half']} in "
+            f"the second, slope {t['slope']:+.4f} ± {t['slope_se']:.4f} (standard error) per "
+            f"round; rollouts passing the suite {t['passed_first_half']:.1%} then "
+            f"{t['passed_second_half']:.1%}" if t["rounds"] >= 3 else "")]
     out += ["", "minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()), ""]
     return "\n".join(out)
 

@@ -485,7 +485,8 @@ def _finish(model, base: Path, out: Path, cfg: GrpoConfig, state: dict, n_holes:
                "minutes": round(state["elapsed"] / 60, 2),
                "rollouts_per_s": round(state["rollouts"] / max(state["rollout_s"], 1e-9), 3),
                "first_rewards": [r["reward"] for r in records[:4]],
-               "last_rewards": [r["reward"] for r in records[-4:]], "config": asdict(cfg)}
+               "last_rewards": [r["reward"] for r in records[-4:]],
+               "reward_trend": reward_trend(records, cfg.group), "config": asdict(cfg)}
     plot_rewards(records, out / "reward.png")
     if cfg.lora_rank:
         from training.lora import save_adapter
@@ -501,6 +502,34 @@ def _finish(model, base: Path, out: Path, cfg: GrpoConfig, state: dict, n_holes:
     return summary
 
 
+def per_round(records: list[dict], key: str) -> list[float]:
+    """One value per round from the log (a round's updates repeat its rollouts' values)."""
+    return list({r["round"]: r[key] for r in records}.values())
+
+
+def reward_trend(records: list[dict], group: int) -> dict:
+    """Whether the train-split reward rose: the mean reward per round over the first and the
+    second half of the rounds, the least-squares slope per round with its standard error (a
+    rise is a slope above about two standard errors), and the share of the rollouts (``group``
+    per drawn task) that passed the suite over each half."""
+    ys = per_round(records, "reward")
+    n = len(ys)
+    if n < 3:
+        return {"rounds": n}
+    xm, ym = (n - 1) / 2, sum(ys) / n
+    sxx = sum((x - xm) ** 2 for x in range(n))
+    slope = sum((x - xm) * (y - ym) for x, y in enumerate(ys)) / sxx
+    resid = sum((y - ym - slope * (x - xm)) ** 2 for x, y in enumerate(ys))
+    passed, drawn = per_round(records, "tests_passed"), per_round(records, "groups_drawn")
+    half = n // 2
+    out = {"rounds": n, "first_half": round(sum(ys[:half]) / half, 4),
+           "second_half": round(sum(ys[half:]) / (n - half), 4), "slope": round(slope, 5),
+           "slope_se": round((resid / (n - 2) / sxx) ** 0.5, 5)}
+    out["passed_first_half"] = round(sum(passed[:half]) / (sum(drawn[:half]) * group), 4)
+    out["passed_second_half"] = round(sum(passed[half:]) / (sum(drawn[half:]) * group), 4)
+    return out
+
+
 def plot_rewards(records: list[dict], path: Path) -> None:
     """Mean reward per round (and its running mean) as a PNG."""
     import matplotlib
@@ -508,10 +537,8 @@ def plot_rewards(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per_round: dict[int, float] = {}
-    for r in records:
-        per_round[r["round"]] = r["reward"]
-    xs, ys = list(per_round), list(per_round.values())
+    ys = per_round(records, "reward")
+    xs = list(range(len(ys)))
     run = [sum(ys[max(0, i - 9):i + 1]) / len(ys[max(0, i - 9):i + 1]) for i in range(len(ys))]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     ax.plot(xs, ys, ".", alpha=0.5, label="round")

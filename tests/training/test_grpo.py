@@ -385,3 +385,27 @@ def test_the_first_update_scores_the_rollout_policy_itself():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_reward_trend_reads_the_log_per_round():
+    """Two log lines per round (mu = 2) count once; the slope is least squares over rounds
+    with its standard error, and the pass share is over every drawn rollout."""
+    from training.grpo import reward_trend
+
+    rewards = [0.1, 0.5, 0.2, 0.6, 0.4, 0.9]
+    records = [{"round": r, "reward": y, "tests_passed": r % 2, "groups_drawn": 2}
+               for r, y in enumerate(rewards) for _ in range(2)]
+    t = reward_trend(records, group=4)
+    x = torch.arange(6.0)
+    slope = float(((x - x.mean()) * (torch.tensor(rewards) - sum(rewards) / 6)).sum()
+                  / ((x - x.mean()) ** 2).sum())
+    assert t["rounds"] == 6 and math.isclose(t["slope"], slope, abs_tol=1e-5)
+    assert 0 < t["slope_se"] < t["slope"]
+    assert math.isclose(t["first_half"], 0.8 / 3, abs_tol=1e-4)
+    assert math.isclose(t["second_half"], 1.9 / 3, abs_tol=1e-4)
+    assert t["passed_first_half"] == round(1 / 24, 4)  # round 1 passed 1 of its 8 rollouts
+    assert t["passed_second_half"] == round(2 / 24, 4)
+    flat = reward_trend([{"round": r, "reward": 0.3, "tests_passed": 0, "groups_drawn": 1}
+                         for r in range(5)], group=4)
+    assert flat["slope"] == 0 and flat["slope_se"] == 0
+    assert reward_trend(records[:4], group=4) == {"rounds": 2}  # too few rounds for a line
