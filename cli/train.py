@@ -65,7 +65,12 @@ def add_train_parsers(sub) -> None:
                         "personalized model is the usual start)")
     r.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="a path or glob relative to the root that is never read (repeatable)")
-    r.add_argument("--test-cmd", default="python -m pytest -x -q")
+    r.add_argument("--test-cmd", default=None,
+                   help='the suite\'s command (default "python -m pytest -x -q"; without -x '
+                        'with --partial-credit)')
+    r.add_argument("--partial-credit", action="store_true",
+                   help="reward a failing suite by the share of the blanked hole's failing "
+                        "tests the completion mends (default: all or nothing)")
     r.add_argument("--test-timeout", type=float, default=120.0)
     r.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
     r.add_argument("--max-rounds", type=int, default=0, help="stop after N rollout rounds")
@@ -374,6 +379,7 @@ def _grpo(args) -> int:
                      epsilon=args.epsilon,
                      lr=args.lr, temperature=args.temperature, canvas=args.canvas,
                      holes=args.holes, seed=args.seed, lora_rank=args.lora_rank,
+                     partial_credit=args.partial_credit,
                      checkpoint_seconds=args.checkpoint_seconds,
                      **({} if args.context_tokens is None else
                         {"context_tokens": args.context_tokens}))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,9 @@ class RunResult:
     status: str
     """passed | failed | timeout"""
     detail: str = ""
+    failed_tests: tuple[str, ...] = ()
+    """The tests a failed pytest run lists as FAILED or ERROR in its short summary (pytest's
+    default ``-r fE``; the whole suite's only without ``-x``); empty for other runners."""
 
 
 def _limits(memory_mb: int, cpu_s: int, file_mb: int = 1):
@@ -97,9 +101,26 @@ def run_limited(argv: list[str], cwd, env: dict, timeout_s: float, memory_mb: in
                 os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode == 0:
             return RunResult(True, "passed")
-        out.seek(max(0, out.seek(0, 2) - 4096))
-        tail = out.read().decode(errors="replace").strip().splitlines()[-1:]
-        return RunResult(False, "failed", tail[0] if tail else f"exit {proc.returncode}")
+        out.seek(max(0, out.seek(0, 2) - SUMMARY_BYTES))
+        lines = out.read().decode(errors="replace").strip().splitlines()
+        return RunResult(False, "failed", lines[-1] if lines else f"exit {proc.returncode}",
+                         failed_tests(lines))
+
+
+SUMMARY_BYTES = 1 << 18
+"""How much of a failed run's output is read back: its last line, and pytest's short summary."""
+
+
+def failed_tests(lines: list[str]) -> tuple[str, ...]:
+    """Test ids from pytest's short summary lines (``FAILED tests/t.py::test_a - assert 0``,
+    ``ERROR tests/t.py``), in order, each once."""
+    found = [m[1] for m in map(SUMMARY_LINE.match, lines) if m]
+    return tuple(dict.fromkeys(found))
+
+
+SUMMARY_LINE = re.compile(r"(?:FAILED|ERROR) ((?!\()[^\s\[]+(?:\[[^\]]*\])?)(?: - |$)")
+"""A short-summary line's test id: a path and name, and its parameters' brackets (which may
+hold spaces); not unittest's ``FAILED (failures=1)``."""
 
 
 COPY_IGNORED = (".git", ".hg", ".venv", "venv", ".tox", ".nox", "node_modules", "__pycache__",

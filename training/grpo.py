@@ -7,7 +7,8 @@ the engine's own sampler (temperature 1.2, top-p 0.95), each asked and decoded a
 ask and decode: a window and the repository context (``context_tokens``), the context cache
 (``cache_refresh``), a single line stopping at its newline;
 reward = 2.0 x (the suite passes with the completion, run in ``engine.sandbox.RepoSandbox``,
-cached by completion text) + 0.5 x (the filled file parses), the paper's weights; advantages
+cached by completion text; with ``partial_credit``, the share of the tests the blanked hole breaks
+that the completion mends) + 0.5 x (the filled file parses), the paper's weights; advantages
 leave-one-out within the group. A group whose rewards are all equal has no advantage, so no
 policy gradient: it is not scored or updated on, and another task is drawn in its place (DAPO's
 dynamic sampling, Yu et al. 2025; rollouts cost a fraction of an update on this CPU). Then
@@ -58,7 +59,9 @@ class GrpoConfig:
     """Model to start from (default: the embedded one); also the KL reference."""
     exclude: list[str] = field(default_factory=list)
     """Globs never read (hold out the files ``unmask eval repo`` scores)."""
-    test_cmd: str = "python -m pytest -x -q"
+    test_cmd: str | None = None
+    """The suite's command (default ``python -m pytest -x -q``; ``-x`` dropped with
+    ``partial_credit``, which needs every failing test)."""
     test_timeout: float = 120.0
     minutes: float = 10.0
     """Wall-clock budget, resumed runs included."""
@@ -96,6 +99,11 @@ class GrpoConfig:
     """Verified holes to mine (two thirds single lines, a third blocks)."""
     code_weight: float = 2.0
     format_weight: float = 0.5
+    partial_credit: bool = False
+    """Code reward for a failing suite too: of the tests that fail with the hole blanked (B),
+    the share the completion makes pass, less the ones it breaks anew (F: its failures),
+    |B - F| / (|B| + |F - B|); all-or-nothing (the paper's) when off. A 135M model's rollouts
+    seldom pass a whole suite, so the all-or-nothing term is mostly silent."""
     seed: int = 0
     lora_rank: int = 0
     """0: train every weight (small models); r > 0: a rank-r LoRA adapter (7B)."""
@@ -104,6 +112,12 @@ class GrpoConfig:
     bf16: bool = True
 
     def __post_init__(self) -> None:
+        if self.test_cmd is None:
+            self.test_cmd = "python -m pytest -q" if self.partial_credit else \
+                "python -m pytest -x -q"
+        if self.partial_credit and ({"-x", "--exitfirst"} & set(self.test_cmd.split())):
+            raise ConfigError("--partial-credit needs every failing test, but --test-cmd stops "
+                              "at the first (-x); drop -x from it")
         if self.group < 2:
             raise ConfigError(f"--group must be at least 2 (leave-one-out), got {self.group}")
         if self.minutes <= 0 or min(self.tasks, self.iterations, self.draws) < 1:
@@ -127,11 +141,13 @@ class Group:
 
 
 class Rewarder:
-    """2.0 x tests pass + 0.5 x parses, cached by (hole, completion text)."""
+    """2.0 x tests pass (or their share, ``partial_credit``) + 0.5 x parses, cached by (hole,
+    completion text)."""
 
     def __init__(self, sandbox, cfg: GrpoConfig) -> None:
         self.sandbox, self.cfg = sandbox, cfg
-        self.cache: dict[tuple[str, str], tuple[bool, bool]] = {}
+        self.cache: dict[tuple[str, str], tuple[float, bool, bool]] = {}
+        self.blank_failures: dict[str, set[str]] = {}
         self.runs = 0
         self.statuses: dict[str, int] = {}
 
@@ -140,15 +156,31 @@ class Rewarder:
         if key not in self.cache:
             filled = hole.filled(text)
             ok = parses(filled)
-            passed = False
+            passed, credit = False, 0.0
             if ok:  # a file that does not parse cannot pass: no test run
-                result = self.sandbox.run({hole.path: filled})
-                self.runs += 1
-                self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+                result = self._run({hole.path: filled})
                 passed = result.passed
-            self.cache[key] = (passed, ok)
-        passed, ok = self.cache[key]
-        return self.cfg.code_weight * passed + self.cfg.format_weight * ok, passed, ok
+                credit = 1.0 if passed else self._share(hole, result.failed_tests) \
+                    if self.cfg.partial_credit else 0.0
+            self.cache[key] = (credit, passed, ok)
+        credit, passed, ok = self.cache[key]
+        return self.cfg.code_weight * credit + self.cfg.format_weight * ok, passed, ok
+
+    def _run(self, files: dict[str, str]):
+        result = self.sandbox.run(files)
+        self.runs += 1
+        self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+        return result
+
+    def _share(self, hole: Hole, failed: tuple[str, ...]) -> float:
+        """|B - F| / (|B| + |F - B|): B the tests failing with the hole blanked (one run per
+        hole, kept), F the completion's; 0 when either run listed none (a timeout, a crash
+        before pytest's summary)."""
+        if hole.key not in self.blank_failures:
+            blank = self._run({hole.path: hole.prefix + hole.suffix})
+            self.blank_failures[hole.key] = set(blank.failed_tests)
+        b, f = self.blank_failures[hole.key], set(failed)
+        return len(b - f) / (len(b) + len(f - b)) if b and f else 0.0
 
 
 def completion_text(engine, hole: Hole, canvas: list[int]) -> str:

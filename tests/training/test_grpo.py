@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -409,3 +410,61 @@ def test_reward_trend_reads_the_log_per_round():
                          for r in range(5)], group=4)
     assert flat["slope"] == 0 and flat["slope_se"] == 0
     assert reward_trend(records[:4], group=4) == {"rounds": 2}  # too few rounds for a line
+
+
+CLAMP = "def clamp(x, lo, hi):\n    x = max(x, lo)\n    x = min(x, hi)\n    return x\n"
+CLAMP_TESTS = '''from clamp import clamp
+
+
+def test_low():
+    assert clamp(-1, 0, 5) == 0
+
+
+def test_high():
+    assert clamp(9, 0, 5) == 5
+
+
+def test_middle():
+    assert clamp(3, 0, 5) == 3
+
+
+def test_unrelated():
+    assert 1 + 1 == 2
+'''
+
+
+@pytest.mark.parametrize("completion, credit", [
+    ("    x = min(max(x, lo), hi)\n", 1.0),  # the suite passes
+    ("    x = max(x, lo)\n", 1 / 2),  # mends test_low of the blank's two failures
+    ("    x = 0\n", 1 / 3),  # mends test_low, breaks test_middle anew
+    ("    x = x\n", 0.0),  # the blank's failures exactly
+    ("    x = (\n", None),  # does not parse: no run, no credit
+])
+def test_partial_credit_is_the_share_of_the_blanks_failures_mended(tmp_path, completion, credit):
+    from engine.sandbox import RepoSandbox
+    from training.grpo import GrpoConfig, Rewarder
+    from training.holes import Hole
+
+    (tmp_path / "clamp.py").write_text(CLAMP)
+    (tmp_path / "test_clamp.py").write_text(CLAMP_TESTS)
+    head, hole_lines, tail = CLAMP.partition("    x = max(x, lo)\n    x = min(x, hi)\n")
+    hole = Hole("clamp.py", 1, 3, "block", head, hole_lines, tail)
+    cfg = GrpoConfig(repo=str(tmp_path), out=".", partial_credit=True)
+    assert cfg.test_cmd == "python -m pytest -q"
+    with RepoSandbox(tmp_path, cfg.test_cmd, timeout_s=60) as sandbox:
+        blank = sandbox.run({"clamp.py": head + tail})
+        assert blank.failed_tests == ("test_clamp.py::test_low", "test_clamp.py::test_high")
+        reward, passed, parsed = Rewarder(sandbox, cfg)(hole, completion)
+        binary, _, _ = Rewarder(sandbox, replace(cfg, partial_credit=False))(hole, completion)
+    assert parsed == (credit is not None) and passed == (credit == 1.0)
+    assert math.isclose(reward, 2.0 * (credit or 0.0) + 0.5 * parsed)
+    assert binary == 2.0 * passed + 0.5 * parsed  # all or nothing, the paper's
+
+
+def test_partial_credit_refuses_a_test_command_that_stops_at_the_first_failure():
+    from engine.errors import ConfigError
+    from training.grpo import GrpoConfig
+
+    with pytest.raises(ConfigError, match="drop -x"):
+        GrpoConfig(repo=".", out=".", partial_credit=True, test_cmd="python -m pytest -x -q")
+    assert GrpoConfig(repo=".", out=".").test_cmd == "python -m pytest -x -q"
