@@ -454,13 +454,18 @@ def grpo(cfg: GrpoConfig, progress=None) -> dict:
     return summary
 
 
+def task_kinds(n: int) -> dict[str, int]:
+    """How many of ``n`` tasks are single lines (two thirds) and blocks."""
+    n_line = max(1, round(n * 2 / 3))
+    return {"line": n_line, "block": n - n_line}
+
+
 def _tasks(sandbox, files: dict[str, str], out: Path, cfg: GrpoConfig, rank: int,
            world: int) -> list[Hole]:
     """The run's verified holes: mined once (rank 0) and kept in ``out/holes.jsonl``."""
     path = out / "holes.jsonl"
     if rank == 0 and not path.exists():
-        n_line = max(1, round(cfg.holes * 2 / 3))
-        found = mine_holes(sandbox, files, {"line": n_line, "block": cfg.holes - n_line})
+        found = mine_holes(sandbox, files, task_kinds(cfg.holes))
         if not found:
             raise ConfigError(f"no hole in {cfg.repo} makes its test suite fail when blanked, so "
                               "no reward can be verified; point --repo at a repository whose "
