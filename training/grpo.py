@@ -174,13 +174,22 @@ class Rewarder:
 
     def _share(self, hole: Hole, failed: tuple[str, ...]) -> float:
         """|B - F| / (|B| + |F - B|): B the tests failing with the hole blanked (one run per
-        hole, kept), F the completion's; 0 when either run listed none (a timeout, a crash
-        before pytest's summary)."""
+        hole, kept), F the completion's; a test file that failed to import stands for every
+        test in it. 0 when either run listed none (a timeout, a crash before pytest's summary)
+        or the completion's run stopped at collection (a file that failed to import: pytest
+        then runs no test at all)."""
         if hole.key not in self.blank_failures:
             blank = self._run({hole.path: hole.prefix + hole.suffix})
             self.blank_failures[hole.key] = set(blank.failed_tests)
-        b, f = self.blank_failures[hole.key], set(failed)
-        return len(b - f) / (len(b) + len(f - b)) if b and f else 0.0
+        b = self.blank_failures[hole.key]
+        if not b or not failed or any("::" not in t for t in failed):
+            return 0.0
+
+        def hit(test: str, group: set[str] | tuple[str, ...]) -> bool:
+            return any(t == test or test.startswith(t + "::") or t.startswith(test + "::")
+                       for t in group)
+        mended = sum(not hit(t, failed) for t in b)
+        return mended / (len(b) + sum(not hit(t, b) for t in failed))
 
 
 def completion_text(engine, hole: Hole, canvas: list[int]) -> str:

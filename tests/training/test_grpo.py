@@ -439,6 +439,8 @@ def test_unrelated():
     ("    x = 0\n", 1 / 3),  # mends test_low, breaks test_middle anew
     ("    x = x\n", 0.0),  # the blank's failures exactly
     ("    x = (\n", None),  # does not parse: no run, no credit
+    # parses, but the suite stops at collection (the module fails to import): no test ran
+    ("    return x\nimport no_such_module\n\n\ndef _unused(x):\n", 0.0),
 ])
 def test_partial_credit_is_the_share_of_the_blanks_failures_mended(tmp_path, completion, credit):
     from engine.sandbox import RepoSandbox
