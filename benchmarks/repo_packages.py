@@ -189,8 +189,9 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
         out += ["", f"GRPO's train-split reward: {t['rounds']} rounds" + (
             f", mean per round {t['first_half']} in the first half and {t['second_half']} in "
             f"the second, slope {t['slope']:+.4f} ± {t['slope_se']:.4f} (standard error) per "
-            f"round; rollouts passing the suite {t['passed_first_half']:.1%} then "
-            f"{t['passed_second_half']:.1%}" if t["rounds"] >= 3 else "")]
+            f"round" if t["rounds"] >= 3 else "") + (
+            f"; rollouts passing the suite {t['passed_first_half']:.1%} then "
+            f"{t['passed_second_half']:.1%}" if "passed_first_half" in t else "")]
     out += ["", "minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()), ""]
     return "\n".join(out)
 

@@ -566,13 +566,14 @@ def reward_trend(records: list[dict], group: int) -> dict:
     sxx = sum((x - xm) ** 2 for x in range(n))
     slope = sum((x - xm) * (y - ym) for x, y in enumerate(ys)) / sxx
     resid = sum((y - ym - slope * (x - xm)) ** 2 for x, y in enumerate(ys))
-    passed, drawn = per_round(records, "tests_passed"), per_round(records, "groups_drawn")
     half = n // 2
     out = {"rounds": n, "first_half": round(sum(ys[:half]) / half, 4),
            "second_half": round(sum(ys[half:]) / (n - half), 4), "slope": round(slope, 5),
            "slope_se": round((resid / (n - 2) / sxx) ** 0.5, 5)}
-    out["passed_first_half"] = round(sum(passed[:half]) / (sum(drawn[:half]) * group), 4)
-    out["passed_second_half"] = round(sum(passed[half:]) / (sum(drawn[half:]) * group), 4)
+    if all("groups_drawn" in r for r in records):  # logs before dynamic sampling lack it
+        passed, drawn = per_round(records, "tests_passed"), per_round(records, "groups_drawn")
+        out["passed_first_half"] = round(sum(passed[:half]) / (sum(drawn[:half]) * group), 4)
+        out["passed_second_half"] = round(sum(passed[half:]) / (sum(drawn[half:]) * group), 4)
     return out
 
 
