@@ -16,6 +16,7 @@ from, and the code term's share says whether the tests, not only parsing, speak.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +45,10 @@ def main() -> None:
                "partial credit": cfg}
     with RepoSandbox(args.repo, cfg.test_cmd, cfg.test_timeout) as sandbox:
         began = time.perf_counter()
-        holes = mine(sandbox, index.files, task_kinds(cfg.holes))
+        holes = mine(sandbox, index.files, task_kinds(cfg.holes),
+                     lambda label, done, total, kept: print(
+                         f"{label}: {done}/{total} tried, {kept} kept", file=sys.stderr,
+                         flush=True))
         mined = time.perf_counter() - began
         partial = Rewarder(sandbox, cfg)
         rewards = {name: [] for name in schemes}
@@ -61,13 +65,15 @@ def main() -> None:
         for k, hole in enumerate(holes):
             _, info = rollout(engine, hole, cfg, args.seed * 1000 + k, both, uid0=0, index=index)
             passed += info["passed"]
+            print(f"{k + 1}/{len(holes)} holes rolled out, {passed} rollouts passed, "
+                  f"{time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
         spent = time.perf_counter() - began
     G, n = cfg.group, len(holes)
     print(f"{Path(args.repo).name}: {n} training-side holes (mined in {mined:.0f} s), {G} "
           f"rollouts each from {args.init}; {passed} of {n * G} rollouts passed the suite; "
           f"{spent:.0f} s for rollouts and {partial.runs} test runs "
           f"({len(partial.blank_failures)} of them blanks)\n")
-    print("| reward | mean | groups with unequal rewards | groups whose code term varies |\n"
+    print("| reward | mean | groups with unequal rewards | groups whose tests' term varies |\n"
           "|---|---:|---:|---:|")
     for name in schemes:
         pairs = rewards[name]
