@@ -160,8 +160,10 @@ class Rewarder:
             if ok:  # a file that does not parse cannot pass: no test run
                 result = self._run({hole.path: filled})
                 passed = result.passed
-                credit = 1.0 if passed else self._share(hole, result.failed_tests) \
-                    if self.cfg.partial_credit else 0.0
+                if passed:
+                    credit = 1.0
+                elif self.cfg.partial_credit:
+                    credit = self._share(hole, result.failed_tests)
             self.cache[key] = (credit, passed, ok)
         credit, passed, ok = self.cache[key]
         return self.cfg.code_weight * credit + self.cfg.format_weight * ok, passed, ok
