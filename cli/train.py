@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -129,6 +130,9 @@ def add_train_parsers(sub) -> None:
     ev.add_argument("--fresh", action="store_true",
                     help="repo: decode every answer again instead of reusing the answers kept "
                          "from earlier runs of the same model and requests")
+    ev.add_argument("--workers", type=int, default=None,
+                    help="repo: processes that decode answers, each on its share of the cores "
+                         "(default: 2 on a CPU with 2+ cores and room for the copies, else 1)")
     ev.add_argument("--model", default=None)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="auto")
@@ -440,11 +444,14 @@ def _eval_repo(args) -> int:
 
     from engine.api import Engine, GenerationSettings
     from engine.loading import cache_dir
+    from engine.pool import InfillPool, default_workers
     from engine.sandbox import RepoSandbox
     from training import repo_eval
 
     if args.repo is None:
         raise ConfigError("eval repo needs --repo PATH")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give 1 or more (1 decodes in-process)")
     repo = args.repo.resolve()
     branches = 0 if args.parent_branches is None else args.parent_branches
     GenerationSettings(parent_branches=branches)  # its check of the flag, before any work
@@ -469,15 +476,20 @@ def _eval_repo(args) -> int:
             answers = None if args.fresh else \
                 repo_eval.AnswerCache(cache_dir() / "repo-answers", engine)
             kept += [answers] if answers else []
-            for ctx in contexts:
-                label = f"{name}{' + context' if ctx else ''}"
-                began = time.monotonic()
-                res = repo_eval.score(
-                    engine, bench, sandbox, ctx, partial(editor_request, length=args.length,
-                                                         parent_branches=branches),
-                    tick, label, records, args.retrieval or RETRIEVAL, answers, verdicts)
-                res["minutes"] = round((time.monotonic() - began) / 60, 2)
-                rows.append((label, res))
+            workers = args.workers or default_workers(engine)
+            with ExitStack() as stack:
+                decode = None if workers == 1 else stack.enter_context(InfillPool(
+                    engine.folder, args.device, args.dtype, workers)).map
+                for ctx in contexts:
+                    label = f"{name}{' + context' if ctx else ''}"
+                    began = time.monotonic()
+                    res = repo_eval.score(
+                        engine, bench, sandbox, ctx, partial(editor_request, length=args.length,
+                                                             parent_branches=branches),
+                        tick, label, records, args.retrieval or RETRIEVAL, answers, verdicts,
+                        decode)
+                    res["minutes"] = round((time.monotonic() - began) / 60, 2)
+                    rows.append((label, res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))

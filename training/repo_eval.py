@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from engine.errors import ConfigError
 from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
@@ -91,6 +91,10 @@ Request = Callable[[object, Hole], tuple[str, str, object]]
 """``request(engine, hole) -> (prefix, suffix, settings)``: how an editor would ask for the hole
 (a single-line suggestion for ``line`` holes, an explicit block request for ``block`` ones)."""
 
+Decode = Callable[[Iterable[tuple]], Iterator[str]]
+"""``decode(requests) -> completion texts``, in order; a request is (prefix, suffix, settings,
+context)."""
+
 
 class AnswerCache:
     """The model's answers to earlier requests, kept on disk (one JSONL file per model). An
@@ -137,21 +141,37 @@ class AnswerCache:
             fh.write(json.dumps({"key": key, "text": text}) + "\n")
 
 
-def completion_for(engine, hole: Hole, index: RepoIndex | None, request: Request,
-                   answers: AnswerCache | None = None) -> str:
-    """The model's text for a hole: the first line for single-line holes (an editor's
-    single-line completion), the whole canvas for blocks."""
+def ask(engine, hole: Hole, index: RepoIndex | None, request: Request) -> tuple:
+    """The request an editor sends for ``hole``: (prefix, suffix, settings, context)."""
     prefix, suffix, settings = request(engine, hole)
     context = index.context(prefix, suffix, engine.tokenizer, context_budget(engine.context),
                             path=hole.path, document=(hole.prefix, hole.suffix)
                             ) if index else ""
-    key = answers.key(prefix, suffix, context, settings) if answers else ""
-    text = answers.get(key) if answers else None
-    if text is None:
-        text = engine.infill(prefix, suffix, settings, context=context).completion
-        if answers:
-            answers.put(key, text)
-    return text.split("\n", 1)[0] + "\n" if hole.kind == "line" else text
+    return prefix, suffix, settings, context
+
+
+def in_process(engine) -> Decode:
+    """``Decode`` on ``engine`` itself, one request after another."""
+    return lambda asked: (engine.infill(p, s, st, context=c).completion for p, s, st, c in asked)
+
+
+def answers_for(engine, holes: list[Hole], index: RepoIndex | None, request: Request,
+                answers: AnswerCache | None = None, decode: Decode | None = None
+                ) -> Iterator[str]:
+    """The model's text for each hole, in order: the first line for single-line holes (an
+    editor's single-line completion), the whole canvas for blocks. Kept answers are reused;
+    the rest go to ``decode`` (default: ``engine`` in this process) and are kept."""
+    asked = [ask(engine, hole, index, request) for hole in holes]
+    keys = [answers.key(p, s, c, st) if answers else "" for p, s, st, c in asked]
+    known = [answers.get(k) if answers else None for k in keys]
+    decoded = (decode or in_process(engine))(
+        [a for a, text in zip(asked, known) if text is None])
+    for hole, key, text in zip(holes, keys, known):
+        if text is None:
+            text = next(decoded)
+            if answers:
+                answers.put(key, text)
+        yield text.split("\n", 1)[0] + "\n" if hole.kind == "line" else text
 
 
 def known_outcome(hole: Hole, middle: str) -> bool | None:
@@ -179,19 +199,21 @@ def by_source(records: list[dict]) -> dict:
 def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Request,
           progress=None, label: str = "", records: list | None = None,
           retrieval: str = RETRIEVAL, answers: AnswerCache | None = None,
-          verdicts: dict | None = None) -> dict:
+          verdicts: dict | None = None, decode: Decode | None = None) -> dict:
     """pass@1 and exact match per hole kind for one (model, context) configuration; one record
     per hole is appended to ``records`` when given; ``answers``: reuse and keep the model's
     answers across runs; ``verdicts``: the suite's verdict per (hole, answer), shared by the
     configurations of one run (the same answer to the same hole is one test run, whichever
-    model wrote it)."""
+    model wrote it); ``decode``: how answers not kept are decoded (default: ``engine`` here,
+    one after another; ``engine.pool.InfillPool.map``: by worker processes, while this process
+    runs the suite on the answers that came back)."""
     index = RepoIndex(bench.repo, bench.exclude, retrieval) if with_context else None
     results: dict = {}
     seen: dict[tuple[str, str], bool] = {} if verdicts is None else verdicts
     for kind, holes in bench.holes.items():
         passed = exact = done = 0
-        for hole in holes:
-            middle = completion_for(engine, hole, index, request, answers)
+        for hole, middle in zip(holes, answers_for(engine, holes, index, request, answers,
+                                                   decode)):
             key = (hole.key, middle)
             if key not in seen:
                 known = known_outcome(hole, middle)

@@ -262,9 +262,10 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     before = tree_hash(repo)
     args = [sys.executable, "-m", "cli", "eval", "repo", "--repo", str(repo), "--exclude",
             "geometry/shapes.py", "--model", str(tiny_model), "--personalized", str(tiny_model),
-            "--holes", "4", "--dtype", "float32"]
+            "--holes", "4", "--dtype", "float32", "--workers", "2"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
+
     def scores(stderr: str) -> dict:  # each row's scores, less the minutes it took
         rows = json.loads(stderr.strip().splitlines()[-1])
         assert all(row.pop("minutes") >= 0 for row in rows.values())
@@ -284,9 +285,11 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert f"{asked} of {asked} answers reused" in again.stderr
     assert scores(again.stderr) == rows
-    fresh = subprocess.run(args + ["--fresh"], capture_output=True, text=True, timeout=600,
-                           env=env)
+    # decoded again in this process instead of two workers: the same answers, so scores
+    fresh = subprocess.run(args + ["--fresh", "--workers", "1"], capture_output=True,
+                           text=True, timeout=600, env=env)
     assert "reused" not in fresh.stderr
+    assert scores(fresh.stderr) == rows
     assert tree_hash(repo) == before
     assert list((tmp_path / "cache" / "holes").glob("*.jsonl"))  # verified holes are cached
     (repo / "tests" / "test_geometry.py").write_text(TESTS + "\n\ndef test_broken():\n"
@@ -297,6 +300,9 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     r = subprocess.run(args + ["--parent-branches", "9"], capture_output=True, text=True,
                        timeout=600, env=env)
     assert r.returncode == 2 and "--parent-branches must be 0 to 8" in r.stderr
+    r = subprocess.run(args + ["--workers", "0"], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 2 and "--workers 0: give 1 or more" in r.stderr
 
 
 def test_holes_are_grouped_by_where_their_removed_lines_already_occur():

@@ -1,0 +1,79 @@
+"""Many infills decoded by worker processes, each on its own share of the CPU's cores.
+
+A small model's denoising passes on the context cache compute a few dozen rows at a time, too
+little work to keep two threads of one process busy: on a 2-core CPU, two one-thread workers
+decode a batch of editor requests about 1.15-1.2x faster than one two-thread process, with
+the same answers (a one-thread and a two-thread forward give the same tokens;
+``benchmarks/decode_workers.py``). Each worker loads the model once; requests go out one at a
+time, so a slow block does not hold back the rest, and answers come back in request order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from typing import Iterable, Iterator
+
+_engine = None  # the worker's own model, loaded once by ``_start``
+
+
+def _start(model: str, device: str, dtype: str, threads: int) -> None:
+    global _engine
+    import torch
+
+    from engine.api import Engine
+
+    torch.set_num_threads(threads)
+    _engine = Engine.load(model, device=device, dtype=dtype)
+
+
+def _infill(request: tuple) -> str:
+    prefix, suffix, settings, context = request
+    return _engine.infill(prefix, suffix, settings, context=context).completion
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's or ``taskset``'s share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
+
+
+def default_workers(engine, memory_bytes: int | None = None) -> int:
+    """2 on a CPU with 2 or more cores where two more copies of the weights take at most a
+    quarter of the memory (measured on 2 cores only: more workers are not assumed to help);
+    1 otherwise (a GPU, the llama.cpp back end, a model too big to copy)."""
+    if engine.device.type != "cpu" or engine.backend != "torch" or cpu_cores() < 2:
+        return 1
+    weights = sum(p.numel() * p.element_size() for p in engine.denoiser.loaded.model.parameters())
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 2 if 2 * weights <= memory_bytes // 4 else 1
+
+
+class InfillPool:
+    """``workers`` processes, each with ``model`` loaded on ``cpu_cores() // workers``
+    threads. ``map`` yields each request's completion text in order. Use as a context
+    manager: leaving it stops the workers."""
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
+                 workers: int = 2) -> None:
+        if workers < 2:
+            raise ValueError("InfillPool needs 2 or more workers; decode in-process with 1")
+        threads = max(1, cpu_cores() // workers)
+        # spawn: a forked child of a process that already ran torch can hang in its thread pool
+        self._pool = multiprocessing.get_context("spawn").Pool(
+            workers, initializer=_start, initargs=(str(model), device, dtype, threads))
+
+    def map(self, requests: Iterable[tuple]) -> Iterator[str]:
+        """``requests``: (prefix, suffix, settings, context) each."""
+        return self._pool.imap(_infill, requests, chunksize=1)
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+    def __enter__(self) -> "InfillPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
