@@ -101,7 +101,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
         f"{args.minutes:g}min-{RETRIEVAL}" + (f"-parent{args.parent_minutes:g}min"
                                               if args.parent_minutes else "")
     personal = args.work / f"{name}-personal-{recipe}"
-    tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min-on-{recipe}"
+    credit = "-partial" if args.partial_credit else ""
+    tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min{credit}-on-{recipe}"
     models: list[str] = []
     if not args.base_only:
         timed("personalize", minutes, unmask, "train", "personalize", "--repo", str(root),
@@ -112,7 +113,9 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     if not args.base_only and args.grpo_minutes > 0:
         timed("grpo", minutes, unmask, "train", "grpo", "--repo", str(root), *excludes,
               "--init", str(personal), "--out", str(tuned), "--minutes", str(args.grpo_minutes),
-              "--lora-rank", str(args.lora_rank), "--test-cmd", TEST_CMD)
+              "--lora-rank", str(args.lora_rank),
+              *(["--partial-credit", "--test-cmd", TEST_CMD.replace(" -x", "")]
+                if args.partial_credit else ["--test-cmd", TEST_CMD]))
         models += ["--grpo", str(tuned)]
     scores_file = args.work / f"{name}-scores-p{args.parent_branches}.jsonl"
     result = timed("eval", minutes, unmask, "eval", "repo", "--repo", str(root), *excludes,
@@ -202,6 +205,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="personalization budget")
     ap.add_argument("--grpo-minutes", type=float, default=10.0,
                     help="coupled-GRPO budget (0: no GRPO, four configurations)")
+    ap.add_argument("--partial-credit", action="store_true",
+                    help="GRPO's reward gives a failing suite the share of the hole's failing "
+                         "tests an answer mends (its suite then runs without -x)")
     ap.add_argument("--holes", type=int, default=60, help="single-line holes (blocks: half)")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4, help="personalization's peak lr")
