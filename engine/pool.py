@@ -2,9 +2,10 @@
 
 A small model's denoising passes on the context cache compute a few dozen rows at a time, too
 little work to keep two threads of one process busy: on a 2-core CPU, two one-thread workers
-decode a batch of editor requests about 1.15-1.2x faster than one two-thread process, with
-the same answers (a one-thread and a two-thread forward give the same tokens;
-``benchmarks/decode_workers.py``). Each worker loads the model once; requests go out one at a
+decode a batch of editor requests about 1.2x faster than one two-thread process
+(``benchmarks/decode_workers.py``), a whole ``eval repo`` run 1.08x. The answers are nearly
+always the same: a bf16 forward on one thread can round a sum differently than on two (2 of
+360 answers differed in a run). Each worker loads the model once; requests go out one at a
 time, so a slow block does not hold back the rest, and answers come back in request order.
 """
 
