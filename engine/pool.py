@@ -60,18 +60,26 @@ class InfillPool:
                  workers: int = 2) -> None:
         if workers < 2:
             raise ValueError("InfillPool needs 2 or more workers; decode in-process with 1")
-        threads = max(1, cpu_cores() // workers)
-        # spawn: a forked child of a process that already ran torch can hang in its thread pool
-        self._pool = multiprocessing.get_context("spawn").Pool(
-            workers, initializer=_start, initargs=(str(model), device, dtype, threads))
+        self._start = (workers, (str(model), device, dtype, max(1, cpu_cores() // workers)))
+        self._pool = None  # started by the first request: a rerun whose answers are all kept
+        # loads no model copies
 
     def map(self, requests: Iterable[tuple]) -> Iterator[str]:
         """``requests``: (prefix, suffix, settings, context) each."""
+        requests = list(requests)
+        if not requests:
+            return iter(())
+        if self._pool is None:
+            workers, initargs = self._start
+            # spawn: a forked child of a process that already ran torch can hang in its threads
+            self._pool = multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_start, initargs=initargs)
         return self._pool.imap(_infill, requests, chunksize=1)
 
     def close(self) -> None:
-        self._pool.terminate()
-        self._pool.join()
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
 
     def __enter__(self) -> "InfillPool":
         return self
