@@ -566,11 +566,16 @@ class Engine:
                               heal=plan_healing(self.tokenizer, prefix, suffix),
                               done=cut_known):
             if isinstance(item, Completion) and settings.limit_scope:
-                cut = limit_scope(item.completion, prefix, suffix, self.ran_out(item.token_ids))
-                if cut != item.completion:
-                    item.extra["scope_cut_chars"] = len(item.completion) - len(cut)
-                    item.completion = cut
+                self.cut_to_scope(item, prefix, suffix)
             yield item
+
+    def cut_to_scope(self, item: "Completion", prefix: str, suffix: str) -> None:
+        """``limit_scope``: ``item`` ends where its text leaves the hole's scope or repeats the
+        suffix (``engine.scope``); the characters cut go to ``extra["scope_cut_chars"]``."""
+        cut = limit_scope(item.completion, prefix, suffix, self.ran_out(item.token_ids))
+        if cut != item.completion:
+            item.extra["scope_cut_chars"] = len(item.completion) - len(cut)
+            item.completion = cut
 
     def probe_length(self, pre: list[int], suf: list[int], max_new: int,
                      reuse: bool = False) -> tuple[int, dict]:

@@ -123,3 +123,26 @@ def test_the_engine_cuts_an_infill_only_when_asked(tiny_engine):
     assert cut.extra["scope_cut_chars"] > 0
     # decoding stopped once the line leaving the scope was complete: the rest was never denoised
     assert cut.extra["forward_passes"] < plain.extra["forward_passes"]
+
+
+def test_a_batched_infill_is_cut_to_its_scope_as_a_request_alone_is(tiny_engine):
+    # the server batches concurrent requests (engine.batch): a block asked with limitScope
+    # must come back cut there too, not with the next function the canvas went on to write
+    from engine.api import Engine, SpecialIds
+    from engine.batch import infill_batch
+
+    e = tiny_engine
+    prefix, suffix = BODY, "    return v\n"
+    text = "    v = f(k)\n\ndef other():\n    pass\n"
+    ids = e.tokenizer.encode(text)
+    pre, _, _ = e.infill_prompt(prefix, suffix, len(ids))
+    writer = Engine(e.folder, e.tokenizer, _Writes(e.tokenizer.vocab_size, len(pre), ids),
+                    SpecialIds(e.mask_id, e.eos_id, e.pad_id, e.context), e.device)
+    s = writer.settings(max_new_tokens=len(ids), steps=len(ids), length="fixed",
+                        temperature=0.0, block_length=None)
+    *_, plain = infill_batch(writer, [(prefix, suffix, "")] * 2, s)
+    assert [c.completion for c in plain] == [text, text]
+    *_, cut = infill_batch(writer, [(prefix, suffix, "")] * 2, replace(s, limit_scope=True))
+    alone = writer.infill(prefix, suffix, replace(s, limit_scope=True))
+    assert [c.completion for c in cut] == [alone.completion] * 2 == ["    v = f(k)\n\n"] * 2
+    assert all(c.extra["scope_cut_chars"] > 0 for c in cut)
