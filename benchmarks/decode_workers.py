@@ -37,7 +37,7 @@ def main() -> None:
 
     from cli.train import editor_request
     from engine.api import Engine
-    from engine.pool import InfillPool, cpu_cores
+    from engine.pool import InfillPool, complete, cpu_cores
     from engine.repo import RepoIndex, python_files
     from training.holes import candidate_holes, sample_holes
     from training.repo_eval import ask
@@ -57,7 +57,7 @@ def main() -> None:
     rows = []
     torch.set_num_threads(cpu_cores())
     began = time.monotonic()
-    alone = [engine.infill(p, s, st, context=c).completion for p, s, st, c in requests]
+    alone = [complete(engine, request) for request in requests]
     rows.append(("one process", f"1 x {cpu_cores()}", time.monotonic() - began,
                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, alone))
     print(f"one process: {rows[-1][2]:.1f} s", file=sys.stderr)

@@ -28,9 +28,15 @@ def _start(model: str, device: str, dtype: str, threads: int) -> None:
     _engine = Engine.load(model, device=device, dtype=dtype)
 
 
-def _infill(request: tuple) -> str:
+def complete(engine, request: tuple) -> str:
+    """The completion text ``engine`` gives ``request``: (prefix, suffix, settings, context),
+    the shape every caller of the pool (and its in-process stand-in) asks in."""
     prefix, suffix, settings, context = request
-    return _engine.infill(prefix, suffix, settings, context=context).completion
+    return engine.infill(prefix, suffix, settings, context=context).completion
+
+
+def _infill(request: tuple) -> str:
+    return complete(_engine, request)
 
 
 def cpu_cores() -> int:

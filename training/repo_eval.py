@@ -13,6 +13,7 @@ holes (the base rows of every benchmark rerun) decodes nothing again.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from engine.errors import ConfigError
+from engine.pool import complete
 from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
 from engine.syntax_guard import parses
 from training.holes import Hole, load_holes, require_passing, save_holes
@@ -96,6 +98,24 @@ Decode = Callable[[Iterable[tuple]], Iterator[str]]
 context)."""
 
 
+class _NoOpStrings(ast.NodeTransformer):
+    def visit_Expr(self, node: ast.Expr):
+        # a bare string statement (a docstring, an attribute's docstring) does nothing
+        is_text = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        return None if is_text else node
+
+
+def code_fingerprint(folder: Path) -> str:
+    """A hash of the Python files in ``folder`` as the interpreter runs them: their syntax
+    trees without comments, docstrings or layout, so that editing the engine's documentation
+    keeps the answers it gave (an edit that changes what runs still drops them)."""
+    code = hashlib.sha256()
+    for f in sorted(folder.glob("*.py")):
+        tree = _NoOpStrings().visit(ast.parse(f.read_text(encoding="utf-8")))
+        code.update(f"{f.name}\0{ast.dump(tree)}\0".encode())
+    return code.hexdigest()
+
+
 class AnswerCache:
     """The model's answers to earlier requests, kept on disk (one JSONL file per model). An
     answer is a function of the weights, the engine's code, its back end and dtype, and the
@@ -107,11 +127,9 @@ class AnswerCache:
         from training.pretrain import origin_of
 
         model_origin = origin_of(Path(engine.folder))
-        code = hashlib.sha256()
-        for f in sorted(Path(engine_package.__file__).parent.glob("*.py")):
-            code.update(f.read_bytes())
+        code = code_fingerprint(Path(engine_package.__file__).parent)
         parent = engine.parent_folder  # the rerank's judge, when the settings ask for it
-        self.salt = json.dumps([model_origin, code.hexdigest(), engine.backend, str(engine.dtype),
+        self.salt = json.dumps([model_origin, code, engine.backend, str(engine.dtype),
                                 engine.device.type, origin_of(parent) if parent else None])
         self.path = folder / f"{model_origin}.jsonl"
         self.answers: dict[str, str] = {}
@@ -152,7 +170,7 @@ def ask(engine, hole: Hole, index: RepoIndex | None, request: Request) -> tuple:
 
 def in_process(engine) -> Decode:
     """``Decode`` on ``engine`` itself, one request after another."""
-    return lambda asked: (engine.infill(p, s, st, context=c).completion for p, s, st, c in asked)
+    return lambda asked: (complete(engine, request) for request in asked)
 
 
 def answers_for(engine, holes: list[Hole], index: RepoIndex | None, request: Request,
