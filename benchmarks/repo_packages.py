@@ -99,7 +99,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     # refused), not retrain
     recipe = f"{args.origin}-r{args.lora_rank}-lr{args.lr:g}-replay{args.replay:g}-" \
         f"{args.minutes:g}min-{RETRIEVAL}" + (f"-parent{args.parent_minutes:g}min"
-                                              if args.parent_minutes else "")
+                                              if args.parent_minutes else "") + \
+        (f"-docs{args.documents:g}" if args.documents else "")
     personal = args.work / f"{name}-personal-{recipe}"
     credit = "-partial" if args.partial_credit else ""
     tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min{credit}-on-{recipe}"
@@ -108,7 +109,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
         timed("personalize", minutes, unmask, "train", "personalize", "--repo", str(root),
               *excludes, "--out", str(personal), "--minutes", str(args.minutes),
               "--lora-rank", str(args.lora_rank), "--lr", str(args.lr), "--replay",
-              str(args.replay), "--parent-minutes", str(args.parent_minutes))
+              str(args.replay), "--documents", str(args.documents), "--parent-minutes",
+              str(args.parent_minutes))
         models = ["--personalized", str(personal)]
     if not args.base_only and args.grpo_minutes > 0:
         timed("grpo", minutes, unmask, "train", "grpo", "--repo", str(root), *excludes,
@@ -214,6 +216,9 @@ def main() -> None:
     ap.add_argument("--replay", type=float, default=0.0,
                     help="personalization's share of general-code examples (0.25 measured: "
                          "no gain)")
+    ap.add_argument("--documents", type=float, default=0.0,
+                    help="share of personalization's examples that are masked windows of the "
+                         "files (default 0)")
     ap.add_argument("--work", type=Path, default=Path("runs/repo-packages"))
     ap.add_argument("--parent-minutes", type=float, default=0.0,
                     help="personalization's minutes teaching the repository to the parent "

@@ -54,6 +54,9 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--replay", type=float, default=0.0,
                    help="share of examples from general code (the standard library) so the "
                         "model keeps what it knew (default 0)")
+    z.add_argument("--documents", type=float, default=0.0,
+                   help="share of examples that are windows of your files with every token a "
+                        "possible target, as in pretraining (default 0: holes only)")
     z.add_argument("--parent-minutes", type=float, default=0.0,
                    help="then teach the repository to the model's parent, whose likelihood "
                         "reranks answers (--parent-branches), for this many minutes: a LoRA "
@@ -362,7 +365,7 @@ def _personalize(args) -> int:
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
                             base=args.base, minutes=args.minutes, seed=args.seed,
                             lora_rank=args.lora_rank, replay=args.replay,
-                            parent_minutes=args.parent_minutes,
+                            documents=args.documents, parent_minutes=args.parent_minutes,
                             **({"lr": args.lr} if args.lr is not None else {}))
     summary = _with_bar("personalize", (cfg.minutes + cfg.parent_minutes) * 60, "", lambda rec: (
         f"{rec['phase']} step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),

@@ -79,6 +79,11 @@ class PersonalizeConfig:
     repository does not erase what the model knew."""
     replay_files: int = 200
     """General files the replay holes come from."""
+    documents: float = 0.0
+    """Share of examples that are windows of the repository's own text (``file_stream``)
+    masked as in pretraining: every token of the window a target at ratio t, where a hole
+    example supervises only its canvas (a line: a dozen tokens of a 768-token pass). The way
+    to learn the repository's text itself in a few minutes; 0: holes only, as before."""
     parent_minutes: float = 0.0
     """Minutes spent, after the diffusion model's, teaching the repository to the model's
     parent (the autoregressive base whose likelihood reranks answers, ``engine.rerank``):
@@ -104,6 +109,10 @@ class PersonalizeConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.replay < 1:
             raise ConfigError(f"--replay is a share of examples in [0, 1), got {self.replay}")
+        if not 0 <= self.documents < 1 or self.replay + self.documents >= 1:
+            raise ConfigError(f"--documents is a share of examples in [0, 1) that leaves room "
+                              f"for holes beside --replay, got {self.documents} (replay "
+                              f"{self.replay})")
         if self.parent_minutes < 0:
             raise ConfigError(f"--parent-minutes must be >= 0, got {self.parent_minutes}")
 
@@ -153,6 +162,16 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
     pre, suf, _ = infill_ids(tokenizer, prefix, suffix, context, room)
     pre = pre or [tokenizer.token_id("<|endoftext|>") or 0]
     return pre + canvas + suf, len(pre), len(canvas)
+
+
+def document_example(stream: list[int], seq_len: int, rng: random.Random
+                     ) -> tuple[list[int], int, int]:
+    """(ids, first maskable position, maskable count) for a random window of the repository's
+    text: every token after the first may be masked (``make_batch``), pretraining's forward
+    process on a whole window."""
+    n = min(seq_len, len(stream))
+    a = rng.randint(0, len(stream) - n)
+    return stream[a:a + n], 1, n - 1
 
 
 def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: float = 1e-3):
@@ -222,10 +241,15 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         return hole_at(rel, texts[rel], a, b, kind)
 
     budget = cfg.minutes * 60
+    stream = file_stream(index.files, tok, mcfg.eos_token_id) if cfg.documents else []
 
     def diffusion_step():
         batch = []
         while len(batch) < cfg.batch_size:
+            if cfg.documents and rng.random() < cfg.documents:  # documents 0: as before
+                batch.append(document_example(stream, cfg.seq_len, rng))
+                state["documents"] = state.get("documents", 0) + 1
+                continue
             replayed = cfg.replay > 0 and rng.random() < cfg.replay  # replay 0: as before
             hole = draw(general, general_texts) if replayed else draw(holes, index.files)
             ex = make_example(hole, None if replayed else index, tok, cfg, sp, rng)
@@ -242,6 +266,7 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
                "holes": {k: len(v) for k, v in holes.items()},
                "replay_files": len(general_texts),
                "replayed_examples": state.get("replayed", 0),
+               "document_examples": state.get("documents", 0),
                "steps": state["step"],
                "tokens": state["tokens"], "minutes": round(state["elapsed"] / 60, 2),
                "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),

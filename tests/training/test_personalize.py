@@ -566,3 +566,38 @@ def test_kept_answers_are_keyed_by_the_parent_that_reranks(tiny_adapter, tmp_pat
                                                           dtype="float32"))
             .key("def f(x):\n", "\n", "", settings) for f in (tiny_adapter, taught)]
     assert keys[0] != keys[1]
+
+
+def test_documents_mix_masked_windows_of_the_repositorys_text_into_personalization(
+        repo, tiny_model, tmp_path):
+    import random
+
+    from training.personalize import PersonalizeConfig, document_example, personalize
+
+    stream = list(range(1000))
+    ids, start, n = document_example(stream, 192, random.Random(0))
+    # a contiguous window of the text, every token but the first a possible target
+    assert len(ids) == 192 and ids == stream[ids[0]:ids[0] + 192] and (start, n) == (1, 191)
+    assert document_example(stream[:50], 192, random.Random(0)) == (stream[:50], 1, 49)
+    summary = personalize(PersonalizeConfig(repo=str(repo), out=str(tmp_path / "d"),
+                                            base=str(tiny_model), minutes=0.03, batch_size=4,
+                                            seq_len=192, lora_rank=4, documents=0.5))
+    assert 0 < summary["document_examples"] < 4 * summary["steps"]
+    with pytest.raises(ConfigError, match="--documents"):
+        PersonalizeConfig(repo=str(repo), out=str(tmp_path / "e"), documents=0.6, replay=0.5)
+
+
+def test_the_engines_code_fingerprint_ignores_comments_and_docstrings_not_code(tmp_path):
+    from training.repo_eval import code_fingerprint
+
+    module = tmp_path / "m.py"
+    module.write_text('"""Doc."""\n\ndef f(x):\n    """What f does."""\n    return x + 1\n')
+    first = code_fingerprint(tmp_path)
+    module.write_text('"""Other doc."""\n\n\ndef f(x):  # why\n    """Said otherwise."""\n'
+                      '    return x + 1\n')
+    assert code_fingerprint(tmp_path) == first
+    module.write_text('def f(x):\n    return x + 2\n')
+    assert code_fingerprint(tmp_path) != first
+    (tmp_path / "n.py").write_text("")
+    module.write_text('def f(x):\n    return x + 1\n')
+    assert code_fingerprint(tmp_path) != first  # another file is another engine
