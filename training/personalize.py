@@ -175,7 +175,8 @@ def document_example(stream: list[int], seq_len: int, rng: random.Random
 
 
 def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: float = 1e-3):
-    """Right-padded batch; only canvas slots are masked, pads are hidden from attention."""
+    """Right-padded batch; only each example's maskable span is masked (a hole's canvas, a
+    document window's every token after the first), pads are hidden from attention."""
     L = max(len(ids) for ids, _, _ in examples)
     B = len(examples)
     x = torch.full((B, L), pad_id, dtype=torch.long)

@@ -104,21 +104,28 @@ class _Writes:
         return out
 
 
-def test_the_engine_cuts_an_infill_only_when_asked(tiny_engine):
+WRITTEN = "    v = f(k)\n\ndef other():\n    pass\n"
+"""What the scripted engine writes after ``BODY``: a line in the hole, then the next function."""
+
+
+def _writer(e):
+    """(engine that always writes ``WRITTEN`` into the hole, its fixed-canvas settings)."""
     from engine.api import Engine, SpecialIds
 
-    e = tiny_engine
-    prefix, suffix = BODY, "    return v\n"
-    text = "    v = f(k)\n\ndef other():\n    pass\n"
-    ids = e.tokenizer.encode(text)
-    pre, _, _ = e.infill_prompt(prefix, suffix, len(ids))
+    ids = e.tokenizer.encode(WRITTEN)
+    pre, _, _ = e.infill_prompt(BODY, "    return v\n", len(ids))
     writer = Engine(e.folder, e.tokenizer, _Writes(e.tokenizer.vocab_size, len(pre), ids),
                     SpecialIds(e.mask_id, e.eos_id, e.pad_id, e.context), e.device)
-    s = writer.settings(max_new_tokens=len(ids), steps=len(ids), length="fixed",
-                        temperature=0.0, block_length=None)
-    plain = writer.infill(prefix, suffix, s)
-    assert plain.completion == text and "scope_cut_chars" not in plain.extra
-    cut = writer.infill(prefix, suffix, replace(s, limit_scope=True))
+    return writer, writer.settings(max_new_tokens=len(ids), steps=len(ids), length="fixed",
+                                   temperature=0.0, block_length=None)
+
+
+def test_the_engine_cuts_an_infill_only_when_asked(tiny_engine):
+    writer, s = _writer(tiny_engine)
+    suffix = "    return v\n"
+    plain = writer.infill(BODY, suffix, s)
+    assert plain.completion == WRITTEN and "scope_cut_chars" not in plain.extra
+    cut = writer.infill(BODY, suffix, replace(s, limit_scope=True))
     assert cut.completion == "    v = f(k)\n\n"
     assert cut.extra["scope_cut_chars"] > 0
     # decoding stopped once the line leaving the scope was complete: the rest was never denoised
@@ -128,21 +135,13 @@ def test_the_engine_cuts_an_infill_only_when_asked(tiny_engine):
 def test_a_batched_infill_is_cut_to_its_scope_as_a_request_alone_is(tiny_engine):
     # the server batches concurrent requests (engine.batch): a block asked with limitScope
     # must come back cut there too, not with the next function the canvas went on to write
-    from engine.api import Engine, SpecialIds
     from engine.batch import infill_batch
 
-    e = tiny_engine
-    prefix, suffix = BODY, "    return v\n"
-    text = "    v = f(k)\n\ndef other():\n    pass\n"
-    ids = e.tokenizer.encode(text)
-    pre, _, _ = e.infill_prompt(prefix, suffix, len(ids))
-    writer = Engine(e.folder, e.tokenizer, _Writes(e.tokenizer.vocab_size, len(pre), ids),
-                    SpecialIds(e.mask_id, e.eos_id, e.pad_id, e.context), e.device)
-    s = writer.settings(max_new_tokens=len(ids), steps=len(ids), length="fixed",
-                        temperature=0.0, block_length=None)
-    *_, plain = infill_batch(writer, [(prefix, suffix, "")] * 2, s)
-    assert [c.completion for c in plain] == [text, text]
-    *_, cut = infill_batch(writer, [(prefix, suffix, "")] * 2, replace(s, limit_scope=True))
-    alone = writer.infill(prefix, suffix, replace(s, limit_scope=True))
+    writer, s = _writer(tiny_engine)
+    holes = [(BODY, "    return v\n", "")] * 2
+    *_, plain = infill_batch(writer, holes, s)
+    assert [c.completion for c in plain] == [WRITTEN, WRITTEN]
+    *_, cut = infill_batch(writer, holes, replace(s, limit_scope=True))
+    alone = writer.infill(BODY, "    return v\n", replace(s, limit_scope=True))
     assert [c.completion for c in cut] == [alone.completion] * 2 == ["    v = f(k)\n\n"] * 2
     assert all(c.extra["scope_cut_chars"] > 0 for c in cut)
