@@ -88,10 +88,10 @@ def infill_batch(engine, holes: list[tuple[str, str, str]], settings
         extra = {"forward_passes": steps_at[b], "batch": B, **({"note": notes[b]} if notes[b]
                                                                 else {})}
         text = engine.text_of(ids, settings, False, extra, heals[b])
-        done = Completion(text, ids, orders[b], steps_at[b], n, elapsed,
-                          len(pres[b]) + len(sufs[b]), extra)
+        completion = Completion(text, ids, orders[b], steps_at[b], n, elapsed,
+                                len(pres[b]) + len(sufs[b]), extra)
         if settings.limit_scope:  # as a request alone is cut (a block asked by an editor)
-            engine.cut_to_scope(done, *holes[b][:2])
-        out.append(done)
+            engine.cut_to_scope(completion, *holes[b][:2])
+        out.append(completion)
     yield out
 

@@ -105,7 +105,9 @@ class _Writes:
 
 
 WRITTEN = "    v = f(k)\n\ndef other():\n    pass\n"
-"""What the scripted engine writes after ``BODY``: a line in the hole, then the next function."""
+"""What the scripted engine writes between ``BODY`` and ``AFTER``: a line in the hole, then the
+next function."""
+AFTER = "    return v\n"
 
 
 def _writer(e):
@@ -113,7 +115,7 @@ def _writer(e):
     from engine.api import Engine, SpecialIds
 
     ids = e.tokenizer.encode(WRITTEN)
-    pre, _, _ = e.infill_prompt(BODY, "    return v\n", len(ids))
+    pre, _, _ = e.infill_prompt(BODY, AFTER, len(ids))
     writer = Engine(e.folder, e.tokenizer, _Writes(e.tokenizer.vocab_size, len(pre), ids),
                     SpecialIds(e.mask_id, e.eos_id, e.pad_id, e.context), e.device)
     return writer, writer.settings(max_new_tokens=len(ids), steps=len(ids), length="fixed",
@@ -122,10 +124,9 @@ def _writer(e):
 
 def test_the_engine_cuts_an_infill_only_when_asked(tiny_engine):
     writer, s = _writer(tiny_engine)
-    suffix = "    return v\n"
-    plain = writer.infill(BODY, suffix, s)
+    plain = writer.infill(BODY, AFTER, s)
     assert plain.completion == WRITTEN and "scope_cut_chars" not in plain.extra
-    cut = writer.infill(BODY, suffix, replace(s, limit_scope=True))
+    cut = writer.infill(BODY, AFTER, replace(s, limit_scope=True))
     assert cut.completion == "    v = f(k)\n\n"
     assert cut.extra["scope_cut_chars"] > 0
     # decoding stopped once the line leaving the scope was complete: the rest was never denoised
@@ -138,10 +139,10 @@ def test_a_batched_infill_is_cut_to_its_scope_as_a_request_alone_is(tiny_engine)
     from engine.batch import infill_batch
 
     writer, s = _writer(tiny_engine)
-    holes = [(BODY, "    return v\n", "")] * 2
+    holes = [(BODY, AFTER, "")] * 2
     *_, plain = infill_batch(writer, holes, s)
     assert [c.completion for c in plain] == [WRITTEN, WRITTEN]
     *_, cut = infill_batch(writer, holes, replace(s, limit_scope=True))
-    alone = writer.infill(BODY, "    return v\n", replace(s, limit_scope=True))
+    alone = writer.infill(BODY, AFTER, replace(s, limit_scope=True))
     assert [c.completion for c in cut] == [alone.completion] * 2 == ["    v = f(k)\n\n"] * 2
     assert all(c.extra["scope_cut_chars"] > 0 for c in cut)
