@@ -229,3 +229,36 @@ def test_a_bad_parent_branches_flag_is_refused_before_loading(tiny_model):
                         "--parent-branches", "12"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 2 and "--parent-branches must be 0 to 8" in p.stderr
+
+
+def test_a_fill_in_the_middle_answer_ends_with_the_block_it_was_asked_in(tiny_engine):
+    # a canvas longer than the hole: the model writes the hole's line, then goes on into the
+    # next function; /infill (llama.vim) and /v1/completions with a suffix answer the line
+    # only, and a stream never shows what the final answer cuts
+    from starlette.testclient import TestClient
+
+    from assistant.completion import EngineHolder
+    from assistant.scheduler import Scheduler
+    from assistant.settings import AssistantSettings
+    from tests.engine.test_scope import AFTER, BODY, WRITTEN, _writer
+    from ui.http.server import Server, create_app
+
+    writer, s = _writer(tiny_engine)
+    holder = EngineHolder(AssistantSettings())
+    holder.engine, holder.status = writer, "ready"
+    sched = Scheduler(lambda: writer)
+    infill = {"input_prefix": BODY, "input_suffix": AFTER, "n_predict": s.max_new_tokens,
+              "temperature": 0}
+    fim = {"prompt": BODY, "suffix": AFTER, "max_tokens": s.max_new_tokens, "temperature": 0}
+    try:
+        with TestClient(create_app(Server(holder, None, sched))) as client:
+            whole = client.post("/infill", json=infill).json()["content"]
+            chunks = []
+            with client.stream("POST", "/infill", json={**infill, "stream": True}) as r:
+                chunks = [json.loads(line[6:])["content"] for line in r.iter_lines()
+                          if line.startswith("data: ")]
+            fim_text = client.post("/v1/completions", json=fim).json()["choices"][0]["text"]
+    finally:
+        sched.close()
+    assert WRITTEN.startswith(whole) and whole == "    v = f(k)\n\n"
+    assert "".join(chunks) == whole and fim_text == whole

@@ -34,6 +34,10 @@ class InfillRequest:
     """llama.cpp's ``response_fields``: only these (``a/b`` unnested to the top level)."""
     warmup: bool = False
     """``n_predict: 0``: llama.vim's cache-filling request; answered at once, nothing decoded."""
+    scoped: bool = False
+    """A fill-in-the-middle request (``/infill``; ``/v1/completions`` with a suffix): its answer
+    ends where it leaves the block it was asked in or repeats the suffix (``engine.scope``, as
+    the editors' block requests), not where the canvas ran out in the next function."""
 
     def cut(self, text: str) -> str:
         """The text up to the first client stop string."""
@@ -130,7 +134,8 @@ def parse_infill(body: dict) -> InfillRequest:
                          _get(body, "stream", bool, False, what="a boolean"),
                          _get(body, "model", str, None), stops,
                          [(e.get("filename", ""), e.get("text", "")) for e in extra],
-                         fields=tuple(fields), warmup=settings["max_new_tokens"] == 0)
+                         fields=tuple(fields), warmup=settings["max_new_tokens"] == 0,
+                         scoped=True)
 
 
 def select_fields(body: dict, fields: tuple[str, ...]) -> dict:
@@ -163,9 +168,10 @@ def parse_completion(body: dict) -> InfillRequest:
     if _get(body, "n", int, 1) != 1:
         raise BadRequest("field 'n' must be 1")
     settings, stops = _sampling(body, "max_tokens", 16)
-    return InfillRequest(prompt, _text(body, "suffix"), settings,
+    suffix = _text(body, "suffix")
+    return InfillRequest(prompt, suffix, settings,
                          _get(body, "stream", bool, False, what="a boolean"),
-                         _get(body, "model", str, None), stops)
+                         _get(body, "model", str, None), stops, scoped=bool(suffix))
 
 
 def parse_chat(body: dict, engine) -> InfillRequest:

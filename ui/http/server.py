@@ -23,6 +23,7 @@ from engine.api import Completion, GenerationSettings
 from engine.choices import MAX_PARENT_BRANCHES
 from engine.errors import ConfigError, UnmaskError
 from engine.healing import plan_healing
+from engine.scope import limit_scope
 from ui.http.requests import BadRequest, InfillRequest, parse_chat, parse_completion, \
     parse_infill, select_fields
 
@@ -84,7 +85,8 @@ class Server:
             raise BadRequest(f"model {req.model!r} is not served here; GET /v1/models lists "
                              f"{engine.name!r}", 404, "model_not_found")
         # the model's defaults under the request's; the rerank is the server's choice
-        settings = engine.settings(**{**req.settings, "parent_branches": self.parent_branches})
+        settings = engine.settings(**{**req.settings, "parent_branches": self.parent_branches,
+                                      "limit_scope": req.scoped})
         context = req.context(engine)
         return Ticket(req.prefix, req.suffix, context, settings, chat=req.chat,
                       rerank=not req.stream and not req.chat)
@@ -136,6 +138,15 @@ def settled_text(engine, canvas: list[int], req: InfillRequest) -> str:
     heal = plan_healing(engine.tokenizer, req.prefix, req.suffix)
     return heal.completion(engine.tokenizer.decode(engine.trim(engine.settled(canvas))),
                            final=False)
+
+
+def streamable(text: str, req: InfillRequest) -> str:
+    """What of a partial answer can be streamed: a scoped request's whole lines, cut as its
+    final answer will be (``engine.scope`` reads complete lines only), so that what was sent is
+    always the start of the final answer; others' text as it is."""
+    if not req.scoped:
+        return text
+    return limit_scope(text[:text.rfind("\n") + 1], req.prefix, req.suffix)
 
 
 def infill_body(engine, completion, req: InfillRequest, started: float) -> dict:
@@ -243,7 +254,7 @@ def create_app(server: Server):
             shown = ""
             async for item in events(ticket, request):
                 if item[0] == "step":
-                    text = req.cut(settled_text(engine, item[3], req))
+                    text = req.cut(streamable(settled_text(engine, item[3], req), req))
                     if len(text) > len(shown) and text.startswith(shown):
                         yield sse({"content": text[len(shown):], "stop": False})
                         shown = text
@@ -269,8 +280,8 @@ def create_app(server: Server):
                 if item[0] == "error":
                     yield sse({"error": {"message": item[1]}})
                     return
-                text = req.cut(settled_text(engine, item[3], req) if item[0] == "step"
-                               else item[1].completion)
+                text = req.cut(streamable(settled_text(engine, item[3], req), req)
+                               if item[0] == "step" else item[1].completion)
                 if len(text) > len(shown) and text.startswith(shown):
                     yield sse({"id": cid, "object": "text_completion", "model": engine.name,
                                "created": int(time.time()), "choices": [{
