@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/repo_packages.py [--packages cachetools,funcy] [--minutes 10]
         [--grpo-minutes 10] [--holes 60] [--lora-rank 16] [--lr 1e-4] [--replay 0]
-        [--work DIR] [--parent-minutes M] [--parent-branches N] [--base-only]
+        [--validation 0.1] [--work DIR] [--parent-minutes M] [--parent-branches N] [--base-only]
 
 For each package: its sdist is fetched from the package registry (the only network this
 script uses, before any model runs) into ``--work``, its test dependencies are installed, then
@@ -100,7 +100,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     recipe = f"{args.origin}-r{args.lora_rank}-lr{args.lr:g}-replay{args.replay:g}-" \
         f"{args.minutes:g}min-{RETRIEVAL}" + (f"-parent{args.parent_minutes:g}min"
                                               if args.parent_minutes else "") + \
-        (f"-docs{args.documents:g}" if args.documents else "")
+        (f"-docs{args.documents:g}" if args.documents else "") + \
+        (f"-val{args.validation:g}" if args.validation else "")
     personal = args.work / f"{name}-personal-{recipe}"
     credit = "-partial" if args.partial_credit else ""
     tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min{credit}-on-{recipe}"
@@ -109,7 +110,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
         timed("personalize", minutes, unmask, "train", "personalize", "--repo", str(root),
               *excludes, "--out", str(personal), "--minutes", str(args.minutes),
               "--lora-rank", str(args.lora_rank), "--lr", str(args.lr), "--replay",
-              str(args.replay), "--documents", str(args.documents), "--parent-minutes",
+              str(args.replay), "--documents", str(args.documents), "--validation",
+              str(args.validation), "--parent-minutes",
               str(args.parent_minutes))
         models = ["--personalized", str(personal)]
     if not args.base_only and args.grpo_minutes > 0:
@@ -219,6 +221,9 @@ def main() -> None:
     ap.add_argument("--documents", type=float, default=0.0,
                     help="share of personalization's examples that are masked windows of the "
                          "files (default 0)")
+    ap.add_argument("--validation", type=float, default=0.1,
+                    help="share of the training side's files personalization validates on, "
+                         "writing its best-scoring weights (default 0.1; 0: none)")
     ap.add_argument("--work", type=Path, default=Path("runs/repo-packages"))
     ap.add_argument("--parent-minutes", type=float, default=0.0,
                     help="personalization's minutes teaching the repository to the parent "

@@ -57,6 +57,10 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--documents", type=float, default=0.0,
                    help="share of examples that are windows of your files with every token a "
                         "possible target, as in pretraining (default 0: holes only)")
+    z.add_argument("--validation", type=float, default=0.1,
+                   help="share of your files kept out of training to score it on code it never "
+                        "saw; the best-scoring weights are the ones written (default 0.1; 0: "
+                        "train on every file, keep the last weights)")
     z.add_argument("--parent-minutes", type=float, default=0.0,
                    help="then teach the repository to the model's parent, whose likelihood "
                         "reranks answers (--parent-branches), for this many minutes: a LoRA "
@@ -365,7 +369,8 @@ def _personalize(args) -> int:
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
                             base=args.base, minutes=args.minutes, seed=args.seed,
                             lora_rank=args.lora_rank, replay=args.replay,
-                            documents=args.documents, parent_minutes=args.parent_minutes,
+                            documents=args.documents, validation=args.validation,
+                            parent_minutes=args.parent_minutes,
                             **({"lr": args.lr} if args.lr is not None else {}))
     summary = _with_bar("personalize", (cfg.minutes + cfg.parent_minutes) * 60, "", lambda rec: (
         f"{rec['phase']} step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),
@@ -442,12 +447,13 @@ def editor_request(engine, hole, length: str | None = None, parent_branches: int
 
 
 def _eval_repo(args) -> int:
+    import torch
     from rich.console import Console
     from rich.table import Table
 
     from engine.api import Engine, GenerationSettings
     from engine.loading import cache_dir
-    from engine.pool import InfillPool, default_workers
+    from engine.pool import InfillPool, default_workers, worker_threads
     from engine.sandbox import RepoSandbox
     from training import repo_eval
 
@@ -476,10 +482,11 @@ def _eval_repo(args) -> int:
         rows, records, kept, verdicts = [], [], [], {}
         for name, model, contexts in configs:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
-            answers = None if args.fresh else \
-                repo_eval.AnswerCache(cache_dir() / "repo-answers", engine)
-            kept += [answers] if answers else []
             workers = args.workers or default_workers(engine)
+            threads = torch.get_num_threads() if workers == 1 else worker_threads(workers)
+            answers = None if args.fresh else \
+                repo_eval.AnswerCache(cache_dir() / "repo-answers", engine, threads)
+            kept += [answers] if answers else []
             with ExitStack() as stack:
                 decode = None if workers == 1 else stack.enter_context(InfillPool(
                     engine.folder, args.device, args.dtype, workers)).map

@@ -45,6 +45,11 @@ def cpu_cores() -> int:
         os.cpu_count() or 1
 
 
+def worker_threads(workers: int) -> int:
+    """Threads each of ``workers`` decoding processes runs on: the cores shared out evenly."""
+    return max(1, cpu_cores() // workers)
+
+
 def default_workers(engine, memory_bytes: int | None = None) -> int:
     """2 on a CPU with 2 or more cores where two more copies of the weights take at most a
     quarter of the memory (measured on 2 cores only: more workers are not assumed to help);
@@ -58,7 +63,7 @@ def default_workers(engine, memory_bytes: int | None = None) -> int:
 
 
 class InfillPool:
-    """``workers`` processes, each with ``model`` loaded on ``cpu_cores() // workers``
+    """``workers`` processes, each with ``model`` loaded on ``worker_threads(workers)``
     threads. ``map`` yields each request's completion text in order. Use as a context
     manager: leaving it stops the workers."""
 
@@ -66,7 +71,7 @@ class InfillPool:
                  workers: int = 2) -> None:
         if workers < 2:
             raise ValueError("InfillPool needs 2 or more workers; decode in-process with 1")
-        self._start = (workers, (str(model), device, dtype, max(1, cpu_cores() // workers)))
+        self._start = (workers, (str(model), device, dtype, worker_threads(workers)))
         self._pool = None  # started by the first request: a rerun whose answers are all kept
         # loads no model copies
 

@@ -6,12 +6,15 @@ function body; ``training.holes``), each canvas padded with ``<|dlm_pad|>`` as t
 canvases are, and each prompt built by ``engine.window.infill_ids`` with the repository context
 of ``engine.repo``: exactly what the engine sees at inference. ``replay`` mixes in holes of
 general code (the standard library, which the corpus holds) so the model keeps what it knew.
+A tenth of the repository's text (``validation``) is kept out of training and scored as it
+trains; the weights that score best there are the ones written (early stopping).
 Small models are fine-tuned whole (measured: see the README); the loop is an explicit,
 resumable, time-budgeted loop (nanoGPT style) with bf16 autocast on CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -84,6 +87,15 @@ class PersonalizeConfig:
     masked as in pretraining: every token of the window a target at ratio t, where a hole
     example supervises only its canvas (a line: a dozen tokens of a 768-token pass). The way
     to learn the repository's text itself in a few minutes; 0: holes only, as before."""
+    validation: float = 0.1
+    """Share of the repository's text (whole files, picked by a hash of their paths) kept out of
+    training to judge it on code it never saw: the model's cross-entropy on those files
+    (``probe_ce``) is measured before training and every ``eval_seconds``, and the weights with
+    the lowest are the ones written (early stopping), so more minutes or a higher learning rate
+    cannot leave the model worse there than the best point it passed, the base included.
+    0 (or a repository of one file): every file trains and the last weights are written."""
+    eval_seconds: float = 60.0
+    """How often the validation files are scored during training."""
     parent_minutes: float = 0.0
     """Minutes spent, after the diffusion model's, teaching the repository to the model's
     parent (the autoregressive base whose likelihood reranks answers, ``engine.rerank``):
@@ -113,6 +125,9 @@ class PersonalizeConfig:
             raise ConfigError(f"--documents is a share of examples in [0, 1) that leaves room "
                               f"for holes beside --replay, got {self.documents} (replay "
                               f"{self.replay})")
+        if not 0 <= self.validation < 0.5:
+            raise ConfigError(f"--validation is a share of the repository's text in [0, 0.5), "
+                              f"got {self.validation}")
         if self.parent_minutes < 0:
             raise ConfigError(f"--parent-minutes must be >= 0, got {self.parent_minutes}")
 
@@ -174,15 +189,18 @@ def document_example(stream: list[int], seq_len: int, rng: random.Random
     return stream[a:a + n], 1, n - 1
 
 
-def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: float = 1e-3):
+def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: float = 1e-3,
+               t: torch.Tensor | None = None):
     """Right-padded batch; only each example's maskable span is masked (a hole's canvas, a
-    document window's every token after the first), pads are hidden from attention."""
+    document window's every token after the first), pads are hidden from attention. ``t``: the
+    rows' mask ratios (B,), drawn from U(eps, 1) when None."""
     L = max(len(ids) for ids, _, _ in examples)
     B = len(examples)
     x = torch.full((B, L), pad_id, dtype=torch.long)
     keep = torch.zeros(B, L, dtype=torch.bool)
     masked = torch.zeros(B, L, dtype=torch.bool)
-    t = eps + (1 - eps) * torch.rand(B, generator=gen)  # (B,)
+    if t is None:
+        t = eps + (1 - eps) * torch.rand(B, generator=gen)  # (B,)
     eligible = torch.zeros(B)
     for b, (ids, start, n) in enumerate(examples):
         x[b, :len(ids)] = torch.tensor(ids)
@@ -203,10 +221,15 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
 
     repo = Path(cfg.repo)
     index = RepoIndex(repo, cfg.exclude)  # raises for a bad root / no files / a vain exclude
+    held = validation_files(index.files, cfg.validation)
+    if held:  # training (its holes and their context) never reads the validation files
+        index = RepoIndex.from_texts(repo, {k: v for k, v in index.files.items()
+                                            if k not in held})
     holes = training_spans(index.files)
     if not holes:
         raise ConfigError(f"{repo} has no functions to learn from (no parsable Python "
-                          "function bodies outside --exclude)")
+                          "function bodies outside --exclude and the validation files; "
+                          "--validation 0 trains on every file)")
     general, general_texts = {}, {}
     if cfg.replay:
         from training.corpus import general_files
@@ -230,8 +253,10 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     sp = Specials(mcfg.mask_token_id, pad_id, mcfg.eos_token_id,
                   pad_cycle(model_generation_config(base)))
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
-    trained, opt, state = start_or_resume(model, cfg, cfg.lora_rank, ckpt,
-                                          origin_of(base, lora_rank=cfg.lora_rank))
+    origin = origin_of(base, lora_rank=cfg.lora_rank)
+    if held:  # a run that trained on these files must not resume as one that validates on them
+        origin += "+validation:" + hashlib.sha256("\0".join(sorted(held)).encode()).hexdigest()[:12]
+    trained, opt, state = start_or_resume(model, cfg, cfg.lora_rank, ckpt, origin)
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + state["step"])
 
@@ -242,7 +267,24 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         return hole_at(rel, texts[rel], a, b, kind)
 
     budget = cfg.minutes * 60
-    stream = file_stream(index.files, tok, mcfg.eos_token_id) if cfg.documents else []
+    stream = file_stream(index.files, tok, mcfg.eos_token_id)
+    probe = probe_batch(stream, pad_id, mcfg.mask_token_id, seed=cfg.seed)
+    state.setdefault("probe_ce_start", probe_ce(model, probe, cfg.bf16))  # kept over resumes
+    val = probe_batch(file_stream({k: held[k] for k in sorted(held)}, tok, mcfg.eos_token_id),
+                      pad_id, mcfg.mask_token_id, seed=cfg.seed) if held else None
+    best: dict = {}
+
+    def validate():
+        """Score the validation files; keep a copy of the weights when they are the best yet."""
+        ce = probe_ce(model, val, cfg.bf16)
+        curve = state.setdefault("val_ce", [])
+        if not curve or curve[-1][0] != state["step"]:
+            curve.append([state["step"], ce])
+        if not best or ce < best["ce"]:
+            best.update(ce=ce, step=state["step"], weights=[p.detach().clone() for p in trained])
+
+    if val is not None:
+        validate()  # the starting point (the base, or where a resumed run stopped) is a candidate
 
     def diffusion_step():
         batch = []
@@ -262,13 +304,25 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         return loss, stats, sum(len(ids) for ids, _, _ in batch), int(eligible.sum())
 
     train_for(model, trained, opt, state, budget, ckpt, cfg, diffusion_step, progress,
-              lora=bool(cfg.lora_rank))
+              lora=bool(cfg.lora_rank), evaluate=validate if val is not None else None)
+    if best and best["step"] != state["step"]:  # the checkpoint keeps the last weights to resume
+        with torch.no_grad():
+            for p, w in zip(trained, best["weights"]):
+                p.copy_(w)
+        log.info("kept the weights of step %d (validation CE %.3f), not the last", best["step"],
+                 best["ce"])
+    probe_end = probe_ce(model, probe, cfg.bf16)
+    log.info("probe CE on the repository's text: %.3f -> %.3f", state["probe_ce_start"],
+             probe_end)
     summary = {"base": str(base), "repo": str(repo.resolve()), "files": len(index.files),
                "holes": {k: len(v) for k, v in holes.items()},
                "replay_files": len(general_texts),
                "replayed_examples": state.get("replayed", 0),
                "document_examples": state.get("documents", 0),
                "steps": state["step"],
+               "probe_ce": {"start": state["probe_ce_start"], "end": probe_end},
+               "validation": {"files": sorted(held), "ce": state.get("val_ce", []),
+                              "kept_step": best.get("step", state["step"])},
                "tokens": state["tokens"], "minutes": round(state["elapsed"] / 60, 2),
                "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),
                "trained_parameters": sum(p.numel() for p in trained), "config": asdict(cfg)}
@@ -307,12 +361,14 @@ def start_or_resume(model, cfg: PersonalizeConfig, lora_rank: int, ckpt: Path,
 
 def train_for(model, trained: list, opt, state: dict, budget: float, ckpt: Path,
               cfg: PersonalizeConfig, step_loss, progress=None, lora: bool = False,
-              phase: str = "diffusion", offset: float = 0.0) -> None:
+              phase: str = "diffusion", offset: float = 0.0, evaluate=None) -> None:
     """The resumable, time-budgeted loop (warm-up, cosine to a tenth, bf16 autocast, clipping,
     a checkpoint every ``cfg.checkpoint_seconds`` and at the end) around ``step_loss() ->
     (loss, stats, tokens, supervised)``. ``lora``: checkpoint only the trained weights;
-    ``offset``: seconds of earlier phases, so progress runs on across phases."""
+    ``offset``: seconds of earlier phases, so progress runs on across phases; ``evaluate()``:
+    called every ``cfg.eval_seconds`` and after the last step (its time is not the budget's)."""
     start, last_save = time.time() - state["elapsed"], time.time()
+    last_eval = time.time()
     while state["elapsed"] < budget:
         frac = state["elapsed"] / budget
         lr = cfg.lr * min(1.0, (state["step"] + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(
@@ -334,10 +390,66 @@ def train_for(model, trained: list, opt, state: dict, budget: float, ckpt: Path,
                       "elapsed_s": offset + state["elapsed"], "budget_s": offset + budget,
                       "tok_per_s": state["tokens"] / max(state["elapsed"], 1e-9),
                       "phase": phase})
+        if evaluate is not None and time.time() - last_eval > cfg.eval_seconds:
+            paused = time.time()
+            evaluate()
+            start += time.time() - paused  # scoring is not training time
+            last_eval = time.time()
         if time.time() - last_save > cfg.checkpoint_seconds:
             save_checkpoint(ckpt, model, opt, state, trainable_only=lora)
             last_save = time.time()
+    if evaluate is not None:
+        evaluate()
     save_checkpoint(ckpt, model, opt, state, trainable_only=lora)
+
+
+def validation_files(files: dict[str, str], share: float) -> dict[str, str]:
+    """Whole files holding about ``share`` of the text, kept out of training: taken in the
+    order of a hash of their paths (the same on every run and machine, and unrelated to what a
+    file holds), each that still fits the share; the smallest file when none fits. None when
+    ``share`` is 0 or only one file has any text."""
+    texts = [rel for rel, text in files.items() if text.strip()]  # an empty __init__ says nothing
+    if share <= 0 or len(texts) < 2:
+        return {}
+    budget = share * sum(len(files[rel]) for rel in texts)
+    held, size = {}, 0
+    for rel in sorted(texts, key=lambda r: hashlib.sha256(r.encode()).hexdigest()):
+        if size + len(files[rel]) <= budget:
+            held[rel] = files[rel]
+            size += len(files[rel])
+    if not held:
+        rel = min(texts, key=lambda r: (len(files[r]), r))
+        held[rel] = files[rel]
+    return held
+
+
+PROBE_RATIOS = (0.25, 0.5, 0.75)
+"""The probe's mask ratios: a few tokens to recall, half the window, most of it."""
+
+
+def probe_batch(stream: list[int], pad_id: int, mask_id: int, windows: int = 6,
+                length: int = 384, seed: int = 0) -> tuple:
+    """A fixed test of how well the model knows the repository's own text: ``windows`` windows
+    spread evenly over ``file_stream``, masked at the ``PROBE_RATIOS`` in turn with a fixed
+    seed, so the same batch scores every model and every point of a run (``probe_ce``)."""
+    n = min(length, len(stream))
+    starts = [round(i * (len(stream) - n) / max(windows - 1, 1)) for i in range(windows)]
+    examples = [(stream[a:a + n], 1, n - 1) for a in starts]
+    t = torch.tensor([PROBE_RATIOS[i % len(PROBE_RATIOS)] for i in range(windows)])
+    return make_batch(examples, pad_id, mask_id, torch.Generator().manual_seed(seed), t=t)
+
+
+def probe_ce(model, batch: tuple, bf16: bool) -> float:
+    """Mean cross-entropy (nats per masked token) of ``model`` on a ``probe_batch``: on the
+    training files, how well it recalls text it trained on (the one thing a few minutes can
+    teach); on the validation files, how well it predicts the repository's code it never saw."""
+    x, noisy, masked, t, eligible, attn = batch
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        _, stats = masked_diffusion_loss(model, x, masked, noisy, t, eligible, attn)
+    model.train(was_training)
+    return round(stats["masked_ce"], 4)
 
 
 def file_stream(files: dict[str, str], tokenizer, end_id: int) -> list[int]:

@@ -118,11 +118,13 @@ def code_fingerprint(folder: Path) -> str:
 
 class AnswerCache:
     """The model's answers to earlier requests, kept on disk (one JSONL file per model). An
-    answer is a function of the weights, the engine's code, its back end and dtype, and the
-    request (prefix, suffix, context, settings: greedy, or sampled from the settings' seed), so
-    the key is a hash of all of them and a hit is the answer the engine would give again."""
+    answer is a function of the weights, the engine's code, its back end and dtype, the threads
+    a decode runs on (a bf16 sum rounds differently on one thread than on two: 2 of 360
+    answers differed, ``engine.pool``), and the request (prefix, suffix, context, settings:
+    greedy, or sampled from the settings' seed), so the key is a hash of all of them and a hit
+    is the answer the engine would give again."""
 
-    def __init__(self, folder: Path, engine) -> None:
+    def __init__(self, folder: Path, engine, threads: int) -> None:
         import engine as engine_package
         from training.pretrain import origin_of
 
@@ -130,7 +132,8 @@ class AnswerCache:
         code = code_fingerprint(Path(engine_package.__file__).parent)
         parent = engine.parent_folder  # the rerank's judge, when the settings ask for it
         self.salt = json.dumps([model_origin, code, engine.backend, str(engine.dtype),
-                                engine.device.type, origin_of(parent) if parent else None])
+                                engine.device.type, origin_of(parent) if parent else None,
+                                threads])
         self.path = folder / f"{model_origin}.jsonl"
         self.answers: dict[str, str] = {}
         if self.path.exists():
