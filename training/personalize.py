@@ -269,15 +269,18 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     budget = cfg.minutes * 60
     stream = file_stream(index.files, tok, mcfg.eos_token_id)
     probe = probe_batch(stream, pad_id, mcfg.mask_token_id, seed=cfg.seed)
-    state.setdefault("probe_ce_start", probe_ce(model, probe, cfg.bf16))  # kept over resumes
-    val = probe_batch(file_stream({k: held[k] for k in sorted(held)}, tok, mcfg.eos_token_id),
-                      pad_id, mcfg.mask_token_id, seed=cfg.seed) if held else None
+    if "probe_ce_start" not in state:  # a resumed run keeps its first start, and scores once
+        state["probe_ce_start"] = probe_ce(model, probe, cfg.bf16)
+    val = probe_batch(file_stream(held, tok, mcfg.eos_token_id), pad_id, mcfg.mask_token_id,
+                      seed=cfg.seed) if held else None
     best: dict = {}
 
     def validate():
         """Score the validation files; keep a copy of the weights when they are the best yet."""
-        ce = probe_ce(model, val, cfg.bf16)
         curve = state.setdefault("val_ce", [])
+        if best and curve[-1][0] == state["step"]:  # no step since this run scored them
+            return
+        ce = probe_ce(model, val, cfg.bf16)
         if not curve or curve[-1][0] != state["step"]:
             curve.append([state["step"], ce])
         if not best or ce < best["ce"]:

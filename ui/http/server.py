@@ -134,16 +134,12 @@ async def finished(ticket: Ticket, request):
 
 def settled_text(engine, canvas: list[int], req: InfillRequest) -> str:
     """The text of the canvas left of its first still-masked slot (what can be shown), moved
-    back to the user's cut as the final completion is (``engine.healing``)."""
+    back to the user's cut as the final completion is (``engine.healing``). A scoped request
+    shows whole lines only, cut as its final answer will be (``engine.scope`` reads complete
+    lines only), so what was streamed is always the start of the final answer."""
     heal = plan_healing(engine.tokenizer, req.prefix, req.suffix)
-    return heal.completion(engine.tokenizer.decode(engine.trim(engine.settled(canvas))),
+    text = heal.completion(engine.tokenizer.decode(engine.trim(engine.settled(canvas))),
                            final=False)
-
-
-def streamable(text: str, req: InfillRequest) -> str:
-    """What of a partial answer can be streamed: a scoped request's whole lines, cut as its
-    final answer will be (``engine.scope`` reads complete lines only), so that what was sent is
-    always the start of the final answer; others' text as it is."""
     if not req.scoped:
         return text
     return limit_scope(text[:text.rfind("\n") + 1], req.prefix, req.suffix)
@@ -254,7 +250,7 @@ def create_app(server: Server):
             shown = ""
             async for item in events(ticket, request):
                 if item[0] == "step":
-                    text = req.cut(streamable(settled_text(engine, item[3], req), req))
+                    text = req.cut(settled_text(engine, item[3], req))
                     if len(text) > len(shown) and text.startswith(shown):
                         yield sse({"content": text[len(shown):], "stop": False})
                         shown = text
@@ -280,8 +276,8 @@ def create_app(server: Server):
                 if item[0] == "error":
                     yield sse({"error": {"message": item[1]}})
                     return
-                text = req.cut(streamable(settled_text(engine, item[3], req), req)
-                               if item[0] == "step" else item[1].completion)
+                text = req.cut(settled_text(engine, item[3], req) if item[0] == "step"
+                               else item[1].completion)
                 if len(text) > len(shown) and text.startswith(shown):
                     yield sse({"id": cid, "object": "text_completion", "model": engine.name,
                                "created": int(time.time()), "choices": [{
