@@ -29,6 +29,7 @@ from engine.errors import ConfigError
 from engine.healing import plan_healing
 from engine.repo import CONTEXT_TOKENS, RepoIndex
 from engine.window import fit_infill, infill_ids
+from training.best_weights import BestWeights
 from training.holes import KINDS, Hole, hole_at, hole_spans
 from training.objectives import Specials, canvas_padding, masked_diffusion_loss
 from training.pretrain import find_checkpoint, load_checkpoint, origin_of, save_checkpoint
@@ -91,11 +92,18 @@ class PersonalizeConfig:
     """Share of the repository's text (whole files, picked by a hash of their paths) kept out of
     training to judge it on code it never saw: the model's cross-entropy on those files
     (``probe_ce``) is measured before training and every ``eval_seconds``, and the weights with
-    the lowest are the ones written (early stopping), so more minutes or a higher learning rate
-    cannot leave the model worse there than the best point it passed, the base included.
+    the lowest are the ones written (early stopping; the last unless an earlier point beats them
+    by ``keep_last_within``), so more minutes or a higher learning rate cannot leave the model
+    worse there than the best point it passed, the base included.
     0 (or a repository of one file): every file trains and the last weights are written."""
     eval_seconds: float = 60.0
     """How often the validation files are scored during training."""
+    keep_last_within: float = 0.01
+    """Nats per token an earlier point must beat the last weights by, on the validation files,
+    to be written instead of them. Their cross-entropy is a few thousand masked tokens, so it
+    wobbles by thousandths from step to step (funcy's 106 steps at lr 1e-4 stayed within 3.870
+    and 3.875, and the lowest, at step 33, was the one written): a tie goes to the weights that
+    learnt the repository longest, and only a real loss (a run that goes wrong) rolls back."""
     parent_minutes: float = 0.0
     """Minutes spent, after the diffusion model's, teaching the repository to the model's
     parent (the autoregressive base whose likelihood reranks answers, ``engine.rerank``):
@@ -125,6 +133,9 @@ class PersonalizeConfig:
             raise ConfigError(f"--documents is a share of examples in [0, 1) that leaves room "
                               f"for holes beside --replay, got {self.documents} (replay "
                               f"{self.replay})")
+        if self.keep_last_within < 0:
+            raise ConfigError(f"keep_last_within is in nats and must be >= 0, got "
+                              f"{self.keep_last_within}")
         if not 0 <= self.validation < 0.5:
             raise ConfigError(f"--validation is a share of the repository's text in [0, 0.5), "
                               f"got {self.validation}")
@@ -273,18 +284,18 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         state["probe_ce_start"] = probe_ce(model, probe, cfg.bf16)
     val = probe_batch(file_stream(held, tok, mcfg.eos_token_id), pad_id, mcfg.mask_token_id,
                       seed=cfg.seed) if held else None
-    best: dict = {}
+    best = BestWeights(ckpt.with_name("checkpoint.best") / "weights.safetensors", trained,
+                       resumed="val_ce" in state)
 
     def validate():
-        """Score the validation files; keep a copy of the weights when they are the best yet."""
+        """Score the validation files; the best scoring weights yet are kept (``best``)."""
         curve = state.setdefault("val_ce", [])
-        if best and curve[-1][0] == state["step"]:  # no step since this run scored them
+        if curve and curve[-1][0] == state["step"] and best.step is not None:  # scored already
             return
         ce = probe_ce(model, val, cfg.bf16)
         if not curve or curve[-1][0] != state["step"]:
             curve.append([state["step"], ce])
-        if not best or ce < best["ce"]:
-            best.update(ce=ce, step=state["step"], weights=[p.detach().clone() for p in trained])
+        best.offer(state["step"], ce)
 
     if val is not None:
         validate()  # the starting point (the base, or where a resumed run stopped) is a candidate
@@ -308,12 +319,13 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
 
     train_for(model, trained, opt, state, budget, ckpt, cfg, diffusion_step, progress,
               lora=bool(cfg.lora_rank), evaluate=validate if val is not None else None)
-    if best and best["step"] != state["step"]:  # the checkpoint keeps the last weights to resume
-        with torch.no_grad():
-            for p, w in zip(trained, best["weights"]):
-                p.copy_(w)
-        log.info("kept the weights of step %d (validation CE %.3f), not the last", best["step"],
-                 best["ce"])
+    kept_step = state["step"]
+    if val is not None:  # the checkpoint keeps the last weights, to resume from
+        last_ce = state["val_ce"][-1][1]
+        kept_step = best.restore_unless(state["step"], last_ce, cfg.keep_last_within)
+        if kept_step != state["step"]:
+            log.info("kept the weights of step %d (validation CE %.3f), not the last (%.3f)",
+                     kept_step, best.score, last_ce)
     probe_end = probe_ce(model, probe, cfg.bf16)
     log.info("probe CE on the repository's text: %.3f -> %.3f", state["probe_ce_start"],
              probe_end)
@@ -325,7 +337,7 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
                "steps": state["step"],
                "probe_ce": {"start": state["probe_ce_start"], "end": probe_end},
                "validation": {"files": sorted(held), "ce": state.get("val_ce", []),
-                              "kept_step": best.get("step", state["step"])},
+                              "kept_step": kept_step},
                "tokens": state["tokens"], "minutes": round(state["elapsed"] / 60, 2),
                "tokens_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9), 1),
                "trained_parameters": sum(p.numel() for p in trained), "config": asdict(cfg)}

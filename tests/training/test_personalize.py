@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.errors import ConfigError
 from engine.repo import RepoIndex, python_files
@@ -341,9 +342,11 @@ def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo,
     from training.personalize import PersonalizeConfig, personalize
 
     out = tmp_path / "adapter"
+    # every file trains (no validation): at this rate a tiny model scores worse on unseen files,
+    # and the best point, the base, would be written
     summary = personalize(PersonalizeConfig(repo=str(repo), out=str(out), base=str(tiny_model),
                                             minutes=0.03, batch_size=2, seq_len=192,
-                                            lora_rank=4, lr=5e-2))
+                                            lora_rank=4, lr=5e-2, validation=0.0))
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4
     assert cfg["base_model_name_or_path"] == str(tiny_model)
@@ -359,7 +362,7 @@ def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo,
     caplog.set_level("INFO", logger="training.personalize")
     again = personalize(PersonalizeConfig(repo=str(repo), out=str(out), base=str(tiny_model),
                                           minutes=0.06, batch_size=2, seq_len=192,
-                                          lora_rank=4, lr=5e-2))
+                                          lora_rank=4, lr=5e-2, validation=0.0))
     assert again["steps"] > summary["steps"]
     assert f"at step {summary['steps']}" in caplog.text
     base = load_model(tiny_model, "cpu", "float32").model
@@ -658,8 +661,36 @@ def test_personalization_writes_the_weights_that_scored_best_on_its_validation_f
                         written.config.mask_token_id)
     # the written model is the base again (saved in bf16, so to a rounding)
     assert probe_ce(written.model, probe, bf16=False) == pytest.approx(val["ce"][0][1], abs=0.05)
+    # the finished run asked again resumes its checkpoint (the last weights) and still writes
+    # the best: it outlives the process that found it
+    again = personalize(PersonalizeConfig(repo=str(repo), out=str(out), base=str(tiny_model),
+                                          minutes=0.04, batch_size=2, seq_len=192, lr=100.0,
+                                          eval_seconds=0.0, bf16=False))
+    assert again["steps"] == summary["steps"] and again["validation"]["kept_step"] == 0
+    rewritten = load_model(out, "cpu", "float32")
+    assert probe_ce(rewritten.model, probe, bf16=False) == pytest.approx(val["ce"][0][1], abs=0.05)
     with pytest.raises(ConfigError, match="--validation"):
         PersonalizeConfig(repo=str(repo), out=str(out), validation=0.5)
+
+
+def test_personalization_writes_its_last_weights_unless_an_earlier_point_beats_them_clearly(
+        repo, tiny_model, tmp_path):
+    from engine.loading import load_model
+    from training.personalize import PersonalizeConfig, personalize
+
+    out = tmp_path / "tolerant"
+    # the wrecking learning rate again, with a tolerance wider than any loss it can cause
+    summary = personalize(PersonalizeConfig(repo=str(repo), out=str(out), base=str(tiny_model),
+                                            minutes=0.04, batch_size=2, seq_len=192, lr=100.0,
+                                            eval_seconds=0.0, bf16=False, keep_last_within=1e9))
+    val = summary["validation"]
+    assert val["ce"][-1][1] > val["ce"][0][1]  # the last weights scored worse than the base
+    assert val["kept_step"] == summary["steps"] >= 2
+    written = load_model(out, "cpu", "float32").model.state_dict()
+    base = load_model(tiny_model, "cpu", "float32").model.state_dict()
+    assert any(not torch.equal(written[k], base[k]) for k in base)  # the last, not the base
+    with pytest.raises(ConfigError, match="keep_last_within"):
+        PersonalizeConfig(repo=str(repo), out=str(out), keep_last_within=-0.1)
 
 
 def test_the_engines_code_fingerprint_ignores_comments_and_docstrings_not_code(tmp_path):
