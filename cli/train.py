@@ -447,7 +447,6 @@ def editor_request(engine, hole, length: str | None = None, parent_branches: int
 
 
 def _eval_repo(args) -> int:
-    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -483,9 +482,8 @@ def _eval_repo(args) -> int:
         for name, model, contexts in configs:
             engine = Engine.load(model, device=args.device, dtype=args.dtype)
             workers = args.workers or default_workers(engine)
-            threads = torch.get_num_threads() if workers == 1 else worker_threads(workers)
-            answers = None if args.fresh else \
-                repo_eval.AnswerCache(cache_dir() / "repo-answers", engine, threads)
+            answers = None if args.fresh else repo_eval.AnswerCache(
+                cache_dir() / "repo-answers", engine, worker_threads(workers))
             kept += [answers] if answers else []
             with ExitStack() as stack:
                 decode = None if workers == 1 else stack.enter_context(InfillPool(

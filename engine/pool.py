@@ -46,7 +46,12 @@ def cpu_cores() -> int:
 
 
 def worker_threads(workers: int) -> int:
-    """Threads each of ``workers`` decoding processes runs on: the cores shared out evenly."""
+    """Threads each decode runs on with ``workers`` decoding processes: the cores shared out
+    evenly; with one, the decode runs in this process, on its own threads."""
+    if workers == 1:
+        import torch
+
+        return torch.get_num_threads()
     return max(1, cpu_cores() // workers)
 
 
