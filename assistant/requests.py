@@ -61,10 +61,11 @@ def request_window(s: AssistantSettings, engine, text: str, offset: int,
 
 
 def answer_check(s: AssistantSettings, before: str, after: str, mode: str):
-    """``accept`` for ``Engine.infill_stream``: does the file ``before`` + answer + ``after``
-    (the whole document around the request) still parse with the answer's line in it (or once
-    a block it opens gets its body: ``engine.syntax_guard.answer_fits``). None where the guard
-    is off (``syntax_guard``), the request is not a single line, or the file cannot tell."""
+    """``accept`` for ``Engine.infill_stream``: is the answer's line no copy of the line below
+    the cursor, and does the file ``before`` + answer + ``after`` (the whole document around the
+    request) still parse with it (or once a block it opens gets its body), where the file can
+    tell (``engine.syntax_guard.answer_check``). None where the guard is off
+    (``syntax_guard``) or the request is not a single line."""
     if not s.syntax_guard or mode != "single":
         return None
     return file_check(before, after)

@@ -69,10 +69,10 @@ class AssistantSettings:
     (engine.scope): the canvas is sized before the text is known, and the model goes on past
     the hole."""
     syntax_guard: bool = True
-    """Single-line suggestions in a Python file that parses around the cursor (with a stand-in
-    line: engine.syntax_guard): an answer that would leave the file unparsable is withheld.
-    Such an answer is never the right one, and a third of the embedded model's are
-    (docs/guide.md)."""
+    """Single-line suggestions: an answer that copies the line below the cursor, or (in a
+    Python file that parses around the cursor with a stand-in line) would leave the file
+    unparsable, is withheld (engine.syntax_guard). Neither is ever the right one in practice,
+    and a third of the embedded model's answers break the file (docs/guide.md)."""
     parent_branches: int = 0
     """Suggestions from an adapted model: answers its autoregressive parent writes too, and
     the one the parent finds likeliest with the code below the cursor is shown (a block at

@@ -1,7 +1,7 @@
 """Decoding order against speed and exactness on held-out lines (never HumanEval).
 
     .venv/bin/python benchmarks/decode_order.py [--model M] [--holes 60] [--seed 0] [--orders 3]
-        [--guard 1,2]
+        [--guard 1,2] [--parent-branches 0]
 
 Single-line holes cut from the corpus's validation files (``data/corpus/val.jsonl``, held out
 of training by path hash): a random non-blank line of a file with 1,500 characters around it.
@@ -15,8 +15,11 @@ and the mean local AR-ness@1 of the order the slots were decoded in (1.0 = stric
 right). This is how the embedded model's decoding default was chosen, on code no evaluation
 uses. ``--guard`` adds rows with the language server's syntax guard (``engine.syntax_guard``):
 an answer that leaves its file unparsable is decoded again, and the passes and milliseconds
-then count every try; "withheld" counts the holes where no try parsed (the editor then shows
-nothing).
+then count every try; "withheld" counts the holes where no try was accepted (the editor then
+shows nothing). The guard also rejects a copy of the line below the hole
+(``engine.syntax_guard.copies_line_below``); each number of retries gets a row with the parse
+alone too, and "copies" counts the answers that are such a copy (the table's notes say how many
+held-out lines themselves are: what the rule withholds wrongly at most).
 """
 
 from __future__ import annotations
@@ -64,38 +67,45 @@ def main() -> None:
     ap.add_argument("--orders", default=",".join(str(i + 1) for i in range(len(ORDERS))),
                     help="which rows to run, numbered from 1 (e.g. 3: only the default order)")
     ap.add_argument("--guard", default="",
-                    help="also rows of the default order with the syntax guard, one per "
-                         "number of retries (e.g. 1,2): an answer that leaves the file "
-                         "unparsable is decoded again (Engine.alternatives), as the language "
-                         "server does")
+                    help="also rows of the default order with the guard, one per number of "
+                         "retries (e.g. 0,2), each with the parse alone and with the copy rule: "
+                         "an answer that leaves the file unparsable or copies the line below "
+                         "is decoded again (Engine.alternatives), as the language server does")
+    ap.add_argument("--parent-branches", type=int, default=None,
+                    help="the parent's rerank (default: the model's own, 3 for the embedded "
+                         "model; 0: the diffusion answer alone, as the editors ask)")
     args = ap.parse_args()
     import torch
 
     from engine.analysis import local_ar_ness
     from engine.api import Engine
-    from engine.syntax_guard import answer_check, parses
+    from engine.syntax_guard import answer_check, copies_line_below, parses
 
     torch.set_num_threads(2)
     engine = Engine.load(args.model, device="cpu")
     cases = holes(args.holes, args.seed)
     valid = [parses(p + m + s) for p, m, s in cases]  # a file that never parsed tells nothing
-    print(f"| order | exact line | blank | file parses (of {sum(valid)}) | withheld | "
+    print(f"| order | exact line | blank | file parses (of {sum(valid)}) | copies | withheld | "
           "passes/hole | ms/hole | local AR-ness@1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(name, order, None) for name, order in
             (list(ORDERS.items())[int(i) - 1] for i in filter(None, args.orders.split(",")))]
     default = ORDERS["confidence 0.9, blocks of 8"]
-    rows += [(f"confidence 0.9, blocks of 8 + syntax guard, {n} retr{'y' if n == '1' else 'ies'}",
-              {**default, "retries": int(n)}, True) for n in filter(None, args.guard.split(","))]
-    notes = []
+    rows += [(f"confidence 0.9, blocks of 8 + {kind}, {n} retr{'y' if n == '1' else 'ies'}",
+              {**default, "retries": int(n)}, kind) for n in filter(None, args.guard.split(","))
+             for kind in ("parse guard", "parse + copy guard")]
+    copied = sum(copies_line_below(p, m.rstrip("\n"), "\n" + s) for p, m, s in cases)
+    notes = [f"held-out lines that copy the line below them: {copied} of {len(cases)}"]
     for name, order, guard in rows:
-        exact, blank, parsed, withheld, passes, ms, ar = 0, 0, 0, 0, [], [], []
+        exact, blank, parsed, copies, withheld, passes, ms, ar = 0, 0, 0, 0, 0, [], [], []
         by_try: dict[int, list[int]] = {}  # try that gave the answer -> [holes, exact]
         for (prefix, middle, suffix), ok in zip(cases, valid):
             settings = engine.settings(max_new_tokens=24, steps=24, length="adaptive",
-                                       temperature=0.0, stop=("\n",), **order)
+                                       temperature=0.0, stop=("\n",),
+                                       parent_branches=args.parent_branches, **order)
             # the whole file is the editor's buffer; the model reads 1,500 chars of it
-            accept = answer_check(prefix, "\n" + suffix) if guard else None
+            accept = answer_check(prefix, "\n" + suffix, syntax_only=guard == "parse guard") \
+                if guard else None
             start = time.perf_counter()
             res = engine.infill(prefix[-1500:], suffix[:1500], settings, accept=accept)
             ms.append((time.perf_counter() - start) * 1000)
@@ -104,6 +114,7 @@ def main() -> None:
             exact += first == middle.strip()
             blank += not first
             parsed += ok and parses(prefix + line + "\n" + suffix)
+            copies += copies_line_below(prefix, line, "\n" + suffix)
             withheld += res.extra.get("accepted") is False  # the editor shows nothing
             if res.extra.get("accepted"):
                 count = by_try.setdefault(res.extra["tries"], [0, 0])
@@ -111,7 +122,7 @@ def main() -> None:
                 count[1] += first == middle.strip()
             passes.append(res.extra.get("forward_passes", res.steps))
             ar.append(local_ar_ness(res.order))
-        print(f"| {name} | {exact}/{len(cases)} | {blank} | {parsed} | {withheld} | "
+        print(f"| {name} | {exact}/{len(cases)} | {blank} | {parsed} | {copies} | {withheld} | "
               f"{statistics.mean(passes):.1f} | "
               f"{statistics.mean(ms):.0f} | {statistics.mean(ar):.2f} |", flush=True)
         if by_try:  # fewer retries keep the answers of the earlier tries, the rest withheld

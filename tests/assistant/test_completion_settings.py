@@ -150,6 +150,9 @@ def test_the_syntax_guard_withholds_a_line_that_breaks_a_file_that_could_parse(t
     service.settings = AssistantSettings(**exact, syntax_guard=False)
     service.cache = type(service.cache)()
     assert service.infill(service.new_job("a.py"), window, "single", None, text) == answers[0]
-    # a file broken elsewhere cannot judge an answer: no retries, the first answer
-    assert answer_check(AssistantSettings(**exact), before, after, "single") is not None
-    assert answer_check(AssistantSettings(**exact), before, after + "if (:\n", "single") is None
+    # a file broken elsewhere cannot judge a line's syntax, only whether it copies the next one
+    broken = answer_check(AssistantSettings(**exact), before, after + "if (:\n", "single")
+    assert broken("    for = 0\n") and not broken("    return total\n")
+    fine = answer_check(AssistantSettings(**exact), before, after, "single")  # from the line start
+    assert fine("    total = 1\n") and not fine("    for = 0\n")
+    assert not fine("    return total\n")

@@ -78,3 +78,22 @@ def test_a_block_opener_typed_before_its_body_fits():
     assert not answer_fits(before, "xs", "\n")  # no colon: broken whatever comes next
     assert not answer_fits("def f(xs):\n    ", "for = 0", "\n    return xs\n")
     assert answer_fits("x = 1\n", "y = (", "\n") is False  # an open bracket is not a block
+
+
+def test_a_copy_of_the_line_below_the_hole_is_rejected_in_any_file():
+    from engine.syntax_guard import answer_check, copies_line_below
+
+    before, after = "def f(lock):\n    nonlocal hits\n    ", "\n\n    with lock:\n        hits += 1\n"
+    assert copies_line_below(before, "with lock:", after)  # blank lines between do not hide it
+    assert not copies_line_below(before, "with other:", after)
+    assert copies_line_below(before + "with ", "lock:", after)  # the whole line counts
+    assert not copies_line_below("x = [\n", ")", "\n)\n")  # no letter or digit: real code repeats
+    assert not copies_line_below("", "x = 1", "")  # nothing below
+    accept = answer_check(before, after)
+    assert not accept("with lock:\n") and accept("hits = 0\n")
+    # the parse alone (a benchmark's baseline) takes the copy, which parses
+    assert answer_check(before, after, syntax_only=True)("with lock:\n")
+    # a file that is not Python cannot judge syntax, but a copy is still one
+    html = answer_check("<ul>\n  ", "\n  <li>a</li>\n</ul>\n")
+    assert not html("<li>a</li>") and html("<li>b</li>")
+    assert answer_check("<ul>\n  ", "\n  <li>a</li>\n</ul>\n", syntax_only=True) is None
