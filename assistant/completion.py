@@ -114,7 +114,8 @@ class Stats:
     with_context: int = 0
     """Requests that got repository context."""
     rejected: int = 0
-    """Single-line suggestions withheld: every try left a parsing file unparsable."""
+    """Single-line suggestions withheld: every try copied the line below or left a parsing
+    file unparsable (engine.syntax_guard)."""
 
 
 class CompletionService:
@@ -213,7 +214,7 @@ class CompletionService:
         completion = result.completion
         if result.extra.get("accepted") is False:
             self.stats.rejected += 1
-            completion = ""  # breaks a file that could parse: never the right answer
+            completion = ""  # a copy of the next line or a broken file: never the right answer
         self.cache.put(window.prefix, window.suffix, completion)
         return self._shape(completion, mode)
 
