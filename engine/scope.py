@@ -76,6 +76,13 @@ def _suffix_start(lines: list[str], after: list[str]) -> int:
     return len(lines)
 
 
+def repeats_below(lines: list[str], below: str) -> bool:
+    """Whether ``lines`` repeat the first non-blank lines of ``below``, the text under them, as
+    far as they go: the suffix rule, for a caller that judges whole lines (a single-line
+    answer: ``engine.syntax_guard.copies_line_below``)."""
+    return bool(lines) and _suffix_start(lines, _nonblank(below.split("\n"))) == 0
+
+
 def _head_after(prefix: str, suffix: str) -> tuple[str, list[str]]:
     """The cursor's line before the hole, and the suffix's non-blank lines below it."""
     head = prefix.rsplit("\n", 1)[-1]

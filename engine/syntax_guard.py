@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ast
 
+from engine.scope import repeats_below
+
 STAND_INS = ("pass", "if True:")
 """Lines put in the hole to see whether the rest of the file parses: a statement, and a block
 opener for holes whose next line is indented deeper (the head of a ``for`` or ``if``)."""
@@ -81,12 +83,11 @@ def answer_fits(before: str, answer: str, after: str) -> bool:
 
 def copies_line_below(before: str, answer: str, after: str) -> bool:
     """Whether the hole's line, ``answer`` (one line) with what ``before`` and ``after`` hold
-    of its line, is the first non-blank line below it, stripped; lines without a letter or
-    digit (``)``, ``# ----``) repeat in real code and are never called copies."""
+    of its line, is the first non-blank line below it, stripped: ``engine.scope``'s suffix rule,
+    so lines without a letter or digit (``)``, ``# ----``), which repeat in real code, are never
+    called copies."""
     _, head, tail, below = _around(before, after)
-    line = (head + answer + tail).strip()
-    nearest = next((other.strip() for other in below.splitlines() if other.strip()), None)
-    return line == nearest and any(c.isalnum() for c in line)
+    return repeats_below([head + answer + tail], below)
 
 
 def first_line(text: str) -> str:

@@ -83,7 +83,8 @@ def test_a_block_opener_typed_before_its_body_fits():
 def test_a_copy_of_the_line_below_the_hole_is_rejected_in_any_file():
     from engine.syntax_guard import answer_check, copies_line_below
 
-    before, after = "def f(lock):\n    nonlocal hits\n    ", "\n\n    with lock:\n        hits += 1\n"
+    before = "def f(lock):\n    nonlocal hits\n    "
+    after = "\n\n    with lock:\n        hits += 1\n"
     assert copies_line_below(before, "with lock:", after)  # blank lines between do not hide it
     assert not copies_line_below(before, "with other:", after)
     assert copies_line_below(before + "with ", "lock:", after)  # the whole line counts
