@@ -190,6 +190,15 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
     return pre + canvas + suf, len(pre), len(canvas)
 
 
+def example_kind(rng: random.Random, documents: float, replay: float) -> str:
+    """What the next example is: ``"document"`` with probability ``documents``, ``"replay"``
+    with ``replay``, else ``"hole"``. One draw splits all three, so both shares hold as asked
+    when both are set (a replay draw taken only after the document draw failed gave replay
+    ``(1 - documents) * replay``); with one share set it is the draw that share always made."""
+    u = rng.random() if documents or replay else 1.0
+    return "document" if u < documents else "replay" if u < documents + replay else "hole"
+
+
 def document_example(stream: list[int], seq_len: int, rng: random.Random
                      ) -> tuple[list[int], int, int]:
     """(ids, first maskable position, maskable count) for a random window of the repository's
@@ -303,11 +312,12 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     def diffusion_step():
         batch = []
         while len(batch) < cfg.batch_size:
-            if cfg.documents and rng.random() < cfg.documents:  # documents 0: as before
+            kind = example_kind(rng, cfg.documents, cfg.replay)
+            if kind == "document":
                 batch.append(document_example(stream, cfg.seq_len, rng))
                 state["documents"] = state.get("documents", 0) + 1
                 continue
-            replayed = cfg.replay > 0 and rng.random() < cfg.replay  # replay 0: as before
+            replayed = kind == "replay"
             hole = draw(general, general_texts) if replayed else draw(holes, index.files)
             ex = make_example(hole, None if replayed else index, tok, cfg, sp, rng)
             if ex is not None:

@@ -595,6 +595,27 @@ def test_documents_mix_masked_windows_of_the_repositorys_text_into_personalizati
         PersonalizeConfig(repo=str(repo), out=str(tmp_path / "e"), documents=0.6, replay=0.5)
 
 
+def test_documents_and_replay_each_take_the_share_asked_for():
+    import random
+    from collections import Counter
+
+    from training.personalize import example_kind
+
+    def shares(documents, replay, n=20000):
+        rng = random.Random(0)
+        counts = Counter(example_kind(rng, documents, replay) for _ in range(n))
+        return {k: counts[k] / n for k in ("document", "replay", "hole")}
+
+    both = shares(0.5, 0.25)  # replay drawn after a failed document draw gave 0.125
+    assert abs(both["document"] - 0.5) < 0.02 and abs(both["replay"] - 0.25) < 0.02
+    assert shares(0.0, 0.0) == {"document": 0.0, "replay": 0.0, "hole": 1.0}
+    assert shares(0.0, 0.3)["document"] == 0 and abs(shares(0.0, 0.3)["replay"] - 0.3) < 0.02
+    # with one share set, the same draws decide as before the split (runs reproduce)
+    a, b = random.Random(5), random.Random(5)
+    assert [example_kind(a, 0.0, 0.3) for _ in range(50)] == \
+        [("replay" if b.random() < 0.3 else "hole") for _ in range(50)]
+
+
 def test_personalization_reports_how_well_the_model_recalls_the_repositorys_text(
         repo, tiny_model, tmp_path):
     import torch
