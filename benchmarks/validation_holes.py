@@ -3,7 +3,7 @@ personalization's early stopping could watch the task (holes asked with context)
 text (masked windows, what ``unmask train personalize`` scores now).
 
     .venv/bin/python benchmarks/validation_holes.py --repo DIR [--exclude GLOB ...]
-        [--holes 16] MODEL [MODEL ...]
+        [--holes 16] [--decode 30] MODEL [MODEL ...]
 
 The validation files are the ones personalization keeps out (``validation_files``, share 0.1,
 the same pick on every run); ``--exclude`` must name what the run excluded (the benchmark's
@@ -11,7 +11,10 @@ held-out files), or the pick differs. Per model: the cross-entropy (nats per can
 ``--holes`` line and block holes of those files, each asked as training asks it (repository
 context always on, a window around the hole, the canvas padded), the canvas fully masked as an
 editor's first denoising step sees it; the same holes, padding and masks for every model.
-Also the seconds each model took and the peak memory of the run.
+Then what decoding makes of them: ``--decode`` line holes of the same files asked for as
+``unmask eval repo`` asks (the editors' single-line request, the file's own lines as context),
+greedy, and how many answers equal the removed line (no test runs: the validation files need
+not be tested code). Also the seconds each model took and the peak memory of the run.
 """
 
 from __future__ import annotations
@@ -32,19 +35,22 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, required=True)
     ap.add_argument("--exclude", action="append", default=[])
     ap.add_argument("--holes", type=int, default=16, help="holes per kind")
+    ap.add_argument("--decode", type=int, default=30, help="line holes to decode (0: none)")
     ap.add_argument("models", nargs="+")
     args = ap.parse_args()
 
     import torch
 
-    from engine.api import model_generation_config, pad_cycle
+    from cli.train import editor_request
+    from engine.api import Engine, model_generation_config, pad_cycle
     from engine.loading import base_folder, load_model, resolve_model
-    from engine.repo import RepoIndex
+    from engine.repo import RETRIEVAL, RepoIndex
     from engine.tokenizer import DreamTokenizer
-    from training.holes import hole_at
+    from training.holes import candidate_holes, hole_at, sample_holes
     from training.objectives import Specials
     from training.personalize import (PersonalizeConfig, make_batch, make_example, probe_ce,
                                       training_spans, validation_files)
+    from training.repo_eval import answers_for
 
     from engine.errors import ConfigError
 
@@ -57,8 +63,12 @@ def main() -> None:
     if not spans:
         sys.exit(f"error: {args.repo}'s validation files ({', '.join(sorted(held)) or 'none'}) "
                  "hold no function to make holes of; pick a repository with more files")
+    lines = sample_holes([h for rel in sorted(held) for h in candidate_holes(rel, held[rel])
+                          if h.kind == "line"], args.decode)
+    context = RepoIndex(args.repo, args.exclude, RETRIEVAL)
     print(f"validation files: {', '.join(sorted(held))}")
-    print("\n| model | line-hole CE | block-hole CE | seconds |\n|---|---:|---:|---:|")
+    print(f"\n| model | line-hole CE | block-hole CE | lines exact (of {len(lines)}) | seconds |"
+          "\n|---|---:|---:|---:|---:|")
     for name in args.models:
         start = time.perf_counter()
         folder = resolve_model(name)
@@ -82,8 +92,12 @@ def main() -> None:
                                torch.Generator().manual_seed(0),
                                t=torch.ones(len(examples)))
             cells.append(f"{probe_ce(loaded.model, batch, bf16=True):.3f}")
-        print(f"| {name} | {cells[0]} | {cells[1]} | {time.perf_counter() - start:.0f} |",
-              flush=True)
+        del loaded
+        engine = Engine.load(name, device="cpu")
+        exact = sum(answer.strip() == hole.middle.strip() for hole, answer in
+                    zip(lines, answers_for(engine, lines, context, editor_request)))
+        print(f"| {name} | {cells[0]} | {cells[1]} | {exact} | "
+              f"{time.perf_counter() - start:.0f} |", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory {peak:.0f} MiB")
 
