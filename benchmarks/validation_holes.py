@@ -42,19 +42,17 @@ def main() -> None:
     import torch
 
     from cli.train import editor_request
-    from engine.api import Engine, model_generation_config, pad_cycle
+    from engine.api import Engine
+    from engine.errors import ConfigError
     from engine.loading import base_folder, load_model, resolve_model
-    from engine.repo import RETRIEVAL, RepoIndex
+    from engine.repo import RepoIndex
     from engine.tokenizer import DreamTokenizer
     from training.holes import candidate_holes, hole_at, sample_holes
-    from training.objectives import Specials
-    from training.personalize import (PersonalizeConfig, make_batch, make_example, probe_ce,
-                                      training_spans, validation_files)
+    from training.personalize import (PersonalizeConfig, canvas_specials, make_batch,
+                                      make_example, probe_ce, training_spans, validation_files)
     from training.repo_eval import answers_for
 
-    from engine.errors import ConfigError
-
-    try:
+    try:  # the index training builds, whose context eval repo's requests also hold
         index = RepoIndex(args.repo, args.exclude)
     except ConfigError as e:  # no such folder, no Python, an exclude that matches nothing
         sys.exit(f"error: {e}")
@@ -65,7 +63,6 @@ def main() -> None:
                  "hold no function to make holes of; pick a repository with more files")
     lines = sample_holes([h for rel in sorted(held) for h in candidate_holes(rel, held[rel])
                           if h.kind == "line"], args.decode)
-    context = RepoIndex(args.repo, args.exclude, RETRIEVAL)
     print(f"validation files: {', '.join(sorted(held))}")
     print(f"\n| model | line-hole CE | block-hole CE | lines exact (of {len(lines)}) | seconds |"
           "\n|---|---:|---:|---:|---:|")
@@ -74,10 +71,7 @@ def main() -> None:
         folder = resolve_model(name)
         loaded = load_model(folder, "cpu", "float32")
         tok = DreamTokenizer.from_folder(base_folder(folder))
-        pad_id = tok.token_id("<|dlm_pad|>")
-        pad_id = loaded.config.pad_token_id if pad_id is None else pad_id
-        sp = Specials(loaded.config.mask_token_id, pad_id, loaded.config.eos_token_id,
-                      pad_cycle(model_generation_config(folder)))
+        sp = canvas_specials(folder, tok, loaded.config)
         cfg = PersonalizeConfig(repo=str(args.repo), out=str(folder), context_share=1.0)
         cells = []
         for kind in ("line", "block"):
@@ -88,14 +82,16 @@ def main() -> None:
             if not examples:
                 cells.append("-")
                 continue
-            batch = make_batch(examples, pad_id, loaded.config.mask_token_id,
+            batch = make_batch(examples, sp.pad_id, sp.mask_id,
                                torch.Generator().manual_seed(0),
                                t=torch.ones(len(examples)))
             cells.append(f"{probe_ce(loaded.model, batch, bf16=True):.3f}")
+        # loaded again to decode: the CE above is personalization's (float32 weights under bf16
+        # autocast), the answers are eval repo's (the engine's default dtype)
         del loaded
         engine = Engine.load(name, device="cpu")
         exact = sum(answer.strip() == hole.middle.strip() for hole, answer in
-                    zip(lines, answers_for(engine, lines, context, editor_request)))
+                    zip(lines, answers_for(engine, lines, index, editor_request)))
         print(f"| {name} | {cells[0]} | {cells[1]} | {exact} | "
               f"{time.perf_counter() - start:.0f} |", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -190,6 +190,18 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
     return pre + canvas + suf, len(pre), len(canvas)
 
 
+def canvas_specials(base: Path, tokenizer, mcfg) -> Specials:
+    """The special tokens a hole's canvas is built with for the model in ``base``: padded as the
+    model was trained to pad (``<|dlm_pad|>``, else its config's pad token; then its rainbow
+    cycle if it has one)."""
+    from engine.api import model_generation_config, pad_cycle
+
+    pad_id = tokenizer.token_id("<|dlm_pad|>")
+    pad_id = mcfg.pad_token_id if pad_id is None else pad_id
+    return Specials(mcfg.mask_token_id, pad_id, mcfg.eos_token_id,
+                    pad_cycle(model_generation_config(base)))
+
+
 def example_kind(rng: random.Random, documents: float, replay: float) -> str:
     """What the next example is: ``"document"`` with probability ``documents``, ``"replay"``
     with ``replay``, else ``"hole"``. One draw splits all three, so both shares hold as asked
@@ -235,7 +247,6 @@ def make_batch(examples, pad_id: int, mask_id: int, gen: torch.Generator, eps: f
 
 def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     """Fine-tune; returns the run's summary (also written to ``out/personalize.json``)."""
-    from engine.api import model_generation_config, pad_cycle
     from engine.loading import adapter_chain, base_folder, load_model, resolve_model
     from engine.tokenizer import DreamTokenizer
 
@@ -267,11 +278,8 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
     loaded = load_model(base, "cpu", "float32")
     model, mcfg = loaded.model, loaded.config
     tok = DreamTokenizer.from_folder(base_folder(base))  # an adapter reads its base's
-    pad_id = tok.token_id("<|dlm_pad|>")
-    pad_id = mcfg.pad_token_id if pad_id is None else pad_id
-    # canvases padded as the model was trained to pad them (a rainbow cycle if it has one)
-    sp = Specials(mcfg.mask_token_id, pad_id, mcfg.eos_token_id,
-                  pad_cycle(model_generation_config(base)))
+    sp = canvas_specials(base, tok, mcfg)
+    pad_id = sp.pad_id
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
     origin = origin_of(base, lora_rank=cfg.lora_rank)
     if held:  # a run that trained on these files must not resume as one that validates on them
