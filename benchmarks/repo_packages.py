@@ -29,7 +29,7 @@ from pathlib import Path
 from engine.loading import resolve_model
 from engine.repo import RETRIEVAL
 from training.pretrain import origin_of
-from training.repo_eval import by_source
+from training.repo_eval import by_shown, by_source
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
         f"{args.minutes:g}min-{RETRIEVAL}" + (f"-parent{args.parent_minutes:g}min"
                                               if args.parent_minutes else "") + \
         (f"-docs{args.documents:g}" if args.documents else "") + \
+        (f"-copy{args.copy_holes:g}" if args.copy_holes else "") + \
         (f"-val{args.validation:g}" if args.validation else "")
     personal = args.work / f"{name}-personal-{recipe}"
     credit = "-partial" if args.partial_credit else ""
@@ -110,7 +111,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
         timed("personalize", minutes, unmask, "train", "personalize", "--repo", str(root),
               *excludes, "--out", str(personal), "--minutes", str(args.minutes),
               "--lora-rank", str(args.lora_rank), "--lr", str(args.lr), "--replay",
-              str(args.replay), "--documents", str(args.documents), "--validation",
+              str(args.replay), "--documents", str(args.documents), "--copy-holes",
+              str(args.copy_holes), "--validation",
               str(args.validation), "--parent-minutes",
               str(args.parent_minutes))
         models = ["--personalized", str(personal)]
@@ -130,6 +132,7 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
     rows = json.loads(result)
     records = [json.loads(line) for line in scores_file.read_text().splitlines()]
     rows["sources"] = by_source(records)
+    rows["shown"] = by_shown(records)
     if args.parent_minutes and not args.base_only:
         rows["parent loss"] = held_out_parent_loss(root, pkg.held_out, personal / "parent")
     if "--grpo" in models:  # its train-split reward over the run (training.grpo.reward_trend)
@@ -170,7 +173,8 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
     out = [f"### {name} {pkg.version} (held out: {', '.join(pkg.held_out)})", "",
            "| configuration | line pass@1 | line exact | block pass@1 | block exact | minutes |",
            "|---|---:|---:|---:|---:|---:|"]
-    configs = [label for label in rows if label not in ("parent loss", "sources", "grpo trend")]
+    configs = [label for label in rows
+               if label not in ("parent loss", "sources", "shown", "grpo trend")]
     for label in configs:
         res = rows[label]
         cells = []
@@ -188,6 +192,14 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
     for (kind, source), row in rows["sources"].items():
         out.append(f"| {kind} | {source} | {row['n']} | " +
                    " | ".join(str(row[c]) for c in configs) + " |")
+    with_context = [c for c in configs if c.endswith(" + context")]
+    out += ["", "holes by whether the context showed their removed lines (each one, in the "
+            "request's context), passed per configuration with context:", "",
+            "| kind | context showed them | holes | " + " | ".join(with_context) + " |",
+            "|---|---|---:|" + "---:|" * len(with_context)]
+    for (kind, showed), row in rows["shown"].items():
+        out.append(f"| {kind} | {'yes' if showed else 'no'} | {row['n']} | " +
+                   " | ".join(str(row[c]) for c in with_context) + " |")
     if "parent loss" in rows:
         out += ["", "the parent's next-token loss on the held-out files (nats/token): " +
                 ", ".join(f"{k} {v}" for k, v in rows["parent loss"].items())]
@@ -221,6 +233,9 @@ def main() -> None:
     ap.add_argument("--documents", type=float, default=0.0,
                     help="share of personalization's examples that are masked windows of the "
                          "files (default 0)")
+    ap.add_argument("--copy-holes", type=float, default=0.0,
+                    help="share of personalization's hole examples whose lines occur again in "
+                         "their own file (default 0)")
     ap.add_argument("--validation", type=float, default=0.1,
                     help="share of the training side's files personalization validates on, "
                          "writing its best-scoring weights (default 0.1; 0: none)")

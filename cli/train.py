@@ -57,6 +57,9 @@ def add_train_parsers(sub) -> None:
     z.add_argument("--documents", type=float, default=0.0,
                    help="share of examples that are windows of your files with every token a "
                         "possible target, as in pretraining (default 0: holes only)")
+    z.add_argument("--copy-holes", type=float, default=0.0,
+                   help="share of hole examples whose lines occur again in their own file, "
+                        "teaching the model to copy from that context (default 0)")
     z.add_argument("--validation", type=float, default=0.1,
                    help="share of your files kept out of training to score it on code it never "
                         "saw; the best-scoring weights are the ones written (default 0.1; 0: "
@@ -369,8 +372,8 @@ def _personalize(args) -> int:
     cfg = PersonalizeConfig(repo=str(args.repo), out=str(args.out), exclude=args.exclude,
                             base=args.base, minutes=args.minutes, seed=args.seed,
                             lora_rank=args.lora_rank, replay=args.replay,
-                            documents=args.documents, validation=args.validation,
-                            parent_minutes=args.parent_minutes,
+                            documents=args.documents, copy_holes=args.copy_holes,
+                            validation=args.validation, parent_minutes=args.parent_minutes,
                             **({"lr": args.lr} if args.lr is not None else {}))
     summary = _with_bar("personalize", (cfg.minutes + cfg.parent_minutes) * 60, "", lambda rec: (
         f"{rec['phase']} step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),
@@ -520,6 +523,16 @@ def _eval_repo(args) -> int:
     for (kind, source), row in repo_eval.by_source(records).items():
         sources.add_row(kind, source, str(row["n"]), *(str(row[label]) for label, _ in rows))
     Console().print(sources)
+    # with context: did it show the removed lines (retrieval's part) and were they copied
+    with_context = [label for label, _ in rows if label.endswith(" + context")]
+    shown = Table(title="holes by whether the context showed their removed lines (passed per "
+                  "model with context)")
+    for col in ("kind", "context showed them", "n", *with_context):
+        shown.add_column(col)
+    for (kind, showed), row in repo_eval.by_shown(records).items():
+        shown.add_row(kind, "yes" if showed else "no", str(row["n"]),
+                      *(str(row[label]) for label in with_context))
+    Console().print(shown)
     print(f"{len(verdicts)} distinct answers of {len(records)} scored: the same answer to the "
           "same hole ran the suite once", file=sys.stderr)
     reused = sum(a.hits for a in kept)

@@ -69,6 +69,14 @@ def hole_at(rel: str, text: str, start: int, end: int, kind: str) -> Hole:
     return _hole(rel, text.splitlines(keepends=True), start, end, kind)
 
 
+def shows_answer(middle: str, context: str) -> bool:
+    """Whether every non-blank line of ``middle`` stands (stripped) in ``context``: a context
+    that a model could copy the answer from."""
+    shown = {line.strip() for line in context.splitlines()}
+    lines = [line.strip() for line in middle.splitlines() if line.strip()]
+    return bool(lines) and all(line in shown for line in lines)
+
+
 def hole_spans(text: str, kinds: tuple[str, ...] = KINDS) -> list[tuple[int, int, str]]:
     """(start, end, kind) of every hole of the given kinds in the functions of one file (an
     unparsable file: none); spans, not holes, as a hole holds a copy of its whole file.

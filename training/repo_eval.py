@@ -24,7 +24,7 @@ from engine.errors import ConfigError
 from engine.pool import complete
 from engine.repo import RETRIEVAL, RepoIndex, context_budget, python_files
 from engine.syntax_guard import parses
-from training.holes import Hole, load_holes, require_passing, save_holes
+from training.holes import Hole, load_holes, require_passing, save_holes, shows_answer
 from training.holes import mine as mine_holes
 
 
@@ -177,12 +177,13 @@ def in_process(engine) -> Decode:
 
 
 def answers_for(engine, holes: list[Hole], index: RepoIndex | None, request: Request,
-                answers: AnswerCache | None = None, decode: Decode | None = None
-                ) -> Iterator[str]:
+                answers: AnswerCache | None = None, decode: Decode | None = None,
+                asked: list[tuple] | None = None) -> Iterator[str]:
     """The model's text for each hole, in order: the first line for single-line holes (an
     editor's single-line completion), the whole canvas for blocks. Kept answers are reused;
-    the rest go to ``decode`` (default: ``engine`` in this process) and are kept."""
-    asked = [ask(engine, hole, index, request) for hole in holes]
+    the rest go to ``decode`` (default: ``engine`` in this process) and are kept. ``asked``:
+    the holes' requests when the caller built them already (``ask``)."""
+    asked = asked or [ask(engine, hole, index, request) for hole in holes]
     keys = [answers.key(p, s, c, st) if answers else "" for p, s, st, c in asked]
     known = [answers.get(k) if answers else None for k in keys]
     decoded = (decode or in_process(engine))(
@@ -208,13 +209,26 @@ def known_outcome(hole: Hole, middle: str) -> bool | None:
 
 def by_source(records: list[dict]) -> dict:
     """{(kind, source): {"n": holes, config: passed, ...}} from ``score``'s records."""
-    table: dict = {}
-    for r in records:
-        row = table.setdefault((r["kind"], r["source"]), {"n": 0})
-        row[r["config"]] = row.get(r["config"], 0) + r["passed"]
-        row["n"] += r["config"] == records[0]["config"]  # each hole once: the first config's
+    table = _grouped(records, "source")
     return dict(sorted(table.items(), key=lambda kv: (kv[0][0] != "line",
                                                        SOURCES.index(kv[0][1]))))
+
+
+def by_shown(records: list[dict]) -> dict:
+    """{(kind, shown): {"n": holes, config: passed, ...}} over the configurations with context:
+    whether the request's context showed the removed lines (``shows_answer``) splits what
+    retrieval missed from what the model failed to copy."""
+    table = _grouped([r for r in records if r.get("shown") is not None], "shown")
+    return dict(sorted(table.items(), key=lambda kv: (kv[0][0] != "line", not kv[0][1])))
+
+
+def _grouped(records: list[dict], field: str) -> dict:
+    table: dict = {}
+    for r in records:
+        row = table.setdefault((r["kind"], r[field]), {"n": 0})
+        row[r["config"]] = row.get(r["config"], 0) + r["passed"]
+        row["n"] += r["config"] == records[0]["config"]  # each hole once: the first config's
+    return table
 
 
 def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Request,
@@ -233,8 +247,9 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Reques
     seen: dict[tuple[str, str], bool] = {} if verdicts is None else verdicts
     for kind, holes in bench.holes.items():
         passed = exact = done = 0
-        for hole, middle in zip(holes, answers_for(engine, holes, index, request, answers,
-                                                   decode)):
+        asked = [ask(engine, hole, index, request) for hole in holes]
+        for hole, middle, (*_, context) in zip(holes, answers_for(
+                engine, holes, index, request, answers, decode, asked), asked):
             key = (hole.key, middle)
             if key not in seen:
                 known = known_outcome(hole, middle)
@@ -246,7 +261,9 @@ def score(engine, bench: Benchmark, sandbox, with_context: bool, request: Reques
             if records is not None:
                 records.append({"config": label, "hole": hole.key, "kind": kind,
                                 "source": bench.source(hole), "completion": middle,
-                                "reference": hole.middle, "passed": seen[key]})
+                                "reference": hole.middle, "passed": seen[key],
+                                "shown": shows_answer(hole.middle, context)
+                                if with_context else None})
             if progress is not None:  # a phase per kind: a block costs several lines' time
                 progress(f"{label}, {kind}s", done, len(holes), passed)
         n = len(holes)

@@ -279,6 +279,7 @@ def test_cli_eval_repo_scores_base_and_personalized_with_and_without_context(rep
     assert rows["base"]["line"]["n"] == 4 and 0 <= rows["base"]["line"]["pass@1"] <= 1
     assert rows["base"] == rows["personalized"]  # the same model twice: the same scores
     assert "lines found in" in r.stdout and "other files" in r.stdout  # the sources table
+    assert "context showed them" in r.stdout  # and whether the context held the answer
     # the second model's answers were the first's: each verdict was shared, not run again
     distinct, scored = map(int, re.search(r"(\d+) distinct answers of (\d+) scored",
                                           r.stderr).groups())
@@ -330,6 +331,20 @@ def test_holes_are_grouped_by_where_their_removed_lines_already_occur():
     assert by_source(records) == {("line", "other files"): {"n": 2, "base": 0, "tuned": 1},
                                   ("line", "same file"): {"n": 1, "base": 1, "tuned": 1},
                                   ("block", "nowhere"): {"n": 1, "base": 0, "tuned": 0}}
+
+
+def test_holes_are_grouped_by_whether_the_context_showed_their_removed_lines():
+    from training.repo_eval import by_shown
+
+    records = [{"config": c, "kind": k, "shown": None if c == "base" else shown, "passed": p}
+               for c in ("base", "base + context", "tuned + context")
+               for k, shown, p in (("line", True, True), ("line", True, c == "tuned + context"),
+                                   ("line", False, False), ("block", False, c == "base"))]
+    # the configurations without context (shown None) are left out, and shown holes come first
+    assert list(by_shown(records).items()) == [
+        (("line", True), {"n": 2, "base + context": 1, "tuned + context": 2}),
+        (("line", False), {"n": 1, "base + context": 0, "tuned + context": 0}),
+        (("block", False), {"n": 1, "base + context": 0, "tuned + context": 0})]
 
 
 def test_lora_personalization_writes_a_peft_adapter_that_loads_on_its_base(repo, tiny_model,
@@ -614,6 +629,49 @@ def test_documents_and_replay_each_take_the_share_asked_for():
     a, b = random.Random(5), random.Random(5)
     assert [example_kind(a, 0.0, 0.3) for _ in range(50)] == \
         [("replay" if b.random() < 0.3 else "hole") for _ in range(50)]
+
+
+def test_copy_holes_are_the_holes_whose_lines_occur_again_in_their_file(
+        repo, tiny_model, tmp_path):
+    from training.holes import shows_answer
+    from training.personalize import PersonalizeConfig, personalize, repeated_spans, training_spans
+
+    text = ("def f(cache):\n    hits = misses = 0\n    cache.clear()\n    return hits\n\n"
+            "def g(cache):\n    hits = misses = 0\n    value = cache.pop()\n    return value\n")
+    files = {"m.py": text}
+    lines = text.splitlines()
+    kept = {(kind, tuple(lines[a:b])) for kind, spans in
+            repeated_spans(training_spans(files), files).items() for _, a, b in spans}
+    assert ("line", ("    hits = misses = 0",)) in kept  # written in both functions
+    assert ("line", ("    cache.clear()",)) not in kept  # written once
+    assert ("line", ("    return value",)) not in kept
+    # a block counts only when each of its lines occurs outside it
+    assert not any(kind == "block" and "    cache.clear()" in span for kind, span in kept)
+    twice = {"m.py": "def f():\n    x = 1\n    x = 1\n    return x\n"}
+    both = [(a, b) for k, spans in repeated_spans(training_spans(twice), twice).items()
+            for _, a, b in spans if k == "block"]
+    assert (1, 3) not in both  # the same line twice inside the span is not a copy from outside
+    files["other.py"] = "def h(cache):\n    cache.clear()\n"  # another file counts too
+    kept = {tuple(lines[a:b]) for rel, a, b in repeated_spans(training_spans(files), files)
+            ["line"] if rel == "m.py"}
+    assert ("    cache.clear()",) in kept and ("    return value",) not in kept
+    assert shows_answer("    x = 1\n", "# m.py\ny = 2\nx = 1\n")
+    assert not shows_answer("    x = 1\n    y = 3\n", "x = 1\n") and not shows_answer("\n", "")
+    asked = dict(base=str(tiny_model), minutes=0.03, batch_size=4, seq_len=256, lora_rank=4,
+                 copy_holes=1.0, validation=0.0)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "m.py").write_text("def f(cache):\n    cache.clear()\n    return cache\n")
+    with pytest.raises(ConfigError, match="--copy-holes found no hole"):  # no line repeats
+        personalize(PersonalizeConfig(repo=str(lone), out=str(tmp_path / "n"), **asked))
+    # the idiom twice, far enough apart that a window around one leaves the other out
+    filler = "".join(f"\ndef a{i}():\n    return {i}\n" for i in range(30))
+    (lone / "m.py").write_text(text.replace("\ndef g", filler + "\ndef g"))
+    summary = personalize(PersonalizeConfig(repo=str(lone), out=str(tmp_path / "c"), **asked))
+    assert summary["steps"] > 0 and summary["repeated_holes"] == {"line": 2}
+    assert summary["copy_examples"] > 0  # the holes trained on had their answer in context
+    with pytest.raises(ConfigError, match="--copy-holes"):
+        PersonalizeConfig(repo=str(repo), out=str(tmp_path / "e"), copy_holes=1.5)
 
 
 def test_personalization_reports_how_well_the_model_recalls_the_repositorys_text(
