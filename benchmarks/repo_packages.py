@@ -169,6 +169,17 @@ def held_out_parent_loss(root: Path, held_out: tuple[str, ...], taught: Path) ->
     return losses
 
 
+def grouped(title: str, group: str, groups, configs: list[str]) -> list[str]:
+    """Markdown lines of a table of holes per (kind, group) and what each configuration passed
+    (``by_source``, ``by_shown``)."""
+    out = ["", title, "", f"| kind | {group} | holes | " + " | ".join(configs) + " |",
+           "|---|---|---:|" + "---:|" * len(configs)]
+    for (kind, name), row in groups:
+        out.append(f"| {kind} | {name} | {row['n']} | " +
+                   " | ".join(str(row[c]) for c in configs) + " |")
+    return out
+
+
 def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
     out = [f"### {name} {pkg.version} (held out: {', '.join(pkg.held_out)})", "",
            "| configuration | line pass@1 | line exact | block pass@1 | block exact | minutes |",
@@ -185,21 +196,15 @@ def table(name: str, pkg: Package, rows: dict, minutes: dict) -> str:
                 else ["-", "-"]
         # the time to score it (decoding, and the test runs no earlier row shared)
         out.append(f"| {label} | " + " | ".join(cells) + f" | {res.get('minutes', '-')} |")
-    out += ["", "holes by where their removed lines already occur (what learning the "
-            "repository could copy), passed per configuration:", "",
-            "| kind | lines found in | holes | " + " | ".join(configs) + " |",
-            "|---|---|---:|" + "---:|" * len(configs)]
-    for (kind, source), row in rows["sources"].items():
-        out.append(f"| {kind} | {source} | {row['n']} | " +
-                   " | ".join(str(row[c]) for c in configs) + " |")
-    with_context = [c for c in configs if c.endswith(" + context")]
-    out += ["", "holes by whether the context showed their removed lines (each one, in the "
-            "request's context), passed per configuration with context:", "",
-            "| kind | context showed them | holes | " + " | ".join(with_context) + " |",
-            "|---|---|---:|" + "---:|" * len(with_context)]
-    for (kind, showed), row in rows["shown"].items():
-        out.append(f"| {kind} | {'yes' if showed else 'no'} | {row['n']} | " +
-                   " | ".join(str(row[c]) for c in with_context) + " |")
+    out += grouped("holes by where their removed lines already occur (what learning the "
+                   "repository could copy), passed per configuration:", "lines found in",
+                   rows["sources"].items(), configs)
+    out += grouped("holes by whether the context showed their removed lines (each one, in the "
+                   "request's context), passed per configuration with context:",
+                   "context showed them",
+                   (((kind, "yes" if showed else "no"), row)
+                    for (kind, showed), row in rows["shown"].items()),
+                   [c for c in configs if c.endswith(" + context")])
     if "parent loss" in rows:
         out += ["", "the parent's next-token loss on the held-out files (nats/token): " +
                 ", ".join(f"{k} {v}" for k, v in rows["parent loss"].items())]
@@ -234,8 +239,8 @@ def main() -> None:
                     help="share of personalization's examples that are masked windows of the "
                          "files (default 0)")
     ap.add_argument("--copy-holes", type=float, default=0.0,
-                    help="share of personalization's hole examples whose lines occur again in "
-                         "their own file (default 0)")
+                    help="share of personalization's hole examples whose context shows the "
+                         "answer (default 0)")
     ap.add_argument("--validation", type=float, default=0.1,
                     help="share of the training side's files personalization validates on, "
                          "writing its best-scoring weights (default 0.1; 0: none)")
