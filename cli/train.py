@@ -518,22 +518,17 @@ def _eval_repo(args) -> int:
                                for k in ("n", "pass@1", "exact")], str(res["minutes"]))
     Console().print(table)
     # where each hole's removed lines already occur: what learning the repository could copy
-    sources = Table(title="holes by where their removed lines already occur (passed per model)")
-    for col in ("kind", "lines found in", "n", *(label for label, _ in rows)):
-        sources.add_column(col)
-    for (kind, source), row in repo_eval.by_source(records).items():
-        sources.add_row(kind, source, str(row["n"]), *(str(row[label]) for label, _ in rows))
-    Console().print(sources)
+    labels = [label for label, _ in rows]
+    Console().print(_grouped_table(
+        "holes by where their removed lines already occur (passed per model)",
+        "lines found in", repo_eval.by_source(records).items(), labels))
     # with context: did it show the removed lines (retrieval's part) and were they copied
-    with_context = [label for label, _ in rows if label.endswith(" + context")]
-    shown = Table(title="holes by whether the context showed their removed lines (passed per "
-                  "model with context)")
-    for col in ("kind", "context showed them", "n", *with_context):
-        shown.add_column(col)
-    for (kind, showed), row in repo_eval.by_shown(records).items():
-        shown.add_row(kind, "yes" if showed else "no", str(row["n"]),
-                      *(str(row[label]) for label in with_context))
-    Console().print(shown)
+    Console().print(_grouped_table(
+        "holes by whether the context showed their removed lines (passed per model with "
+        "context)", "context showed them",
+        (((kind, "yes" if showed else "no"), row)
+         for (kind, showed), row in repo_eval.by_shown(records).items()),
+        [label for label in labels if label.endswith(" + context")]))
     print(f"{len(verdicts)} distinct answers of {len(records)} scored: the same answer to the "
           "same hole ran the suite once", file=sys.stderr)
     reused = sum(a.hits for a in kept)
@@ -543,6 +538,19 @@ def _eval_repo(args) -> int:
               "requests (--fresh decodes them again)", file=sys.stderr)
     print(json.dumps({label: res for label, res in rows}), file=sys.stderr)
     return 0
+
+
+def _grouped_table(title: str, group: str, groups, labels: list[str]):
+    """A table of holes per (kind, group) and what each model passed (``repo_eval.by_source``,
+    ``repo_eval.by_shown``)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("kind", group, "n", *labels):
+        table.add_column(col)
+    for (kind, name), row in groups:
+        table.add_row(kind, name, str(row["n"]), *(str(row[label]) for label in labels))
+    return table
 
 
 def _stderr():

@@ -175,12 +175,12 @@ def repeated_spans(spans: dict[str, list[Span]], files: dict[str, str]
                    ) -> dict[str, list[Span]]:
     """The spans, per kind, whose every non-blank line (stripped) occurs again outside the span,
     in its own file or another: the only holes whose answer a context can show."""
-    counts = Counter(line.strip() for text in files.values() for line in text.splitlines())
+    stripped = {rel: [line.strip() for line in text.splitlines()] for rel, text in files.items()}
+    counts = Counter(line for lines in stripped.values() for line in lines)
     out: dict[str, list[Span]] = {}
     for kind, kept in spans.items():
         for rel, a, b in kept:
-            inside = Counter(s for s in (line.strip() for line in
-                                         files[rel].splitlines()[a:b]) if s)
+            inside = Counter(line for line in stripped[rel][a:b] if line)
             if inside and all(counts[s] > n for s, n in inside.items()):
                 out.setdefault(kind, []).append((rel, a, b))
     return out

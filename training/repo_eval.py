@@ -50,8 +50,7 @@ class Benchmark:
         lines = [line.strip() for line in hole.middle.splitlines() if line.strip()]
         if all(line in self.seen_lines for line in lines):
             return SOURCES[0]
-        around = {line.strip() for line in (hole.prefix + hole.suffix).splitlines()}
-        return SOURCES[1] if all(line in around for line in lines) else SOURCES[2]
+        return SOURCES[1] if shows_answer(hole.middle, hole.prefix + hole.suffix) else SOURCES[2]
 
 
 def held_out_files(repo: Path, exclude: list[str]) -> list[str]:
