@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/repo_packages.py [--packages cachetools,funcy] [--minutes 10]
         [--grpo-minutes 10] [--holes 60] [--lora-rank 16] [--lr 1e-4] [--replay 0]
-        [--validation 0.1] [--work DIR] [--parent-minutes M] [--parent-branches N] [--base-only]
+        [--validation 0.1] [--validate-on text|holes] [--seed 0] [--work DIR] [--parent-minutes M] [--parent-branches N] [--base-only]
 
 For each package: its sdist is fetched from the package registry (the only network this
 script uses, before any model runs) into ``--work``, its test dependencies are installed, then
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from engine.loading import resolve_model
 from engine.repo import RETRIEVAL
+from training.personalize import VALIDATE_ON
 from training.pretrain import origin_of
 from training.repo_eval import by_shown, by_source
 
@@ -102,7 +103,9 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
                                               if args.parent_minutes else "") + \
         (f"-docs{args.documents:g}" if args.documents else "") + \
         (f"-copy{args.copy_holes:g}" if args.copy_holes else "") + \
-        (f"-val{args.validation:g}" if args.validation else "")
+        (f"-val{args.validation:g}" if args.validation else "") + \
+        (f"-on{args.validate_on}" if args.validation and args.validate_on != "text" else "") + \
+        (f"-seed{args.seed}" if args.seed else "")
     personal = args.work / f"{name}-personal-{recipe}"
     credit = "-partial" if args.partial_credit else ""
     tuned = args.work / f"{name}-grpo-{args.grpo_minutes:g}min{credit}-on-{recipe}"
@@ -112,8 +115,8 @@ def run_package(name: str, pkg: Package, args) -> tuple[dict, dict]:
               *excludes, "--out", str(personal), "--minutes", str(args.minutes),
               "--lora-rank", str(args.lora_rank), "--lr", str(args.lr), "--replay",
               str(args.replay), "--documents", str(args.documents), "--copy-holes",
-              str(args.copy_holes), "--validation",
-              str(args.validation), "--parent-minutes",
+              str(args.copy_holes), "--validation", str(args.validation), "--validate-on",
+              args.validate_on, "--seed", str(args.seed), "--parent-minutes",
               str(args.parent_minutes))
         models = ["--personalized", str(personal)]
     if not args.base_only and args.grpo_minutes > 0:
@@ -244,6 +247,11 @@ def main() -> None:
     ap.add_argument("--validation", type=float, default=0.1,
                     help="share of the training side's files personalization validates on, "
                          "writing its best-scoring weights (default 0.1; 0: none)")
+    ap.add_argument("--validate-on", choices=VALIDATE_ON, default="text",
+                    help="what personalization's validation files are scored on: masked "
+                         "windows of their text, or answers to editor requests in them")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="personalization's seed (which holes it draws, in which order)")
     ap.add_argument("--work", type=Path, default=Path("runs/repo-packages"))
     ap.add_argument("--parent-minutes", type=float, default=0.0,
                     help="personalization's minutes teaching the repository to the parent "

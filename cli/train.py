@@ -65,6 +65,10 @@ def add_train_parsers(sub) -> None:
                    help="share of your files kept out of training to score it on code it never "
                         "saw; the best-scoring weights are the ones written (default 0.1; 0: "
                         "train on every file, keep the last weights)")
+    z.add_argument("--validate-on", default="text",
+                   help="what the validation files are scored on: 'text', masked windows of "
+                        "them; 'holes', the answers to a fixed set of editor requests in them, "
+                        "asked with repository context (default text)")
     z.add_argument("--parent-minutes", type=float, default=0.0,
                    help="then teach the repository to the model's parent, whose likelihood "
                         "reranks answers (--parent-branches), for this many minutes: a LoRA "
@@ -374,7 +378,8 @@ def _personalize(args) -> int:
                             base=args.base, minutes=args.minutes, seed=args.seed,
                             lora_rank=args.lora_rank, replay=args.replay,
                             documents=args.documents, copy_holes=args.copy_holes,
-                            validation=args.validation, parent_minutes=args.parent_minutes,
+                            validation=args.validation, validate_on=args.validate_on,
+                            parent_minutes=args.parent_minutes,
                             **({"lr": args.lr} if args.lr is not None else {}))
     summary = _with_bar("personalize", (cfg.minutes + cfg.parent_minutes) * 60, "", lambda rec: (
         f"{rec['phase']} step {rec['step']} loss {rec['loss']:.3f} {rec['tok_per_s']:.0f} tok/s"),

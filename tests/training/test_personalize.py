@@ -786,3 +786,44 @@ def test_the_engines_code_fingerprint_ignores_comments_and_docstrings_not_code(t
     (tmp_path / "n.py").write_text("")
     module.write_text('def f(x):\n    return x + 1\n')
     assert code_fingerprint(tmp_path) != first  # another file is another engine
+
+
+def test_validation_holes_are_fixed_fully_masked_answers_in_the_validation_files(
+        repo, tiny_model, tmp_path):
+    from engine.loading import load_model
+    from engine.tokenizer import DreamTokenizer
+    from training.personalize import (PersonalizeConfig, canvas_specials, personalize, probe_ce,
+                                      validation_holes)
+    from .repos import CIRCLES
+
+    tok = DreamTokenizer.from_folder(tiny_model)
+    loaded = load_model(tiny_model, "cpu", "float32")
+    sp = canvas_specials(tiny_model, tok, loaded.config)
+    held = {"geometry/circles.py": CIRCLES}
+    index = RepoIndex.from_texts(repo, {k: v for k, v in RepoIndex(repo, []).files.items()
+                                        if k not in held})
+    cfg = PersonalizeConfig(repo=str(repo), out=str(tmp_path / "x"), seq_len=192)
+    batch = validation_holes(held, index, tok, cfg, sp)
+    assert all(torch.equal(a, b) for a, b in
+               zip(batch, validation_holes(held, index, tok, cfg, sp)))  # one fixed test
+    x, _, masked, t, eligible, _ = batch
+    assert t.tolist() == [1.0] * len(t) and masked.sum(1).tolist() == eligible.tolist()
+    for row, where in zip(x, masked):  # each canvas is a held-out answer, unpadded
+        answer = tok.decode(row[where].tolist())
+        assert answer.strip() and answer.strip() in CIRCLES and sp.pad_id not in row[where]
+    # a learning rate that wrecks the model: the weights written are the base's, judged by
+    # their cross-entropy on those answers
+    summary = personalize(PersonalizeConfig(
+        repo=str(repo), out=str(tmp_path / "w"), base=str(tiny_model), minutes=0.04,
+        batch_size=2, seq_len=192, lr=100.0, eval_seconds=0.0, bf16=False, validate_on="holes"))
+    val = summary["validation"]
+    assert val["on"] == "holes" and val["kept_step"] == 0 and summary["steps"] >= 2
+    held = {rel: (repo / rel).read_text() for rel in val["files"]}
+    index = RepoIndex.from_texts(repo, {k: v for k, v in RepoIndex(repo, []).files.items()
+                                        if k not in held})
+    start = probe_ce(loaded.model, validation_holes(held, index, tok, cfg, sp), bf16=False)
+    assert val["ce"][0][1] == pytest.approx(start, abs=1e-3)
+    with pytest.raises(ConfigError, match="--validate-on"):
+        PersonalizeConfig(repo=str(repo), out=str(tmp_path / "e"), validate_on="lines")
+    with pytest.raises(ConfigError, match="--validate-on text"):  # nothing to ask there
+        validation_holes({"geometry/__init__.py": "X = 1\n"}, index, tok, cfg, sp)
