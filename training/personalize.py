@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -250,6 +252,20 @@ def make_example(hole: Hole, index: RepoIndex | None, tokenizer, cfg: Personaliz
     return pre + canvas + suf, len(pre), len(canvas)
 
 
+def drawn_examples(rng: random.Random, pool: dict[str, list[Span]], texts: dict[str, str],
+                   index: RepoIndex | None, tokenizer, cfg: PersonalizeConfig, sp: Specials,
+                   tries: int, copy: bool = False, padding: bool = True
+                   ) -> Iterator[tuple[list[int], int, int]]:
+    """The examples (``make_example``) of up to ``tries`` holes drawn from ``pool``
+    (``draw_hole``), those that fit, in the order drawn: the draws stop when the reader stops
+    (the first that fits, or as many as a batch needs), so the rng moves only as far as used."""
+    for _ in range(tries):
+        ex = make_example(draw_hole(rng, pool, texts), index, tokenizer, cfg, sp, rng, copy,
+                          padding)
+        if ex is not None:
+            yield ex
+
+
 def canvas_specials(base: Path, tokenizer, mcfg) -> Specials:
     """The special tokens a hole's canvas is built with for the model in ``base``: padded as the
     model was trained to pad (``<|dlm_pad|>``, else its config's pad token; then its rainbow
@@ -385,13 +401,11 @@ def personalize(cfg: PersonalizeConfig, progress=None) -> dict:
         drawn until one's context holds its lines, or None after ``COPY_TRIES`` (a repository
         whose contexts never show them trains on ordinary holes, ``copy_examples`` says how
         few were copies)."""
-        for _ in range(COPY_TRIES):
-            hole = draw_hole(rng, copyable, index.files)
-            ex = make_example(hole, index, tok, cfg, sp, rng, copy=True)
-            if ex is not None:
-                state["copied"] = state.get("copied", 0) + 1
-                return ex
-        return None
+        ex = next(drawn_examples(rng, copyable, index.files, index, tok, cfg, sp, COPY_TRIES,
+                                 copy=True), None)
+        if ex is not None:
+            state["copied"] = state.get("copied", 0) + 1
+        return ex
 
     def diffusion_step():
         batch = []
@@ -557,14 +571,8 @@ def validation_holes(held: dict[str, str], index: RepoIndex, tokenizer, cfg: Per
     copies = round(VALIDATION_HOLES * cfg.copy_holes) if copyable else 0
     examples = []
     for pool, n, copy in [(copyable, copies, True), (spans, VALIDATION_HOLES - copies, False)]:
-        found = []
-        for _ in range(n * COPY_TRIES):
-            if len(found) == n:
-                break
-            ex = make_example(draw_hole(rng, pool, held), index, tokenizer, asked, sp, rng,
-                              copy=copy, padding=False)
-            found += [ex] if ex is not None else []
-        examples += found
+        examples += itertools.islice(drawn_examples(rng, pool, held, index, tokenizer, asked, sp,
+                                                    n * COPY_TRIES, copy, padding=False), n)
     if not examples:
         raise ConfigError("--validate-on holes found no hole of the validation files that fits "
                           f"seq_len {cfg.seq_len}; use --validate-on text")
