@@ -558,7 +558,8 @@ def validation_holes(held: dict[str, str], index: RepoIndex, tokenizer, cfg: Per
                      sp: Specials) -> tuple:
     """A fixed batch of ``VALIDATION_HOLES`` editor requests in the validation files, asked as
     training asks them but always with repository context (the configuration that matters),
-    a ``copy_holes`` share of them copy holes, each canvas the middle alone and all of it
+    a ``copy_holes`` share of them copy holes (ordinary holes for the copies whose context no
+    draw showed the answer, as in training), each canvas the middle alone and all of it
     masked: ``probe_ce`` of it is the model's cross-entropy on the answers to requests in code
     it never saw (``validate_on="holes"``). Raises ConfigError when the files hold no hole."""
     spans = training_spans(held)
@@ -569,10 +570,11 @@ def validation_holes(held: dict[str, str], index: RepoIndex, tokenizer, cfg: Per
     asked = dataclasses.replace(cfg, context_share=1.0)
     rng = random.Random(cfg.seed * 1_000_003 - 1)  # fixed: every point of a run scores the same
     copies = round(VALIDATION_HOLES * cfg.copy_holes) if copyable else 0
-    examples = []
-    for pool, n, copy in [(copyable, copies, True), (spans, VALIDATION_HOLES - copies, False)]:
-        examples += itertools.islice(drawn_examples(rng, pool, held, index, tokenizer, asked, sp,
-                                                    n * COPY_TRIES, copy, padding=False), n)
+    examples = list(itertools.islice(drawn_examples(rng, copyable, held, index, tokenizer, asked,
+                                                    sp, copies * COPY_TRIES, True, False), copies))
+    rest = VALIDATION_HOLES - len(examples)  # copies that no context showed: ordinary holes, as
+    examples += itertools.islice(drawn_examples(  # training takes when a copy is not found
+        rng, spans, held, index, tokenizer, asked, sp, rest * COPY_TRIES, padding=False), rest)
     if not examples:
         raise ConfigError("--validate-on holes found no hole of the validation files that fits "
                           f"seq_len {cfg.seq_len}; use --validate-on text")

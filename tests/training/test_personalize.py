@@ -792,8 +792,8 @@ def test_validation_holes_are_fixed_fully_masked_answers_in_the_validation_files
         repo, tiny_model, tmp_path):
     from engine.loading import load_model
     from engine.tokenizer import DreamTokenizer
-    from training.personalize import (PersonalizeConfig, canvas_specials, personalize, probe_ce,
-                                      validation_holes)
+    from training.personalize import (VALIDATION_HOLES, PersonalizeConfig, canvas_specials,
+                                      personalize, probe_ce, validation_holes)
     from .repos import CIRCLES
 
     tok = DreamTokenizer.from_folder(tiny_model)
@@ -807,7 +807,13 @@ def test_validation_holes_are_fixed_fully_masked_answers_in_the_validation_files
     assert all(torch.equal(a, b) for a, b in
                zip(batch, validation_holes(held, index, tok, cfg, sp)))  # one fixed test
     x, _, masked, t, eligible, _ = batch
+    assert len(x) == VALIDATION_HOLES
     assert t.tolist() == [1.0] * len(t) and masked.sum(1).tolist() == eligible.tolist()
+    # "return result" stands in the other file, but no context of this small file shows it:
+    # the copies asked for are ordinary holes instead, never a smaller test
+    copying = PersonalizeConfig(repo=str(repo), out=str(tmp_path / "x"), seq_len=192,
+                                copy_holes=1.0)
+    assert len(validation_holes(held, index, tok, copying, sp)[0]) == VALIDATION_HOLES
     for row, where in zip(x, masked):  # each canvas is a held-out answer, unpadded
         answer = tok.decode(row[where].tolist())
         assert answer.strip() and answer.strip() in CIRCLES and sp.pad_id not in row[where]
